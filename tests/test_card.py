@@ -1,0 +1,156 @@
+"""Our model card: rendered from a real training output folder, and written over PEFT's."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from huggingface_hub import ModelCard
+
+from model_card import CardError, render_card, write_card
+from tests._helpers_card import add_eval, build_training_output, tiny_lora
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def output_dir(tmp_path_factory, tiny_phi_dir, sample_path):
+    out = tmp_path_factory.mktemp("run") / "phi2-grpo"
+    build_training_output(out, tiny_phi_dir, sample_path)
+    return out
+
+
+@pytest.fixture
+def run(output_dir, tmp_path):
+    """A private copy of the output folder, for tests that change it."""
+    copy = tmp_path / output_dir.name
+    shutil.copytree(output_dir, copy)
+    return copy
+
+
+def test_metadata(output_dir):
+    card = ModelCard.load(write_card(output_dir))
+    data = card.data
+    assert data.base_model == "microsoft/phi-2"
+    assert data.library_name == "peft"
+    assert data.datasets == ["OpenAssistant/oasst1"]
+    assert data.language == ["en"]  # every pair of the sample that train.data kept is English
+    assert data.license == "mit"
+    assert data.pipeline_tag == "text-generation"
+    assert {"trl", "grpo", "lora", "qlora"} <= set(data.tags)
+    assert "dpo" not in data.tags
+
+
+def test_body_reports_the_real_run(output_dir, tiny_phi_dir):
+    text = render_card(output_dir).text
+    stats = json.loads((output_dir / "data_stats.json").read_text())
+    info = json.loads((output_dir / "training_info.json").read_text())
+
+    # The trainable parameter count is the one PEFT computes for this very adapter.
+    model, _ = tiny_lora(tiny_phi_dir, "microsoft/phi-2")
+    trainable, _ = model.get_nb_trainable_parameters()
+    assert info["trainable_params"] == trainable
+    assert f"| Trainable parameters | {trainable:,} (" in text
+
+    # Data counts from train.data's stats, hyper-parameters from the recipe, plots by relative link.
+    assert f"| train / pairs | {stats['train']['pairs']:,} |" in text
+    assert f"| trees_skipped / language | {stats['trees_skipped']['language']:,} |" in text
+    assert "| `learning_rate` | 5e-06 |" in text
+    assert "| `lora_target_modules` | q_proj, k_proj, v_proj, dense |" in text
+    assert "| `preference` | 1 |" in text
+    assert "![Reward](plots/reward.png)" in text
+    assert "| `reward` | 0.1 | 0.3 |" in text  # first and last logged value of metrics.jsonl
+
+    # Usage: from the Hub with PEFT, prompts through the adapter's own chat template.
+    assert 'AutoModelForCausalLM.from_pretrained("microsoft/phi-2"' in text
+    assert "PeftModel.from_pretrained(base, adapter)" in text
+    assert "tokenizer.apply_chat_template(" in text
+    assert "## Limitations" in text
+    # A path on the training machine is no use to a reader (and not theirs to see).
+    assert "/home/someone" not in text and "train.jsonl" in text
+
+
+def test_evaluation_section_iff_report(run):
+    assert "## Evaluation" not in render_card(run).text
+    add_eval(run)
+    text = render_card(run).text
+    assert "## Evaluation" in text
+    assert "### Base vs tuned" in text  # the report's headings nest under the card's
+    assert "Tuned wins **60%** of 20 held-out prompts." in text
+    assert "![Win rate](eval/win_rate.png)" in text  # its links rebased from eval/ to the root
+    assert "![Lengths](eval/lengths.png)" in text  # its other plots are shown too
+    assert text.count("eval/win_rate.png") == 1
+
+
+def test_repo_id_names_the_adapter_in_usage(output_dir):
+    assert 'adapter = "phi2-grpo"' in render_card(output_dir).text
+    assert "replace `phi2-grpo`" in render_card(output_dir).text
+    text = render_card(output_dir, repo_id="someone/phi-2-oasst1-grpo").text
+    assert 'adapter = "someone/phi-2-oasst1-grpo"' in text
+    assert "replace `" not in text
+    assert text.startswith("\n# phi-2-oasst1-grpo") or "# phi-2-oasst1-grpo\n" in text
+
+
+def test_description_method_and_demo_base(run):
+    info = json.loads((run / "training_info.json").read_text())
+    info.update(method="dpo", base_model="HuggingFaceTB/SmolLM2-135M-Instruct", precision="fp32",
+                description="CPU demo: SmolLM2-135M-Instruct, 3 steps on 43 pairs. Not the tuned Phi-2.")
+    (run / "training_info.json").write_text(json.dumps(info))
+    (run / "recipe.yaml").write_text("method: dpo\nload_in_4bit: false\n")
+    card = render_card(run)
+    assert "> **CPU demo: SmolLM2-135M-Instruct, 3 steps on 43 pairs. Not the tuned Phi-2.**" in card.text
+    assert "| Method | DPO (dpo) with TRL |" in card.text
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert card.data.license == "apache-2.0"
+    assert "dpo" in card.data.tags and "qlora" not in card.data.tags and "grpo" not in card.data.tags
+
+
+def test_optional_files_missing(run):
+    for name in ("recipe.yaml", "data_stats.json", "metrics.jsonl", "adapter_config.json"):
+        (run / name).unlink()
+    shutil.rmtree(run / "plots")
+    (run / "training_info.json").write_text(json.dumps({"method": "grpo", "base_model": "microsoft/phi-2"}))
+    card = ModelCard.load(write_card(run))
+    assert card.data.base_model == "microsoft/phi-2" and card.data.language == ["en"]
+    assert "| Trainable parameters | not recorded |" in card.text
+    assert "data counts are not recorded" in card.text
+    assert "Training curves" not in card.text
+
+
+def test_written_over_peft_card(run, tiny_phi_dir):
+    ours = write_card(run).read_text()
+    # PEFT's save_pretrained edits README.md: base_model becomes the local folder, our tags go.
+    model, _ = tiny_lora(tiny_phi_dir, "microsoft/phi-2")
+    model.save_pretrained(run)
+    peft_card = ModelCard.load(run / "README.md")
+    assert peft_card.data.base_model == str(tiny_phi_dir)
+    assert "trl" not in (peft_card.data.tags or [])
+    # Written last, ours is back, whole.
+    assert write_card(run).read_text() == ours
+    assert not list(run.glob(".README.*"))  # no temp file left behind
+
+
+def test_missing_inputs_are_one_line_errors(tmp_path):
+    with pytest.raises(CardError, match="no training output folder"):
+        render_card(tmp_path / "nope")
+    with pytest.raises(CardError, match="training_info.json is missing"):
+        render_card(tmp_path)
+    (tmp_path / "training_info.json").write_text("[1, 2]")
+    with pytest.raises(CardError, match="not a JSON object"):
+        render_card(tmp_path)
+    assert not (tmp_path / "README.md").exists()
+
+
+def test_cli(run, tmp_path):
+    (run / "README.md").unlink(missing_ok=True)
+    done = subprocess.run([sys.executable, "-m", "model_card", str(run), "--repo-id", "someone/x"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert 'adapter = "someone/x"' in (run / "README.md").read_text()
+
+    done = subprocess.run([sys.executable, "-m", "model_card", str(tmp_path / "missing")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: no training output folder at")
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
