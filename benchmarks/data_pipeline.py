@@ -9,7 +9,8 @@ prompt and reply lengths like the real sample (median ~100 and ~700 characters).
   baseline  pyarrow.parquet.read_table of the two files (all columns): merely reading the data;
   pipeline  train.data.run(): read + normalise + pair + select + write train/eval/stats, in process;
   cli       `python -m train.data ...` in a fresh interpreter (adds Python start-up and imports).
-Medians of --repeats runs after one warm-up; writes benchmarks/results/data_pipeline.json.
+Medians of --repeats runs after one warm-up run (its time is kept too); writes
+benchmarks/results/data_pipeline.json.
 """
 
 from __future__ import annotations
@@ -176,14 +177,14 @@ def write_hub_folder(rows: list[dict], validation: set[str], folder: Path) -> li
     return paths
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up: file cache, lazy imports
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """(first run: cold file cache and lazy imports, median of the `repeats` runs after it)."""
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times[0], statistics.median(times[1:])
 
 
 def main() -> None:
@@ -202,10 +203,11 @@ def main() -> None:
         generate_s = time.perf_counter() - start
         del rows
 
-        baseline = median_time(lambda: [pq.read_table(p) for p in paths], opts.repeats)
+        load_before = os.getloadavg()[0]
+        _, baseline = timed(lambda: [pq.read_table(p) for p in paths], opts.repeats)
         args = DataArguments(source=str(tmp / "oasst"), output_dir=str(tmp / "pairs"))
         stats = {}
-        pipeline = median_time(lambda: stats.update(run(args)), opts.repeats)
+        pipeline_first, pipeline = timed(lambda: stats.update(run(args)), opts.repeats)
         command = [
             sys.executable,
             "-m",
@@ -215,7 +217,7 @@ def main() -> None:
             "--output-dir",
             str(tmp / "pairs_cli"),
         ]
-        cli = median_time(
+        _, cli = timed(
             lambda: subprocess.run(command, cwd=ROOT, check=True, capture_output=True),
             max(1, opts.repeats // 2),
         )
@@ -232,6 +234,7 @@ def main() -> None:
                 "cpus": os.cpu_count(),
                 "python": platform.python_version(),
                 "pyarrow": pa.__version__,
+                "loadavg_1m_before": round(load_before, 2),  # the machine is shared: > 0.5 means noisy
             },
             "data": {
                 "messages": stats["messages"],
@@ -242,6 +245,7 @@ def main() -> None:
             "repeats": opts.repeats,
             "baseline_read_parquet_s": round(baseline, 4),
             "pipeline_s": round(pipeline, 4),
+            "pipeline_first_run_s": round(pipeline_first, 4),
             "ratio_pipeline_to_read": round(pipeline / baseline, 2),
             "cli_wall_s": round(cli, 4),
             "goal_s": 2.0,

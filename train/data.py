@@ -132,7 +132,9 @@ class DataArguments:
         },
     )
     limit: int = field(default=1000, metadata={"help": "Number of training pairs to keep (top by quality)."})
-    eval_limit: int | None = field(default=None, metadata={"help": "Cap on held-out pairs (default: all)."})
+    eval_limit: int | None = field(
+        default=None, metadata={"help": "Cap on held-out pairs; unset keeps them all."}
+    )
     eval_fraction: float = field(
         default=0.05,
         metadata={"help": "Share of trees held out by tree-id hash when the source has no validation split."},
