@@ -63,6 +63,15 @@ def _read_metrics(path: Path) -> list[dict]:
     return rows
 
 
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _counts(value) -> str:
+    counts = _dict(value)
+    return f" ({', '.join(f'{k} {_fmt(v)}' for k, v in counts.items())})" if counts else ""
+
+
 def _fmt(value) -> str:
     if isinstance(value, bool):
         return str(value).lower()
@@ -101,11 +110,21 @@ def _flatten(data: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 def _metric_trends(rows: list[dict]) -> list[tuple[str, str, str]]:
     """First and last logged value of the metrics worth watching, as TRL names them."""
-    wanted = ("reward", "reward_std", "frac_reward_zero_std", "kl", "loss", "rewards/margins",
-              "rewards/accuracies", "completions/mean_length")
+    wanted = (
+        "reward",
+        "reward_std",
+        "frac_reward_zero_std",
+        "kl",
+        "loss",
+        "rewards/margins",
+        "rewards/accuracies",
+        "completions/mean_length",
+    )
     trends = []
     for key in wanted:
-        values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+        values = [
+            r[key] for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
+        ]
         if values:
             trends.append((key, _fmt(float(values[0])), _fmt(float(values[-1]))))
     return trends
@@ -119,8 +138,14 @@ def _languages(stats: dict | None) -> list[str]:
     """ISO codes of the training pairs' languages, as the data step counted them; English if unknown."""
     stats = stats or {}
     counted = (stats.get("train") or {}).get("languages") if isinstance(stats.get("train"), dict) else None
-    asked = (stats.get("parameters") or {}).get("languages") if isinstance(stats.get("parameters"), dict) else None
-    codes = list(counted) if isinstance(counted, dict) and counted else asked if isinstance(asked, list) else []
+    asked = (
+        (stats.get("parameters") or {}).get("languages")
+        if isinstance(stats.get("parameters"), dict)
+        else None
+    )
+    codes = (
+        list(counted) if isinstance(counted, dict) and counted else asked if isinstance(asked, list) else []
+    )
     # The Hub wants language codes; "en-GB" is still "en", and "all" is no code at all.
     codes = sorted({str(c).split("-")[0].lower() for c in codes if str(c).lower() != "all"})
     return codes or ["en"]
@@ -128,8 +153,10 @@ def _languages(stats: dict | None) -> list[str]:
 
 def _dataset_id(stats: dict | None) -> str:
     source = str((stats or {}).get("source") or "")
-    is_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists()
-    return source if is_hub_id else DATASET_ID
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists():
+        return source  # a Hub dataset id
+    # A local export: name the release it comes from (the card's data table names the file).
+    return "OpenAssistant/oasst2" if "oasst2" in Path(source).name.lower() else DATASET_ID
 
 
 def _used_4bit(recipe: dict, info: dict) -> bool:
@@ -143,6 +170,7 @@ def _eval_section(output_dir: Path) -> tuple[str | None, list[str]]:
     if not report.is_file():
         return None, []
     text = report.read_text(encoding="utf-8").strip()
+
     # The report lives in eval/, the card at the root: its relative links must gain the prefix.
     def rebase(match: re.Match) -> str:
         target = match.group(2)
@@ -151,9 +179,16 @@ def _eval_section(output_dir: Path) -> tuple[str | None, list[str]]:
         return f"{match.group(1)}eval/{target}{match.group(3)}"
 
     text = re.sub(r"(\]\()([^)\s]+)(\))", rebase, text)
-    text = re.sub(r"^(#{1,4}) ", lambda m: "#" * min(len(m.group(1)) + 2, 6) + " ", text, flags=re.M)
+    # Its top heading goes one level under the card's "## Evaluation", the rest keep their nesting.
+    levels = [len(m) for m in re.findall(r"^(#{1,6}) ", text, flags=re.M)]
+    shift = max(0, 3 - min(levels)) if levels else 0
+    text = re.sub(r"^(#{1,6}) ", lambda m: "#" * min(len(m.group(1)) + shift, 6) + " ", text, flags=re.M)
     linked = set(re.findall(r"\]\((eval/[^)\s]+)\)", text))
-    extra = [f"eval/{p.name}" for p in sorted((output_dir / "eval").glob("*.png")) if f"eval/{p.name}" not in linked]
+    extra = [
+        f"eval/{p.name}"
+        for p in sorted((output_dir / "eval").glob("*.png"))
+        if f"eval/{p.name}" not in linked
+    ]
     return text, extra
 
 
@@ -161,12 +196,16 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
     """Our model card for the training output in ``output_dir`` (``repo_id`` names it in the usage)."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
-        raise CardError(f"no training output folder at {output_dir}: give the OUTPUT_DIR that `python -m train` wrote")
+        raise CardError(
+            f"no training output folder at {output_dir}: give the OUTPUT_DIR that `python -m train` wrote"
+        )
     info_path = output_dir / "training_info.json"
     info = _read_json(info_path)
     if info is None:
         what = "is not a JSON object" if info_path.exists() else "is missing"
-        raise CardError(f"{info_path} {what}: the card needs the file `python -m train` writes at the end of a run")
+        raise CardError(
+            f"{info_path} {what}: the card needs the file `python -m train` writes at the end of a run"
+        )
 
     adapter_config = _read_json(output_dir / "adapter_config.json") or {}
     recipe = _read_yaml(output_dir / "recipe.yaml")
@@ -210,30 +249,42 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
         details=[
             ("Base model", f"[{base_model}](https://huggingface.co/{base_model})"),
             ("Method", f"{method_name} ({method}) with TRL"),
-            ("Adapter", "LoRA" + (" on a 4-bit NF4 base (QLoRA)" if qlora else "")
-             + "".join(f", {k} {_fmt(adapter_config[k])}" for k in ("r", "lora_alpha", "lora_dropout")
-                       if k in adapter_config)),
-            ("Target modules", _fmt(sorted(target_modules) if isinstance(target_modules, list) else target_modules)),
+            (
+                "Adapter",
+                "LoRA"
+                + (" on a 4-bit NF4 base (QLoRA)" if qlora else "")
+                + "".join(
+                    f", {k} {_fmt(adapter_config[k])}"
+                    for k in ("r", "lora_alpha", "lora_dropout")
+                    if k in adapter_config
+                ),
+            ),
+            (
+                "Target modules",
+                _fmt(sorted(target_modules) if isinstance(target_modules, list) else target_modules),
+            ),
             ("Trainable parameters", (_fmt(trainable) if trainable is not None else "not recorded") + share),
-            ("Training pairs", _fmt(info.get("train_pairs"))),
+            ("Training pairs", _fmt(info.get("train_pairs")) + _counts(info.get("pair_counts"))),
             ("Optimizer steps", _fmt(info.get("global_step"))),
             ("Device / precision", f"{_fmt(info.get('device'))} / {_fmt(info.get('precision'))}"),
             ("Training time", f"{runtime / 60:.1f} min" if isinstance(runtime, (int, float)) else "-"),
         ],
         trainable_params=trainable,
-        data_rows=[(k, _fmt(v)) for k, v in _flatten(stats or {})
-                   if not k.startswith("parameters")]  # counts first, then how they were made
+        data_rows=[
+            (k, _fmt(v)) for k, v in _flatten(stats or {}) if not k.startswith("parameters")
+        ]  # counts first, then how they were made
         + [(k, _fmt(v)) for k, v in _flatten(stats or {}) if k.startswith("parameters")],
         pairs_file=_public(info.get("pairs_file")),
-        hyperparameters=[(k, _fmt(v)) for k, v in sorted(recipe.items())],
-        reward_weights=[(k, _fmt(v)) for k, v in (info.get("reward_weights") or {}).items()],
-        final_metrics=[(k, _fmt(v)) for k, v in (info.get("final_metrics") or {}).items()],
+        hyperparameters=[(k, _fmt(_public(v))) for k, v in recipe.items()],  # the recipe's own order
+        notes=[str(n) for n in info.get("notes") or []],
+        reward_weights=[(k, _fmt(v)) for k, v in _dict(info.get("reward_weights")).items()],
+        final_metrics=[(k, _fmt(v)) for k, v in _dict(info.get("final_metrics")).items()],
         trends=_metric_trends(metrics),
         logged_steps=len(metrics),
         plots=[(_caption(p), f"plots/{p.name}") for p in sorted((output_dir / "plots").glob("*.png"))],
         eval_report=eval_report,
         eval_images=[(_caption(Path(p)), p) for p in eval_images],
-        versions=info.get("versions") or {},
+        versions=_dict(info.get("versions")),
     )
 
 

@@ -40,8 +40,12 @@ def tiny_lora(base_dir: Path, base_model_id: str):
     torch.manual_seed(1)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     config = LoraConfig(
-        r=RECIPE["lora_r"], lora_alpha=RECIPE["lora_alpha"], lora_dropout=RECIPE["lora_dropout"],
-        target_modules=RECIPE["lora_target_modules"], task_type="CAUSAL_LM", init_lora_weights=False,
+        r=RECIPE["lora_r"],
+        lora_alpha=RECIPE["lora_alpha"],
+        lora_dropout=RECIPE["lora_dropout"],
+        target_modules=RECIPE["lora_target_modules"],
+        task_type="CAUSAL_LM",
+        init_lora_weights=False,
     )
     model = get_peft_model(base, config)
     # What training records: the Hub id of the base, never the local folder it was loaded from.
@@ -51,7 +55,11 @@ def tiny_lora(base_dir: Path, base_model_id: str):
 
 
 def build_training_output(
-    out: Path, base_dir: Path, sample_path: Path, base_model_id: str = "microsoft/phi-2", with_eval: bool = False
+    out: Path,
+    base_dir: Path,
+    sample_path: Path,
+    base_model_id: str = "microsoft/phi-2",
+    with_eval: bool = False,
 ) -> dict:
     """Write a training output folder to ``out``; return its training_info."""
     import matplotlib
@@ -71,8 +79,10 @@ def build_training_output(
     (out / "data_stats.json").write_text(json.dumps(stats, indent=2))
     (out / "recipe.yaml").write_text(yaml.safe_dump({**RECIPE, "model_name_or_path": base_model_id}))
 
-    rows = [{"step": s, "reward": 0.1 * s, "reward_std": 0.2, "loss": 0.0, "completions/mean_length": 30 - s}
-            for s in (1, 2, 3)]
+    rows = [
+        {"step": s, "reward": 0.1 * s, "reward_std": 0.2, "loss": 0.0, "completions/mean_length": 30 - s}
+        for s in (1, 2, 3)
+    ]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (out / "plots").mkdir(exist_ok=True)
     fig, ax = plt.subplots()
@@ -81,12 +91,21 @@ def build_training_output(
     plt.close(fig)
 
     info = {
-        "method": "grpo", "base_model": base_model_id, "trainable_params": trainable, "total_params": total,
-        "target_modules": RECIPE["lora_target_modules"], "global_step": 3, "train_runtime_s": 42.0,
-        "device": "cpu", "precision": "4-bit NF4, bf16 compute", "train_pairs": len(train_pairs),
+        "method": "grpo",
+        "base_model": base_model_id,
+        "trainable_params": trainable,
+        "total_params": total,
+        "target_modules": RECIPE["lora_target_modules"],
+        "global_step": 3,
+        "train_runtime_s": 42.0,
+        "device": "cpu",
+        "precision": "4-bit NF4, bf16 compute",
+        "train_pairs": len(train_pairs),
         "pairs_file": "/home/someone/data/pairs/train.jsonl",
         "reward_weights": {"preference": 1.0, "ends_with_eos": 0.5},
         "final_metrics": {"train_loss": 0.0123, "reward": 0.3},
+        "notes": ["no GPU: bf16/fp16 mixed precision off"],
+        "versions": {"trl": "1.16.0", "peft": "0.21.2"},
     }
     (out / "training_info.json").write_text(json.dumps(info, indent=2))
     # Trainer checkpoints sit in the output folder too; they must never be pushed.
@@ -111,6 +130,9 @@ def add_eval(out: Path) -> None:
     fig.savefig(out / "eval" / "lengths.png")
     plt.close(fig)
     (out / "eval" / "report.md").write_text(
-        "# Base vs tuned\n\nTuned wins **60%** of 20 held-out prompts.\n\n![Win rate](win_rate.png)\n"
+        "### Evaluation: base vs tuned\n\n#### Generation quality\n\n"
+        "Tuned wins **60%** of 20 held-out prompts.\n\n![Win rate](win_rate.png)\n\n"
+        "The full answers are in [samples.md](samples.md).\n"
     )
+    (out / "eval" / "samples.md").write_text("# Samples\n")
     (out / "eval" / "report.json").write_text(json.dumps({"win_rate": 0.6, "prompts": 20}))

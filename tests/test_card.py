@@ -34,7 +34,7 @@ def test_metadata(output_dir):
     data = card.data
     assert data.base_model == "microsoft/phi-2"
     assert data.library_name == "peft"
-    assert data.datasets == ["OpenAssistant/oasst1"]
+    assert data.datasets == ["OpenAssistant/oasst2"]  # the pairs came from the local oasst2 sample
     assert data.language == ["en"]  # every pair of the sample that train.data kept is English
     assert data.license == "mit"
     assert data.pipeline_tag == "text-generation"
@@ -61,6 +61,7 @@ def test_body_reports_the_real_run(output_dir, tiny_phi_dir):
     assert "| `preference` | 1 |" in text
     assert "![Reward](plots/reward.png)" in text
     assert "| `reward` | 0.1 | 0.3 |" in text  # first and last logged value of metrics.jsonl
+    assert "- no GPU: bf16/fp16 mixed precision off" in text and "- trl 1.16.0" in text
 
     # Usage: from the Hub with PEFT, prompts through the adapter's own chat template.
     assert 'AutoModelForCausalLM.from_pretrained("microsoft/phi-2"' in text
@@ -76,11 +77,23 @@ def test_evaluation_section_iff_report(run):
     add_eval(run)
     text = render_card(run).text
     assert "## Evaluation" in text
-    assert "### Base vs tuned" in text  # the report's headings nest under the card's
+    assert "\n### Evaluation: base vs tuned\n" in text  # the report's headings nest under the card's
+    assert "\n#### Generation quality\n" in text
     assert "Tuned wins **60%** of 20 held-out prompts." in text
     assert "![Win rate](eval/win_rate.png)" in text  # its links rebased from eval/ to the root
+    assert "[samples.md](eval/samples.md)" in text
     assert "![Lengths](eval/lengths.png)" in text  # its other plots are shown too
     assert text.count("eval/win_rate.png") == 1
+
+
+def test_report_headings_shift_under_the_card(run):
+    add_eval(run)
+    (run / "eval" / "report.md").write_text(
+        "# Results\n\n## Accuracy\n\nSee [the site](https://x.org/a.png).\n"
+    )
+    text = render_card(run).text
+    assert "\n### Results\n" in text and "\n#### Accuracy\n" in text
+    assert "[the site](https://x.org/a.png)" in text  # absolute links stay as they are
 
 
 def test_repo_id_names_the_adapter_in_usage(output_dir):
@@ -94,11 +107,18 @@ def test_repo_id_names_the_adapter_in_usage(output_dir):
 
 def test_description_method_and_demo_base(run):
     info = json.loads((run / "training_info.json").read_text())
-    info.update(method="dpo", base_model="HuggingFaceTB/SmolLM2-135M-Instruct", precision="fp32",
-                description="CPU demo: SmolLM2-135M-Instruct, 3 steps on 43 pairs. Not the tuned Phi-2.")
+    info.update(
+        method="dpo",
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        precision="fp32",
+        description="CPU demo: SmolLM2-135M-Instruct, 3 steps on 43 pairs. Not the tuned Phi-2.",
+    )
     (run / "training_info.json").write_text(json.dumps(info))
     (run / "recipe.yaml").write_text("method: dpo\nload_in_4bit: false\n")
+    stats = json.loads((run / "data_stats.json").read_text())
+    (run / "data_stats.json").write_text(json.dumps({**stats, "source": "OpenAssistant/oasst1"}))
     card = render_card(run)
+    assert card.data.datasets == ["OpenAssistant/oasst1"]
     assert "> **CPU demo: SmolLM2-135M-Instruct, 3 steps on 43 pairs. Not the tuned Phi-2.**" in card.text
     assert "| Method | DPO (dpo) with TRL |" in card.text
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -144,13 +164,21 @@ def test_missing_inputs_are_one_line_errors(tmp_path):
 
 def test_cli(run, tmp_path):
     (run / "README.md").unlink(missing_ok=True)
-    done = subprocess.run([sys.executable, "-m", "model_card", str(run), "--repo-id", "someone/x"],
-                          cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "model_card", str(run), "--repo-id", "someone/x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert 'adapter = "someone/x"' in (run / "README.md").read_text()
 
-    done = subprocess.run([sys.executable, "-m", "model_card", str(tmp_path / "missing")],
-                          cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "model_card", str(tmp_path / "missing")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("error: no training output folder at")
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
