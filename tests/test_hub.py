@@ -9,6 +9,7 @@ stand-in too, and generates.
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -31,10 +32,10 @@ def hub():
         yield server
 
 
-def hf_env(hub, tmp_path, token=TOKEN):
+def hf_env(endpoint, tmp_path, token=TOKEN):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env.update(
-        HF_ENDPOINT=hub.url,
+        HF_ENDPOINT=endpoint,
         HF_HUB_OFFLINE="0",
         HF_HOME=str(tmp_path / "hf-home"),
         HF_HUB_DISABLE_TELEMETRY="1",
@@ -50,7 +51,7 @@ def push(hub, tmp_path, *args, token=TOKEN):
     return subprocess.run(
         [sys.executable, "-m", "train.hub", *map(str, args)],
         cwd=ROOT,
-        env=hf_env(hub, tmp_path, token),
+        env=hf_env(hub.url, tmp_path, token),
         capture_output=True,
         text=True,
         timeout=300,
@@ -157,7 +158,7 @@ def test_download_and_generate_with_the_card_snippet(hub, pushed, tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", script],
         cwd=tmp_path,
-        env=hf_env(hub, tmp_path),
+        env=hf_env(hub.url, tmp_path),
         capture_output=True,
         text=True,
         timeout=300,
@@ -201,6 +202,7 @@ def test_errors_are_one_line(hub, pushed, tmp_path):
         ((out, "--repo-id", "someone-else/x"), TOKEN, "error: no write access to 'someone-else/x'"),
         ((tmp_path / "nothing", "--repo-id", "x"), TOKEN, "error: no adapter in"),
         ((half, "--repo-id", "x"), TOKEN, f"error: {half / 'training_info.json'} is missing"),
+        ((out, "--repo-id", "tiny-phi", "--private"), TOKEN, f"error: {BASE_ID} exists and is public"),
     ]
     for args, token, message in cases:
         done = push(hub, tmp_path, *args, token=token)
@@ -209,3 +211,24 @@ def test_errors_are_one_line(hub, pushed, tmp_path):
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
         assert TOKEN not in done.stdout + done.stderr
     assert "someone-else/x" not in hub.repos and f"{USER}/x" not in hub.repos
+    assert len(hub.repos[BASE_ID].commits) == 1  # nothing pushed into the public repo
+    assert f'adapter = "{REPO_ID}"' in (out / "README.md").read_text()  # the local card untouched
+
+
+def test_unreachable_hub_is_one_line(pushed, tmp_path):
+    out, _ = pushed
+    with socket.socket() as free:  # a port nobody listens on
+        free.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{free.getsockname()[1]}"
+    env = hf_env(closed, tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "train.hub", str(out), "--repo-id", "x"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: cannot reach the Hub at {closed}")
+    assert len(done.stderr.strip().splitlines()) == 1 and TOKEN not in done.stdout + done.stderr

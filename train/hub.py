@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from model_card import CardError, write_card
+from model_card import CardError, render_card, write_card
 
 # What a reader of the repo needs; trainer checkpoints, optimizer states and the pairs stay home.
 ALLOW_PATTERNS = [
@@ -51,7 +51,8 @@ def push_to_hub(
     """Create ``repo_id`` if needed and upload the run in ``output_dir`` in one commit; return the repo URL.
 
     A bare repo name goes to the logged-in user's namespace. The card is re-rendered with the final
-    repo id first, so its usage snippet names the repo it is read in.
+    repo id first, so its usage snippet names the repo it is read in. An existing repo is kept as it is,
+    except that a private push into a public repo is refused.
     """
     import httpx2  # huggingface_hub's HTTP client: its connection errors are not OSErrors
     from huggingface_hub import HfApi
@@ -75,8 +76,15 @@ def push_to_hub(
         user = api.whoami()
         if "/" not in repo_id:
             repo_id = f"{user['name']}/{repo_id}"
-        write_card(output_dir, repo_id=repo_id)  # before anything is created: a bad folder stops here
+        render_card(output_dir, repo_id=repo_id)  # a folder the card cannot be made from stops here
         url = api.create_repo(repo_id, private=private, exist_ok=True)
+        # create_repo leaves an existing repo as it is: never push a private run into a public repo.
+        if private and not api.repo_info(repo_id).private:
+            raise HubPushError(
+                f"{repo_id} exists and is public, but a private push was asked: make it private on the Hub "
+                "first, or push without --private"
+            )
+        write_card(output_dir, repo_id=repo_id)
         api.upload_folder(
             repo_id=repo_id,
             folder_path=output_dir,
