@@ -90,6 +90,10 @@ def setup(tmp_path_factory, tiny_phi_dir):
         optimizer.step()
     peft_model.eval()
     peft_model.save_pretrained(root / "adapter")
+    (root / "adapter" / "recipe.yaml").write_text(
+        "method: grpo\nreward_funcs: [preference, ends_with_eos, not_empty, concision]\n"
+        "reward_weights: [4.0, 1.0, 0.5, 0.25]\n"
+    )
     expected = {}
     for pair in pairs:
         tuned = {r: reference_logprob(peft_model, tokenizer, pair["prompt"], pair[r]) for r in ("chosen", "rejected")}
@@ -144,7 +148,9 @@ def test_report_schema_and_files(evaluated):
             "runtime_s"} <= report.keys()
     generation = report["generation"]
     assert generation["n"] == len(TEXTS)
-    assert generation["reward_funcs"] and len(generation["reward_weights"]) == len(generation["reward_funcs"])
+    # Rewards and weights as the adapter's recipe.yaml gives them; the total is their weighted sum.
+    assert generation["reward_funcs"] == ["preference", "ends_with_eos", "not_empty", "concision"]
+    assert generation["reward_weights"] == [4.0, 1.0, 0.5, 0.25] and generation["weights_from"] == "recipe.yaml"
     for side in ("base", "tuned"):
         assert set(generation[side]["reward"]) == set(generation["reward_funcs"])
         assert {"total_reward", "answer_tokens", "ended_properly"} <= generation[side].keys()
@@ -160,6 +166,12 @@ def test_report_schema_and_files(evaluated):
     rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == len(TEXTS)
     assert all(row["base"]["tokens"] <= 6 and row["tuned"]["tokens"] <= 6 for row in rows)
+    for row in rows:
+        for side in ("base", "tuned"):
+            rewards = row[side]["rewards"]
+            assert rewards["total"] == pytest.approx(sum(w * rewards[name] for name, w in zip(
+                generation["reward_funcs"], generation["reward_weights"])))
+            assert rewards["not_empty"] == float(bool(row[side]["answer"]))
     outcomes = [row["outcome"] for row in rows]
     assert versus["win"]["mean"] == outcomes.count("win") / len(rows)
 
@@ -190,6 +202,17 @@ def test_untrained_adapter_ties_with_base(setup):
     generation = evaluate.generation_quality(loaded, pairs, args, recipe={})
     assert generation["tuned_vs_base"]["tie"]["mean"] == 1.0
     assert all(row["base"]["answer"] == row["tuned"]["answer"] for row in generation["rows"])
+
+
+def test_reward_weights_from_recipe_else_training_default():
+    assert evaluate.reward_setup({"reward_funcs": ["not_empty", "concision"]}) == (
+        ["not_empty", "concision"], [1.0, 1.0], "recipe.yaml, equal weights")
+    names, weights, source = evaluate.reward_setup({})
+    from train.config import TrainArguments
+
+    assert names == TrainArguments().reward_funcs and weights == [1.0] * len(names)
+    with pytest.raises(evaluate.EvalError, match="2 reward_weights for 1 reward_funcs"):
+        evaluate.reward_setup({"reward_funcs": ["not_empty"], "reward_weights": [1, 2]})
 
 
 def test_sample_selection_is_a_fixed_rule():

@@ -269,12 +269,13 @@ def mean_logprobs(model, rows: list[tuple[list[int], list[int], str]], pad_id: i
             logits = model(
                 input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
                 adapter_names=[rows[i][2] for i in chunk], logits_to_keep=keep + 1,
-            ).logits[:, -keep - 1 : -1].float()
+            ).logits[:, -keep - 1 : -1]
             targets = input_ids[:, -keep:].to(logits.device)
-            token_logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-            for j, i in enumerate(chunk):
+            for j, i in enumerate(chunk):  # row by row: a [reply, vocab] float copy at a time, not the batch's
                 n = len(rows[i][1])
-                scores[i] = token_logprobs[j, keep - n:].mean().item()
+                row = logits[j, keep - n:].float()
+                token_logprobs = row.gather(-1, targets[j, keep - n:, None]).squeeze(-1) - row.logsumexp(-1)
+                scores[i] = token_logprobs.mean().item()
             bar.update(len(chunk))
     return scores
 
@@ -339,21 +340,21 @@ def read_recipe(adapter: str, revision: str | None = None) -> dict:
 
 
 def reward_setup(recipe: dict) -> tuple[list[str], list[float], str]:
-    """Reward names and weights: the recipe's (TRL's reward_weights), else every registered reward that
-    needs no extra model, weighted equally."""
-    from train.rewards import REWARDS
-
+    """Reward names and weights as training used them: the recipe's reward_funcs and TRL's reward_weights
+    (equal when it sets none); without reward_funcs in the recipe, the training default, equally weighted."""
     names = recipe.get("reward_funcs")
     if names:
         names = [names] if isinstance(names, str) else list(names)
         weights = recipe.get("reward_weights")
         if weights is None:
-            return names, [1.0] * len(names), "recipe.yaml (reward_funcs; equal weights)"
+            return names, [1.0] * len(names), "recipe.yaml, equal weights"
         if len(weights) != len(names):
             raise EvalError(f"recipe.yaml: {len(weights)} reward_weights for {len(names)} reward_funcs")
         return names, [float(w) for w in weights], "recipe.yaml"
-    names = [name for name in REWARDS if name != "reward_model"]
-    return names, [1.0] * len(names), "equal (no recipe.yaml with reward_funcs)"
+    from train.config import TrainArguments
+
+    names = list(TrainArguments().reward_funcs)
+    return names, [1.0] * len(names), "training's default rewards, equal weights (no reward_funcs in a recipe.yaml)"
 
 
 def eos_ids(loaded) -> list[int]:
@@ -700,9 +701,9 @@ def _wrap(text: str, width: int, max_lines: int) -> list[str]:
 def plot_sample(sample: dict, base_name: str, tuned_name: str, path: Path) -> None:
     """A picture of one comparison: the prompt across the top, base and tuned answers in two columns."""
     plt = _plt()
-    prompt = _wrap(sample["prompt"], 110, 8)
-    base, tuned = _wrap(sample["base"], 58, 40), _wrap(sample["tuned"], 58, 40)
-    line = 0.19  # inches per line at 9.5 pt
+    prompt = _wrap(sample["prompt"], 140, 8)
+    base, tuned = _wrap(sample["base"], 68, 40), _wrap(sample["tuned"], 68, 40)
+    line = 0.17  # inches per line at 9.5 pt
     height = 1.1 + line * (len(prompt) + max(len(base), len(tuned)) + 4)
     fig = plt.figure(figsize=(12, height))
     y = lambda inches: 1 - inches / height  # noqa: E731
