@@ -279,7 +279,7 @@ def test_votes_summary(tmp_path, capsys):
 
 @pytest.mark.parametrize("case", [
     "missing_pairs", "malformed_pairs", "missing_adapter", "folder_without_adapter", "adapter_without_pairs",
-    "output_is_other_folder", "bad_limit",
+    "output_is_other_folder", "bad_limit", "bad_device",
 ])
 def test_bad_input_is_one_line_error_and_writes_nothing(case, setup, tmp_path, capsys):
     out = tmp_path / "out"
@@ -290,6 +290,7 @@ def test_bad_input_is_one_line_error_and_writes_nothing(case, setup, tmp_path, c
         "missing_adapter": "no adapter there", "folder_without_adapter": "no adapter there",
         "adapter_without_pairs": "--adapter and --pairs go together",
         "output_is_other_folder": "not an evaluation folder", "bad_limit": "--limit must be at least 1",
+        "bad_device": "--device must be",
     }[case]
     if case == "missing_pairs":
         args["--pairs"] = str(tmp_path / "nope.jsonl")
@@ -307,6 +308,8 @@ def test_bad_input_is_one_line_error_and_writes_nothing(case, setup, tmp_path, c
         (out / "adapter_model.safetensors").write_bytes(b"precious")
     elif case == "bad_limit":
         args["--limit"] = "0"
+    elif case == "bad_device":
+        args["--device"] = "tpu"
     code = evaluate.main([x for item in args.items() for x in item])
     error = capsys.readouterr().err
     assert code == 2

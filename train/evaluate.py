@@ -191,6 +191,13 @@ def check_args(args: EvalArguments) -> None:
         raise EvalError(f"--temperature must be between 0 and 2, got {args.temperature}")
     if not 0 < args.top_p <= 1:
         raise EvalError(f"--top-p must be above 0 and at most 1, got {args.top_p}")
+    if args.device not in (None, "cpu", "cuda", "mps") and not str(args.device).startswith("cuda:"):
+        raise EvalError(f"--device must be cpu, cuda, cuda:N or mps, got {args.device!r}")
+    if args.device and args.device != "cpu":
+        import torch
+
+        if not (torch.backends.mps.is_available() if args.device == "mps" else torch.cuda.is_available()):
+            raise EvalError(f"--device {args.device}: no such device here; leave --device out to use the best at hand")
     if args.samples < 0:
         raise EvalError(f"--samples must be 0 or more, got {args.samples}")
     if args.adapter is not None:
@@ -521,7 +528,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def render_markdown(report: dict) -> str:
     """report.md: a self-contained section (headings from ### down) with links to the PNGs beside it."""
-    lines = ["### Evaluation: base vs tuned", ""]
+    lines = ["### Base vs tuned on held-out pairs", ""]
     model = report.get("model")
     if model:
         lines += [
@@ -776,6 +783,8 @@ def run(args: EvalArguments) -> dict:
     check_args(args)
     out = check_output_dir(args.output_dir)
     pairs = order_pairs(read_pairs(args.pairs))[: args.limit] if args.pairs else None
+    if pairs is not None and Path(args.pairs).name.startswith("train"):
+        print(f"note: {args.pairs} looks like training pairs; held-out ones are in eval.jsonl", file=sys.stderr)
     votes = read_votes(args.votes) if args.votes else None
     start = time.perf_counter()
     report: dict = {"schema_version": 1, "seed": args.seed, "options": asdict(args)}
@@ -825,11 +834,12 @@ def main(argv: list[str] | None = None) -> int:
     from trl import TrlParser
 
     (args,) = TrlParser(EvalArguments).parse_args_and_config(argv)
+    from assistant.generation import RequestError
     from assistant.models import ModelLoadError
 
     try:
         report = run(args)
-    except (EvalError, ModelLoadError) as error:
+    except (EvalError, ModelLoadError, RequestError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
