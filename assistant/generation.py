@@ -15,7 +15,7 @@ import queue
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -303,26 +303,23 @@ def stream(
             updates.put(error)
 
     threading.Thread(target=work, name="generate", daemon=True).start()
-    last = None
+    shown = None
     try:
         while True:
             item = updates.get()
             while item is not finished and not isinstance(item, BaseException):
                 try:  # a slow reader gets the newest snapshot, not a backlog
-                    newer = updates.get_nowait()
+                    item = updates.get_nowait()
                 except queue.Empty:
                     break
-                last, item = item, newer
             if isinstance(item, BaseException):
                 raise item
+            snapshot = streamer.snapshot() if item is finished else item
+            if snapshot != shown:
+                shown = snapshot
+                yield snapshot
             if item is finished:
-                final = streamer.snapshot()
-                if final != last:
-                    yield final
                 return
-            if item != last:
-                last = item
-                yield item
     finally:
         stop.set()
 
@@ -459,10 +456,12 @@ class Assistant:
 
     def chat(self, prepared: Prepared, stop: threading.Event | None = None) -> Iterator[Answer]:
         """The answer of the tuned model (or the base when there is none), as it grows."""
-        for (answer,) in stream(
+        rows = stream(
             self.loaded, [prepared.messages], [self.chat_adapter], prepared.settings, stop, self.limits.max_waiting
-        ):
-            yield answer
+        )
+        with closing(rows):  # closing this generator closes the stream, which stops generate
+            for (answer,) in rows:
+                yield answer
 
     def compare(self, prepared: Prepared, stop: threading.Event | None = None) -> Iterator[tuple[Answer, Answer]]:
         """(base, tuned) answers to the same prompt, as they grow, from one batched generation."""
@@ -471,15 +470,17 @@ class Assistant:
                 f"{self.loaded.name} has no adapter, so there is nothing to compare the base with; "
                 "set ASSISTANT_ADAPTER"
             )
-        for base, tuned in stream(
+        rows = stream(
             self.loaded,
             [prepared.messages, prepared.messages],
             [BASE, self.tuned],
             prepared.settings,
             stop,
             self.limits.max_waiting,
-        ):
-            yield base, tuned
+        )
+        with closing(rows):
+            for base, tuned in rows:
+                yield base, tuned
 
 
 __all__ = [
