@@ -1,0 +1,301 @@
+"""python -m train on the tiny random Phi model: recipes, LoRA targets, GRPO and DPO steps, outputs, resume.
+
+The training runs start from the real Phi-2 recipes with overrides for the tiny model, so the recipe
+logic (4-bit and bf16 switched off on a CPU, Phi-2's target modules) is what runs.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from assistant.prompt import PHI2_CHAT_TEMPLATE
+from tests._helpers_train import make_tiny_classifier, write_pairs_file
+from train.train import ConfigError, check_target_modules, main, parse_args, run
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes"
+PHI2_TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
+
+
+def tiny_overrides(tiny_phi_dir, pairs_file, output_dir, max_steps=2):
+    return [
+        "--model_name_or_path",
+        str(tiny_phi_dir),
+        "--pairs_file",
+        str(pairs_file),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        str(max_steps),
+        "--save_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--learning_rate",
+        "1e-3",
+        "--gradient_accumulation_steps",
+        "1",
+    ]
+
+
+GRPO_SMALL = [
+    "--num_generations",
+    "2",
+    "--per_device_train_batch_size",
+    "2",
+    "--max_completion_length",
+    "8",
+    "--reward_funcs",
+    "preference",
+    "ends_with_eos",
+    "no_user_turn",
+    "not_empty",
+    "concision",
+    "reward_model",
+    "--reward_weights",
+    "4",
+    "1",
+    "0.5",
+    "0.5",
+    "0.25",
+    "1",
+]
+
+
+def lora_count(model, targets, r):
+    """LoRA parameters computed from the layer shapes: r x (in + out) for every targeted Linear."""
+    return sum(
+        r * (m.in_features + m.out_features)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets
+    )
+
+
+@pytest.mark.parametrize(
+    "name,config_class,method",
+    [
+        ("phi2-grpo-qlora", "GRPOConfig", "grpo"),
+        ("phi2-dpo-qlora", "DPOConfig", "dpo"),
+        ("cpu-demo", "GRPOConfig", "grpo"),
+    ],
+)
+def test_recipes_parse(name, config_class, method):
+    parsed = parse_args(["--config", str(RECIPES / f"{name}.yaml")])
+    assert type(parsed.training).__name__ == config_class
+    assert parsed.train.method == method
+    assert parsed.model.use_peft and parsed.model.lora_r == 16 and parsed.model.lora_alpha == 32
+    assert parsed.training.bf16 is False  # this machine has no GPU: switched off before TRL sees it
+    if name.startswith("phi2"):
+        model, training = parsed.model, parsed.training
+        assert model.model_name_or_path == "microsoft/phi-2"
+        assert model.lora_target_modules == PHI2_TARGETS
+        assert model.load_in_4bit and model.bnb_4bit_quant_type == "nf4" and model.dtype == "bfloat16"
+        assert parsed.mixed_precision == "bf16"
+        assert (training.learning_rate, training.per_device_train_batch_size) == (5e-6, 2)
+        assert (training.gradient_accumulation_steps, training.num_train_epochs) == (4, 1)
+        assert (training.warmup_steps, training.lr_scheduler_type.value) == (0.1, "cosine")
+        assert training.gradient_checkpointing and training.optim.value == "adamw_torch"
+    if method == "grpo":
+        assert len(parsed.training.reward_weights) == len(parsed.train.reward_funcs)
+        assert parsed.training.generation_batch_size % parsed.training.num_generations == 0
+
+
+def test_command_line_overrides_the_recipe():
+    parsed = parse_args(["--config", str(RECIPES / "cpu-demo.yaml"), "--max_steps", "7", "--save_only_model"])
+    assert (parsed.training.max_steps, parsed.training.save_only_model) == (7, True)
+    assert parsed.keys[0] == "method" and parsed.keys[-1] == "save_only_model" and "max_steps" in parsed.keys
+
+
+def test_bad_recipe_is_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((RECIPES / "cpu-demo.yaml").read_text() + "\nlearning_rat: 0.1\n")
+    assert main(["--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "learning_rat" in err and len(err.splitlines()) == 1
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_target_modules_that_match_nothing_are_an_error(tiny_phi_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_phi_dir)
+    assert check_target_modules(model, PHI2_TARGETS) == PHI2_TARGETS
+    assert check_target_modules(model, "fc1") == ["fc1"]  # TRL makes a one-item list a string
+    with pytest.raises(ConfigError) as error:
+        # the original write-up's names: Phi-2 has no o_proj, gate_proj, up_proj or down_proj
+        check_target_modules(
+            model, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        )
+    message = str(error.value)
+    assert "o_proj, gate_proj, up_proj, down_proj" in message and "q_proj," not in message.split(";")[0]
+    assert "dense" in message and "fc1" in message  # says what the model has
+    with pytest.raises(ConfigError, match="regex"):
+        check_target_modules(model, r".*\.attn\.(o|out)_proj")
+
+
+def test_cli_rejects_unknown_targets_and_missing_pairs(tmp_path, tiny_phi_dir, capsys):
+    pairs = write_pairs_file(tmp_path / "pairs")
+    args = [
+        "--config",
+        str(RECIPES / "phi2-grpo-qlora.yaml"),
+        *tiny_overrides(tiny_phi_dir, pairs, tmp_path / "out"),
+        "--lora_target_modules",
+        "q_proj",
+        "o_proj",
+        "--num_generations",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+    ]
+    assert main(args) == 2
+    assert "o_proj" in capsys.readouterr().err
+    args = [
+        "--config",
+        str(RECIPES / "phi2-grpo-qlora.yaml"),
+        *tiny_overrides(tiny_phi_dir, tmp_path / "none" / "train.jsonl", tmp_path / "out"),
+        "--dataset_source",
+        "",
+        "--num_generations",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+    ]
+    assert main(args) == 2
+    assert "python -m train.data" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tmp_path_factory, tiny_phi_dir):
+    """Two GRPO steps on the tiny Phi model from the Phi-2 GRPO recipe, all rewards incl. a reward model."""
+    base = tmp_path_factory.mktemp("grpo")
+    pairs = write_pairs_file(base / "pairs")
+    classifier = make_tiny_classifier(base / "reward-model", tiny_phi_dir)
+    argv = [
+        "--config",
+        str(RECIPES / "phi2-grpo-qlora.yaml"),
+        *tiny_overrides(tiny_phi_dir, pairs, base / "out"),
+        *GRPO_SMALL,
+        "--reward_model_name_or_path",
+        str(classifier),
+    ]
+    trainer = run(parse_args(argv))
+    return base / "out", trainer, argv
+
+
+def check_adapter_trained(output, trainer, tiny_phi_dir, r=4):
+    """The LoRA weights moved from their initialisation; the base weights are exactly the checkpoint's."""
+    adapter = load_file(output / "adapter_model.safetensors")
+    assert adapter and all("lora_A" in k or "lora_B" in k for k in adapter)
+    # PEFT starts every lora_B at zero: trained ones are not.
+    assert all(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+    original = load_file(tiny_phi_dir / "model.safetensors")
+    base = trainer.model.get_base_model().state_dict()
+    for key, value in original.items():
+        name = key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        tensor = base.get(key, base.get(name))
+        assert tensor is not None, key
+        assert torch.equal(tensor.float(), value.float()), f"base weight {key} changed"
+    targets = json.loads((output / "adapter_config.json").read_text())["target_modules"]
+    assert sorted(targets) == sorted(PHI2_TARGETS)
+    info = json.loads((output / "training_info.json").read_text())
+    from transformers import AutoModelForCausalLM
+
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_phi_dir)
+    assert info["trainable_params"] == lora_count(fresh, PHI2_TARGETS, r) > 0
+    return info
+
+
+def test_grpo_steps_train_lora_only(grpo_run, tiny_phi_dir):
+    output, trainer, _ = grpo_run
+    info = check_adapter_trained(output, trainer, tiny_phi_dir)
+    assert info["method"] == "grpo" and info["global_step"] == 2 and info["device"] == "cpu"
+    assert info["base_model"] == str(tiny_phi_dir)
+    assert "no GPU: base loaded in fp32, not quantized (set quantize_on_cpu to keep 4-bit)" in info["notes"]
+    assert info["reward_weights"] == {
+        "preference": 4.0,
+        "ends_with_eos": 1.0,
+        "no_user_turn": 0.5,
+        "not_empty": 0.5,
+        "concision": 0.25,
+        "reward_model": 1.0,
+    }
+
+
+def test_output_folder_contract(grpo_run, tiny_phi_dir):
+    output, trainer, argv = grpo_run
+    config = json.loads((output / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_phi_dir)
+    # Phi-2 ships no chat template: ours is saved with the tokenizer next to the adapter.
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(output).chat_template == PHI2_CHAT_TEMPLATE
+    metrics = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if "reward" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    for name in ("preference", "ends_with_eos", "no_user_turn", "not_empty", "concision", "reward_model"):
+        assert f"rewards/{name}/mean" in steps[0]
+    assert {"reward_std", "frac_reward_zero_std", "kl", "completions/mean_length"} <= set(steps[0])
+    plots = {p.name for p in (output / "plots").glob("*.png")}
+    assert plots == {"reward.png", "rewards_per_function.png", "loss_kl.png", "completion_length.png"}
+    assert json.loads((output / "data_stats.json").read_text())["source"] == "hand-made"
+    assert (output / "checkpoint-2").is_dir()
+    # Our card replaced the one TRL writes on save.
+    card = (output / "README.md").read_text()
+    assert "This model is a fine-tuned version of" not in card and "GRPO" in card
+    # The resolved recipe parses again and says what ran, including the CPU changes.
+    recipe = yaml.safe_load((output / "recipe.yaml").read_text())
+    assert recipe["load_in_4bit"] is False and recipe["bf16"] is False and recipe["max_steps"] == 2
+    again = parse_args(["--config", str(output / "recipe.yaml")])
+    assert again.training.max_steps == 2 and again.train.reward_funcs == recipe["reward_funcs"]
+
+
+def test_rerun_resumes_from_the_last_checkpoint(grpo_run, tmp_path):
+    output, _, argv = grpo_run
+    copy = tmp_path / "out"
+    shutil.copytree(output, copy)
+    argv = [a if a != str(output) else str(copy) for a in argv]
+    trainer = run(parse_args(argv + ["--max_steps", "3"]))
+    info = json.loads((copy / "training_info.json").read_text())
+    assert info["resumed_from"] == str(copy / "checkpoint-2")
+    assert trainer.state.global_step == info["global_step"] == 3
+    records = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    # One record per step, nothing lost or doubled (train() summaries are separate records).
+    assert [r["step"] for r in records if "reward" in r] == [1, 2, 3]
+    assert [r["step"] for r in records if "train_runtime" in r] == [2, 3]
+
+
+def test_dpo_steps_on_pairs_built_from_the_real_sample(tmp_path, tiny_phi_dir, sample_path):
+    # No pairs file yet: the entry builds it from dataset_source with train.data first.
+    pairs = tmp_path / "built" / "train.jsonl"
+    argv = [
+        "--config",
+        str(RECIPES / "phi2-dpo-qlora.yaml"),
+        *tiny_overrides(tiny_phi_dir, pairs, tmp_path / "out"),
+        "--dataset_source",
+        str(sample_path),
+        "--per_device_train_batch_size",
+        "2",
+        "--max_length",
+        "64",
+    ]
+    trainer = run(parse_args(argv))
+    assert (
+        pairs.exists()
+        and json.loads((tmp_path / "out" / "data_stats.json").read_text())["train"]["pairs"] > 10
+    )
+    info = check_adapter_trained(tmp_path / "out", trainer, tiny_phi_dir)
+    assert info["method"] == "dpo" and info["global_step"] == 2 and info["reward_weights"] is None
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert "rewards/margins" in metrics[0]
+    assert {p.name for p in (tmp_path / "out" / "plots").glob("*.png")} >= {"reward.png", "loss_kl.png"}

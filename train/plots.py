@@ -1,0 +1,161 @@
+"""PNG plots of a run's metrics.jsonl: reward, reward per function, KL/loss, completion length.
+
+    python -m train.plots OUTPUT_DIR        # (re)draws OUTPUT_DIR/plots/*.png from OUTPUT_DIR/metrics.jsonl
+
+GRPO runs get all four; a DPO run has no sampled completions, so it gets its implicit rewards
+(chosen/rejected/margin/accuracy) and its loss.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from train.callbacks import read_metrics  # noqa: E402
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _rolling(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _save(fig, path: Path) -> Path:
+    # Written to a temp file and renamed: a reader never sees half a PNG.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _line(ax, records, key, label=None, smooth=True, **style):
+    steps, values = _series(records, key)
+    if not steps:
+        return False
+    window = max(1, len(values) // 10)
+    if smooth and window > 1:
+        ax.plot(steps, values, alpha=0.3, **style)
+        ax.plot(steps, _rolling(values, window), label=f"{label or key} (mean of {window})", **style)
+    else:
+        ax.plot(steps, values, label=label or key, **style)
+    return True
+
+
+def plot_metrics(output_dir: str | os.PathLike) -> list[Path]:
+    """Draw the plots of ``output_dir/metrics.jsonl`` into ``output_dir/plots``; return the files written."""
+    output_dir = Path(output_dir)
+    records = [r for r in read_metrics(output_dir / "metrics.jsonl") if "train_runtime" not in r]
+    if not records:
+        return []
+    plots = output_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    written = []
+    keys = sorted({k for r in records for k in r})
+    grpo = "reward" in keys
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if grpo:
+        steps, mean = _series(records, "reward")
+        _, std = _series(records, "reward_std")
+        if len(std) == len(mean):
+            ax.fill_between(
+                steps,
+                [m - s for m, s in zip(mean, std, strict=False)],
+                [m + s for m, s in zip(mean, std, strict=False)],
+                alpha=0.15,
+                color="C0",
+                label="± std within the step",
+            )
+        _line(ax, records, "reward", "weighted reward", color="C0")
+        ax.set_title("GRPO reward (weighted sum of the reward functions)")
+    else:
+        _line(ax, records, "rewards/margins", "margin (chosen - rejected)", color="C0")
+        _line(ax, records, "rewards/accuracies", "accuracy", color="C1")
+        ax.set_title("DPO implicit reward")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8)
+    written.append(_save(fig, plots / "reward.png"))
+
+    funcs = [k for k in keys if k.startswith("rewards/") and k.endswith("/mean")]
+    if not grpo:
+        funcs = [k for k in ("rewards/chosen", "rewards/rejected") if k in keys]
+    if funcs:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for i, key in enumerate(funcs):
+            _line(ax, records, key, key.removeprefix("rewards/").removesuffix("/mean"), color=f"C{i}")
+        ax.set_title("Reward per function (unweighted mean)" if grpo else "DPO implicit reward per side")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+        written.append(_save(fig, plots / "rewards_per_function.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _line(ax, records, "loss", "loss", color="C0")
+    ax.set_ylabel("loss")
+    ax.set_xlabel("step")
+    if "kl" in keys:
+        kl_ax = ax.twinx()
+        _line(kl_ax, records, "kl", "KL to the base", color="C3")
+        kl_ax.set_ylabel("KL")
+        kl_ax.legend(fontsize=8, loc="upper right")
+        ax.set_title("Loss and KL to the base model")
+    else:
+        ax.set_title("Loss" + (" (beta = 0: no KL term)" if grpo else ""))
+    ax.legend(fontsize=8, loc="upper left")
+    written.append(_save(fig, plots / "loss_kl.png"))
+
+    if "completions/mean_length" in keys:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        _line(ax, records, "completions/mean_length", "mean length (tokens)", color="C0")
+        _line(
+            ax,
+            records,
+            "completions/mean_terminated_length",
+            "mean length of those ending with EOS",
+            color="C2",
+        )
+        ax.set_ylabel("tokens")
+        ax.set_xlabel("step")
+        clip_ax = ax.twinx()
+        _line(clip_ax, records, "completions/clipped_ratio", "share cut at max_completion_length", color="C3")
+        clip_ax.set_ylabel("share clipped")
+        clip_ax.set_ylim(-0.05, 1.05)
+        clip_ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="upper left")
+        ax.set_title("Completion length")
+        written.append(_save(fig, plots / "completion_length.png"))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not (Path(argv[0]) / "metrics.jsonl").exists():
+        print(
+            "usage: python -m train.plots OUTPUT_DIR  (a training output folder with metrics.jsonl)",
+            file=sys.stderr,
+        )
+        return 2
+    for path in plot_metrics(argv[0]):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
