@@ -37,7 +37,7 @@ def reference_logprob(model, tokenizer, prompt: str, reply: str) -> float:
         logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
     targets = ids[0, 1:]
     token_logprobs = logprobs[torch.arange(len(targets)), targets]
-    return token_logprobs[-len(reply_ids):].mean().item()
+    return token_logprobs[-len(reply_ids) :].mean().item()
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -57,14 +57,33 @@ def setup(tmp_path_factory, tiny_phi_dir):
     pairs = []
     for k, (prompt, a, b) in enumerate(TEXTS):
         # Orient each pair so that the base model prefers the rejected reply: base accuracy is 0.
-        worse, better = (a, b) if reference_logprob(model, tokenizer, prompt, a) < reference_logprob(
-            model, tokenizer, prompt, b) else (b, a)
-        pairs.append({"prompt": prompt, "chosen": worse, "rejected": better, "tree_id": f"t{k}",
-                      "prompt_id": f"p{k}", "chosen_id": f"c{k}", "rejected_id": f"r{k}", "lang": "en",
-                      "chosen_rank": 0, "rejected_rank": 1, "chosen_likes": 0, "rejected_likes": 0, "rule": "rank"})
+        worse, better = (
+            (a, b)
+            if reference_logprob(model, tokenizer, prompt, a) < reference_logprob(model, tokenizer, prompt, b)
+            else (b, a)
+        )
+        pairs.append(
+            {
+                "prompt": prompt,
+                "chosen": worse,
+                "rejected": better,
+                "tree_id": f"t{k}",
+                "prompt_id": f"p{k}",
+                "chosen_id": f"c{k}",
+                "rejected_id": f"r{k}",
+                "lang": "en",
+                "chosen_rank": 0,
+                "rejected_rank": 1,
+                "chosen_likes": 0,
+                "rejected_likes": 0,
+                "rule": "rank",
+            }
+        )
     pairs_file = write_jsonl(root / "eval.jsonl", pairs)
 
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"])
+    config = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
+    )
     untrained = get_peft_model(PhiForCausalLM.from_pretrained(tiny_phi_dir), config)
     untrained.save_pretrained(root / "untrained")
 
@@ -75,7 +94,9 @@ def setup(tmp_path_factory, tiny_phi_dir):
     sequences, labels = [], []
     for pair in pairs:
         prompt_ids = tokenizer(f"Instruct: {pair['prompt']}\nOutput:", add_special_tokens=False)["input_ids"]
-        reply_ids = tokenizer(f" {pair['chosen']}{tokenizer.eos_token}", add_special_tokens=False)["input_ids"]
+        reply_ids = tokenizer(f" {pair['chosen']}{tokenizer.eos_token}", add_special_tokens=False)[
+            "input_ids"
+        ]
         sequences.append(prompt_ids + reply_ids)
         labels.append([-100] * len(prompt_ids) + reply_ids)
     width = max(map(len, sequences))
@@ -96,22 +117,50 @@ def setup(tmp_path_factory, tiny_phi_dir):
     )
     expected = {}
     for pair in pairs:
-        tuned = {r: reference_logprob(peft_model, tokenizer, pair["prompt"], pair[r]) for r in ("chosen", "rejected")}
+        tuned = {
+            r: reference_logprob(peft_model, tokenizer, pair["prompt"], pair[r])
+            for r in ("chosen", "rejected")
+        }
         with peft_model.disable_adapter():
-            base = {r: reference_logprob(peft_model, tokenizer, pair["prompt"], pair[r]) for r in ("chosen", "rejected")}
-        expected[pair["prompt_id"]] = {"base": base["chosen"] - base["rejected"],
-                                       "tuned": tuned["chosen"] - tuned["rejected"]}
-    return {"root": root, "pairs": pairs, "pairs_file": pairs_file, "adapter": root / "adapter",
-            "untrained": root / "untrained", "expected": expected}
+            base = {
+                r: reference_logprob(peft_model, tokenizer, pair["prompt"], pair[r])
+                for r in ("chosen", "rejected")
+            }
+        expected[pair["prompt_id"]] = {
+            "base": base["chosen"] - base["rejected"],
+            "tuned": tuned["chosen"] - tuned["rejected"],
+        }
+    return {
+        "root": root,
+        "pairs": pairs,
+        "pairs_file": pairs_file,
+        "adapter": root / "adapter",
+        "untrained": root / "untrained",
+        "expected": expected,
+    }
 
 
 @pytest.fixture(scope="module")
 def evaluated(setup):
     out = setup["root"] / "adapter" / "eval"
-    code = evaluate.main([
-        "--adapter", str(setup["adapter"]), "--pairs", str(setup["pairs_file"]), "--output-dir", str(out),
-        "--max-new-tokens", "6", "--temperature", "0", "--batch-size", "3", "--samples", "2",
-    ])
+    code = evaluate.main(
+        [
+            "--adapter",
+            str(setup["adapter"]),
+            "--pairs",
+            str(setup["pairs_file"]),
+            "--output-dir",
+            str(out),
+            "--max-new-tokens",
+            "6",
+            "--temperature",
+            "0",
+            "--batch-size",
+            "3",
+            "--samples",
+            "2",
+        ]
+    )
     assert code == 0
     return out, json.loads((out / "report.json").read_text())
 
@@ -144,13 +193,24 @@ def test_preference_accuracy_known_by_construction(setup, evaluated):
 
 def test_report_schema_and_files(evaluated):
     out, report = evaluated
-    assert {"schema_version", "seed", "options", "model", "pairs", "preference", "generation", "samples",
-            "runtime_s"} <= report.keys()
+    assert {
+        "schema_version",
+        "seed",
+        "options",
+        "model",
+        "pairs",
+        "preference",
+        "generation",
+        "samples",
+        "runtime_s",
+    } <= report.keys()
     generation = report["generation"]
     assert generation["n"] == len(TEXTS)
     # Rewards and weights as the adapter's recipe.yaml gives them; the total is their weighted sum.
     assert generation["reward_funcs"] == ["preference", "ends_with_eos", "not_empty", "concision"]
-    assert generation["reward_weights"] == [4.0, 1.0, 0.5, 0.25] and generation["weights_from"] == "recipe.yaml"
+    assert (
+        generation["reward_weights"] == [4.0, 1.0, 0.5, 0.25] and generation["weights_from"] == "recipe.yaml"
+    )
     for side in ("base", "tuned"):
         assert set(generation[side]["reward"]) == set(generation["reward_funcs"])
         assert {"total_reward", "answer_tokens", "ended_properly"} <= generation[side].keys()
@@ -169,8 +229,12 @@ def test_report_schema_and_files(evaluated):
     for row in rows:
         for side in ("base", "tuned"):
             rewards = row[side]["rewards"]
-            assert rewards["total"] == pytest.approx(sum(w * rewards[name] for name, w in zip(
-                generation["reward_funcs"], generation["reward_weights"])))
+            assert rewards["total"] == pytest.approx(
+                sum(
+                    w * rewards[name]
+                    for name, w in zip(generation["reward_funcs"], generation["reward_weights"], strict=True)
+                )
+            )
             assert rewards["not_empty"] == float(bool(row[side]["answer"]))
     outcomes = [row["outcome"] for row in rows]
     assert versus["win"]["mean"] == outcomes.count("win") / len(rows)
@@ -181,8 +245,16 @@ def test_report_schema_and_files(evaluated):
     for link in ("margins.png", "rewards.png", "sample_1.png", "sample_2.png"):
         assert f"]({link})" in markdown
         assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [s["prompt_id"] for s in report["samples"]] == [p["prompt_id"] for p in evaluate.pick_samples(
-        [{"prompt_id": f"p{k}", "prompt": t[0], "chosen": "", "rejected": ""} for k, t in enumerate(TEXTS)], 2)]
+    assert [s["prompt_id"] for s in report["samples"]] == [
+        p["prompt_id"]
+        for p in evaluate.pick_samples(
+            [
+                {"prompt_id": f"p{k}", "prompt": t[0], "chosen": "", "rejected": ""}
+                for k, t in enumerate(TEXTS)
+            ],
+            2,
+        )
+    ]
     samples = (out / "samples.md").read_text()
     for sample in report["samples"]:
         assert sample["prompt"] in samples
@@ -206,7 +278,10 @@ def test_untrained_adapter_ties_with_base(setup):
 
 def test_reward_weights_from_recipe_else_training_default():
     assert evaluate.reward_setup({"reward_funcs": ["not_empty", "concision"]}) == (
-        ["not_empty", "concision"], [1.0, 1.0], "recipe.yaml, equal weights")
+        ["not_empty", "concision"],
+        [1.0, 1.0],
+        "recipe.yaml, equal weights",
+    )
     names, weights, source = evaluate.reward_setup({})
     from train.config import TrainArguments
 
@@ -216,8 +291,17 @@ def test_reward_weights_from_recipe_else_training_default():
 
 
 def test_sample_selection_is_a_fixed_rule():
-    pairs = [{"prompt": f"question {k}", "chosen": "a", "rejected": "b", "prompt_id": f"id-{k}",
-              "chosen_id": f"c{k}", "rejected_id": f"r{k}"} for k in range(30)]
+    pairs = [
+        {
+            "prompt": f"question {k}",
+            "chosen": "a",
+            "rejected": "b",
+            "prompt_id": f"id-{k}",
+            "chosen_id": f"c{k}",
+            "rejected_id": f"r{k}",
+        }
+        for k in range(30)
+    ]
     pairs.append({**pairs[3], "chosen_id": "other", "rejected_id": "other-r"})  # a second pair of prompt 3
     by_hash = sorted({p["prompt_id"] for p in pairs}, key=lambda i: hashlib.sha256(i.encode()).hexdigest())
     picked = [p["prompt_id"] for p in evaluate.pick_samples(pairs, 5)]
@@ -241,15 +325,26 @@ def test_bootstrap():
 
 def vote(vote: str, left_is: str) -> dict:
     right_is = "base" if left_is == "tuned" else "tuned"
-    return {"time": "2025-01-01T00:00:00", "prompt": "hi", "vote": vote, "left_is": left_is,
-            "left": {"model": left_is, "answer": "x"}, "right": {"model": right_is, "answer": "y"},
-            "settings": {"temperature": 0.7}}
+    return {
+        "time": "2025-01-01T00:00:00",
+        "prompt": "hi",
+        "vote": vote,
+        "left_is": left_is,
+        "left": {"model": left_is, "answer": "x"},
+        "right": {"model": right_is, "answer": "y"},
+        "settings": {"temperature": 0.7},
+    }
 
 
 def test_votes_summary(tmp_path, capsys):
     # Tuned wins 6 (left tuned voted left, or left base voted right), ties 1, loses 3.
-    votes = ([vote("left", "tuned")] * 4 + [vote("right", "base")] * 2 + [vote("tie", "base")]
-             + [vote("right", "tuned")] * 2 + [vote("left", "base")])
+    votes = (
+        [vote("left", "tuned")] * 4
+        + [vote("right", "base")] * 2
+        + [vote("tie", "base")]
+        + [vote("right", "tuned")] * 2
+        + [vote("left", "base")]
+    )
     votes_file = write_jsonl(tmp_path / "votes.jsonl", votes)
     out = tmp_path / "report"
     (out).mkdir()
@@ -277,19 +372,31 @@ def test_votes_summary(tmp_path, capsys):
     assert (out / "report.json").read_bytes() == before
 
 
-@pytest.mark.parametrize("case", [
-    "missing_pairs", "malformed_pairs", "missing_adapter", "folder_without_adapter", "adapter_without_pairs",
-    "output_is_other_folder", "bad_limit", "bad_device",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_pairs",
+        "malformed_pairs",
+        "missing_adapter",
+        "folder_without_adapter",
+        "adapter_without_pairs",
+        "output_is_other_folder",
+        "bad_limit",
+        "bad_device",
+    ],
+)
 def test_bad_input_is_one_line_error_and_writes_nothing(case, setup, tmp_path, capsys):
     out = tmp_path / "out"
     adapter, pairs = str(setup["adapter"]), str(setup["pairs_file"])
     args = {"--adapter": adapter, "--pairs": pairs, "--output-dir": str(out)}
     expect = {
-        "missing_pairs": "no such pair file", "malformed_pairs": "malformed JSON",
-        "missing_adapter": "no adapter there", "folder_without_adapter": "no adapter there",
+        "missing_pairs": "no such pair file",
+        "malformed_pairs": "malformed JSON",
+        "missing_adapter": "no adapter there",
+        "folder_without_adapter": "no adapter there",
         "adapter_without_pairs": "--adapter and --pairs go together",
-        "output_is_other_folder": "not an evaluation folder", "bad_limit": "--limit must be at least 1",
+        "output_is_other_folder": "not an evaluation folder",
+        "bad_limit": "--limit must be at least 1",
         "bad_device": "--device must be",
     }[case]
     if case == "missing_pairs":
@@ -323,9 +430,21 @@ def test_bad_input_is_one_line_error_and_writes_nothing(case, setup, tmp_path, c
 
 def test_cli_bad_path_exits_2_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "train.evaluate", "--adapter", str(tmp_path / "missing"), "--pairs",
-         str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "out")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "train.evaluate",
+            "--adapter",
+            str(tmp_path / "missing"),
+            "--pairs",
+            str(tmp_path / "missing.jsonl"),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-REPORT_FILES = ("report.json", "report.md")
 BOOTSTRAP_RESAMPLES = 2000
 TIE_TOLERANCE = 1e-6  # total rewards closer than this are a tie (float noise, not a preference)
 
@@ -51,18 +50,36 @@ class EvalArguments:
 
     output_dir: str = field(metadata={"help": "Folder for the report (replaced as a whole, atomically)."})
     adapter: str | None = field(default=None, metadata={"help": "Adapter folder or Hub id to evaluate."})
-    pairs: str | None = field(default=None, metadata={"help": "Held-out pairs (eval.jsonl of python -m train.data)."})
-    base: str | None = field(default=None, metadata={"help": "Base model (default: the one the adapter names)."})
-    votes: str | None = field(default=None, metadata={"help": "The compare tab's votes file (JSONL) to summarise."})
-    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N pairs (sha256 order)."})
+    pairs: str | None = field(
+        default=None, metadata={"help": "Held-out pairs (eval.jsonl of python -m train.data)."}
+    )
+    base: str | None = field(
+        default=None, metadata={"help": "Base model (default: the one the adapter names)."}
+    )
+    votes: str | None = field(
+        default=None, metadata={"help": "The compare tab's votes file (JSONL) to summarise."}
+    )
+    limit: int | None = field(
+        default=None, metadata={"help": "Evaluate only the first N pairs (sha256 order)."}
+    )
     max_new_tokens: int = field(default=128, metadata={"help": "Answer length cap for generation."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0 = greedy), as in the apps."})
+    temperature: float = field(
+        default=0.7, metadata={"help": "Sampling temperature (0 = greedy), as in the apps."}
+    )
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling threshold, as in the apps."})
-    batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass / prompts per generate call."})
-    max_length: int = field(default=1024, metadata={"help": "Cap on prompt + reply tokens when scoring pairs."})
+    batch_size: int = field(
+        default=8, metadata={"help": "Sequences per forward pass / prompts per generate call."}
+    )
+    max_length: int = field(
+        default=1024, metadata={"help": "Cap on prompt + reply tokens when scoring pairs."}
+    )
     seed: int = field(default=42, metadata={"help": "Seed for generation and the bootstrap."})
-    samples: int = field(default=4, metadata={"help": "Side-by-side samples to show (first N prompts, sha256 order)."})
-    device: str | None = field(default=None, metadata={"help": "cuda, mps or cpu (default: the best at hand)."})
+    samples: int = field(
+        default=4, metadata={"help": "Side-by-side samples to show (first N prompts, sha256 order)."}
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "cuda, mps or cpu (default: the best at hand)."}
+    )
     revision: str | None = field(default=None, metadata={"help": "Adapter revision on the Hub."})
 
 
@@ -94,8 +111,16 @@ def stable_key(pair: dict) -> str:
 
 def order_pairs(pairs: list[dict]) -> list[dict]:
     """Pairs in sha256(prompt_id) order; ties (one prompt, several pairs) by reply ids, then texts."""
-    return sorted(pairs, key=lambda p: (stable_key(p), str(p.get("chosen_id")), str(p.get("rejected_id")),
-                                        p["chosen"], p["rejected"]))
+    return sorted(
+        pairs,
+        key=lambda p: (
+            stable_key(p),
+            str(p.get("chosen_id")),
+            str(p.get("rejected_id")),
+            p["chosen"],
+            p["rejected"],
+        ),
+    )
 
 
 def unique_prompts(pairs: list[dict]) -> list[dict]:
@@ -118,7 +143,9 @@ def read_pairs(path: str) -> list[dict]:
     from train.data import DataError, load_pairs
 
     if not Path(path).is_file():
-        raise EvalError(f"{path}: no such pair file; write one with python -m train.data (it gives eval.jsonl)")
+        raise EvalError(
+            f"{path}: no such pair file; write one with python -m train.data (it gives eval.jsonl)"
+        )
     try:
         pairs = load_pairs(path)
     except DataError as error:
@@ -144,17 +171,25 @@ def read_votes(path: str) -> list[dict]:
                 try:
                     vote = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise EvalError(f"{where}: malformed JSON ({error.msg}); fix or remove the line") from None
+                    raise EvalError(
+                        f"{where}: malformed JSON ({error.msg}); fix or remove the line"
+                    ) from None
                 if not isinstance(vote, dict):
                     raise EvalError(f"{where}: a vote must be a JSON object")
                 if vote.get("vote") not in VOTE_CHOICES:
-                    raise EvalError(f"{where}: 'vote' must be one of {', '.join(VOTE_CHOICES)}, got {vote.get('vote')!r}")
+                    raise EvalError(
+                        f"{where}: 'vote' must be one of {', '.join(VOTE_CHOICES)}, got {vote.get('vote')!r}"
+                    )
                 if vote.get("left_is") not in SIDES:
-                    raise EvalError(f"{where}: 'left_is' must be 'base' or 'tuned', got {vote.get('left_is')!r}")
+                    raise EvalError(
+                        f"{where}: 'left_is' must be 'base' or 'tuned', got {vote.get('left_is')!r}"
+                    )
                 votes.append(vote)
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or type(error).__name__
-        raise EvalError(f"{path}: cannot read the votes file ({reason}); give the JSONL file the compare tab writes") from None
+        raise EvalError(
+            f"{path}: cannot read the votes file ({reason}); give the JSONL file the compare tab writes"
+        ) from None
     if not votes:
         raise EvalError(f"{path}: no votes in this file")
     return votes
@@ -167,8 +202,10 @@ def check_output_dir(path: str) -> Path:
         if not out.is_dir():
             raise EvalError(f"{out}: exists and is not a folder; give a folder for the report")
         if any(out.iterdir()) and not (out / "report.json").is_file():
-            raise EvalError(f"{out}: exists and is not an evaluation folder (no report.json); "
-                            "give a new folder, e.g. ADAPTER/eval")
+            raise EvalError(
+                f"{out}: exists and is not an evaluation folder (no report.json); "
+                "give a new folder, e.g. ADAPTER/eval"
+            )
     parent = out.resolve().parent
     while not parent.exists():
         parent = parent.parent
@@ -181,7 +218,9 @@ def check_args(args: EvalArguments) -> None:
     if (args.adapter is None) != (args.pairs is None):
         raise EvalError("--adapter and --pairs go together: the pairs are what the adapter is evaluated on")
     if args.votes is None and args.adapter is None:
-        raise EvalError("give --adapter and --pairs to evaluate a model, or --votes to summarise votes (or both)")
+        raise EvalError(
+            "give --adapter and --pairs to evaluate a model, or --votes to summarise votes (or both)"
+        )
     for name in ("max_new_tokens", "batch_size", "max_length"):
         if getattr(args, name) < 1:
             raise EvalError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -197,16 +236,22 @@ def check_args(args: EvalArguments) -> None:
         import torch
 
         if not (torch.backends.mps.is_available() if args.device == "mps" else torch.cuda.is_available()):
-            raise EvalError(f"--device {args.device}: no such device here; leave --device out to use the best at hand")
+            raise EvalError(
+                f"--device {args.device}: no such device here; leave --device out to use the best at hand"
+            )
     if args.samples < 0:
         raise EvalError(f"--samples must be 0 or more, got {args.samples}")
     if args.adapter is not None:
         adapter = Path(args.adapter)
-        looks_local = adapter.exists() or args.adapter.startswith((".", "/", "~")) or args.adapter.count("/") != 1
+        looks_local = (
+            adapter.exists() or args.adapter.startswith((".", "/", "~")) or args.adapter.count("/") != 1
+        )
         config = adapter / "adapter_config.json"
         if looks_local and not config.is_file():
-            raise EvalError(f"{args.adapter}: no adapter there (no adapter_config.json); "
-                            "give an adapter folder written by python -m train, or a Hub repo id")
+            raise EvalError(
+                f"{args.adapter}: no adapter there (no adapter_config.json); "
+                "give an adapter folder written by python -m train, or a Hub repo id"
+            )
         if config.is_file() and args.base is None:
             try:
                 named = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
@@ -232,7 +277,7 @@ def reply_tokens(tokenizer, prompt: str, reply: str) -> tuple[list[int], list[in
     prefix = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": reply}], tokenize=False)
     if full.startswith(prefix):
-        tail = full[len(prefix):].rstrip()  # drop only the newline a template puts between turns
+        tail = full[len(prefix) :].rstrip()  # drop only the newline a template puts between turns
     else:  # a template that rewrites earlier turns: fall back to the reply and the end of sequence
         tail = reply + (tokenizer.eos_token or "")
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -244,12 +289,18 @@ def fit(prompt_ids: list[int], reply_ids: list[int], max_length: int) -> tuple[l
     if len(prompt_ids) + len(reply_ids) <= max_length:
         return prompt_ids, reply_ids, False
     reply_ids = reply_ids[: max(max_length - len(prompt_ids), max_length // 2)]
-    prompt_ids = prompt_ids[-(max_length - len(reply_ids)):]
+    prompt_ids = prompt_ids[-(max_length - len(reply_ids)) :]
     return prompt_ids, reply_ids, True
 
 
-def mean_logprobs(model, rows: list[tuple[list[int], list[int], str]], pad_id: int, batch_size: int,
-                  device, desc: str = "scoring") -> list[float]:
+def mean_logprobs(
+    model,
+    rows: list[tuple[list[int], list[int], str]],
+    pad_id: int,
+    batch_size: int,
+    device,
+    desc: str = "scoring",
+) -> list[float]:
     """Mean log-probability of each row's reply tokens given its prompt, with its adapter.
 
     ``rows`` are (prompt ids, reply ids, adapter name), the adapter being "__base__" or the adapter's
@@ -270,18 +321,23 @@ def mean_logprobs(model, rows: list[tuple[list[int], list[int], str]], pad_id: i
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for j, i in enumerate(chunk):
                 sequence = rows[i][0] + rows[i][1]
-                input_ids[j, width - len(sequence):] = torch.tensor(sequence)
-                mask[j, width - len(sequence):] = 1
+                input_ids[j, width - len(sequence) :] = torch.tensor(sequence)
+                mask[j, width - len(sequence) :] = 1
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(
-                input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
-                adapter_names=[rows[i][2] for i in chunk], logits_to_keep=keep + 1,
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=position_ids.to(device),
+                adapter_names=[rows[i][2] for i in chunk],
+                logits_to_keep=keep + 1,
             ).logits[:, -keep - 1 : -1]
             targets = input_ids[:, -keep:].to(logits.device)
-            for j, i in enumerate(chunk):  # row by row: a [reply, vocab] float copy at a time, not the batch's
+            for j, i in enumerate(
+                chunk
+            ):  # row by row: a [reply, vocab] float copy at a time, not the batch's
                 n = len(rows[i][1])
-                row = logits[j, keep - n:].float()
-                token_logprobs = row.gather(-1, targets[j, keep - n:, None]).squeeze(-1) - row.logsumexp(-1)
+                row = logits[j, keep - n :].float()
+                token_logprobs = row.gather(-1, targets[j, keep - n :, None]).squeeze(-1) - row.logsumexp(-1)
                 scores[i] = token_logprobs.mean().item()
             bar.update(len(chunk))
     return scores
@@ -297,17 +353,29 @@ def preference_accuracy(loaded, pairs: list[dict], batch_size: int, max_length: 
             prompt_ids, reply_ids, cut = fit(*reply_tokens(tokenizer, pair["prompt"], reply), max_length)
             truncated += cut
             rows += [(prompt_ids, reply_ids, "__base__"), (prompt_ids, reply_ids, adapter)]
-    scores = mean_logprobs(loaded.model, rows, tokenizer.pad_token_id, batch_size, loaded.device,
-                           desc="preference accuracy")
+    scores = mean_logprobs(
+        loaded.model, rows, tokenizer.pad_token_id, batch_size, loaded.device, desc="preference accuracy"
+    )
     per_pair = []
     for k, pair in enumerate(pairs):
         base_chosen, tuned_chosen, base_rejected, tuned_rejected = scores[4 * k : 4 * k + 4]
-        per_pair.append({
-            "prompt_id": pair.get("prompt_id"), "chosen_id": pair.get("chosen_id"),
-            "rejected_id": pair.get("rejected_id"),
-            "base": {"chosen": base_chosen, "rejected": base_rejected, "margin": base_chosen - base_rejected},
-            "tuned": {"chosen": tuned_chosen, "rejected": tuned_rejected, "margin": tuned_chosen - tuned_rejected},
-        })
+        per_pair.append(
+            {
+                "prompt_id": pair.get("prompt_id"),
+                "chosen_id": pair.get("chosen_id"),
+                "rejected_id": pair.get("rejected_id"),
+                "base": {
+                    "chosen": base_chosen,
+                    "rejected": base_rejected,
+                    "margin": base_chosen - base_rejected,
+                },
+                "tuned": {
+                    "chosen": tuned_chosen,
+                    "rejected": tuned_rejected,
+                    "margin": tuned_chosen - tuned_rejected,
+                },
+            }
+        )
     margins = {side: [p[side]["margin"] for p in per_pair] for side in SIDES}
     correct = {side: [float(m > 0) for m in margins[side]] for side in SIDES}
     return {
@@ -342,7 +410,9 @@ def read_recipe(adapter: str, revision: str | None = None) -> dict:
     try:
         recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
-        raise EvalError(f"{path}: unreadable recipe ({str(error).splitlines()[0]}); fix or remove it") from None
+        raise EvalError(
+            f"{path}: unreadable recipe ({str(error).splitlines()[0]}); fix or remove it"
+        ) from None
     return recipe if isinstance(recipe, dict) else {}
 
 
@@ -361,7 +431,11 @@ def reward_setup(recipe: dict) -> tuple[list[str], list[float], str]:
     from train.config import TrainArguments
 
     names = list(TrainArguments().reward_funcs)
-    return names, [1.0] * len(names), "training's default rewards, equal weights (no reward_funcs in a recipe.yaml)"
+    return (
+        names,
+        [1.0] * len(names),
+        "training's default rewards, equal weights (no reward_funcs in a recipe.yaml)",
+    )
 
 
 def eos_ids(loaded) -> list[int]:
@@ -371,8 +445,14 @@ def eos_ids(loaded) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def score_rewards(funcs, names: list[str], weights: list[float], pairs: list[dict], answers: list[str],
-                  completion_ids: list[list[int]]) -> dict:
+def score_rewards(
+    funcs,
+    names: list[str],
+    weights: list[float],
+    pairs: list[dict],
+    answers: list[str],
+    completion_ids: list[list[int]],
+) -> dict:
     """Each reward over all answers, called as TRL calls it (every pair column as a keyword)."""
     columns = {key: [pair.get(key) for pair in pairs] for key in pairs[0]}
     columns.pop("prompt", None)
@@ -384,7 +464,7 @@ def score_rewards(funcs, names: list[str], weights: list[float], pairs: list[dic
         "trainer_state": None,
     }
     scores = {}
-    for name, func in zip(names, funcs):
+    for name, func in zip(names, funcs, strict=True):
         values = func(**kwargs)
         scores[name] = [math.nan if v is None else float(v) for v in values]
     # TRL's total: the weighted sum, missing (None) rewards left out.
@@ -416,46 +496,59 @@ def generation_quality(loaded, prompts: list[dict], args: EvalArguments, recipe:
     names, weights, weights_from = reward_setup(recipe)
     try:
         funcs = get_reward_funcs(
-            names, eos_token_ids=eos_ids(loaded),
+            names,
+            eos_token_ids=eos_ids(loaded),
             embedding_model=recipe.get("embedding_model") or DEFAULT_EMBEDDER,
             reward_model_name_or_path=recipe.get("reward_model_name_or_path"),
         )
     except ValueError as error:
         raise EvalError(f"recipe.yaml: {error}") from None
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                  top_p=args.top_p, seed=args.seed)
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+    )
     answers = []
     with tqdm(total=len(prompts), desc="generating base and tuned", unit=" prompt") as bar:
         for start in range(0, len(prompts), args.batch_size):
             chunk = prompts[start : start + args.batch_size]
-            answers += generate_side_by_side(loaded, [prompt_messages(p["prompt"]) for p in chunk], settings,
-                                             batch_size=args.batch_size)
+            answers += generate_side_by_side(
+                loaded, [prompt_messages(p["prompt"]) for p in chunk], settings, batch_size=args.batch_size
+            )
             bar.update(len(chunk))
     eos = eos_ids(loaded)
     scores = {}
     for k, side in enumerate(SIDES):
         side_answers = [pair[k] for pair in answers]
         completion_ids = [
-            loaded.tokenizer(as_completion(a), add_special_tokens=False)["input_ids"] + (eos[:1] if a.ended else [])
+            loaded.tokenizer(as_completion(a), add_special_tokens=False)["input_ids"]
+            + (eos[:1] if a.ended else [])
             for a in side_answers
         ]
-        scores[side] = score_rewards(funcs, names, weights, prompts, [as_completion(a) for a in side_answers],
-                                     completion_ids)
+        scores[side] = score_rewards(
+            funcs, names, weights, prompts, [as_completion(a) for a in side_answers], completion_ids
+        )
     seed = args.seed
     total = {side: np.asarray(scores[side]["total"]) for side in SIDES}
     difference = total["tuned"] - total["base"]
     outcome = np.where(difference > TIE_TOLERANCE, 1, np.where(difference < -TIE_TOLERANCE, -1, 0))
     rows = []
     for i, pair in enumerate(prompts):
-        rows.append({
-            "prompt_id": pair.get("prompt_id"), "prompt": pair["prompt"],
-            **{side: {
-                "answer": answers[i][k].text, "tokens": answers[i][k].tokens, "ended": answers[i][k].ended,
-                "cut_at_user_turn": answers[i][k].cut,
-                "rewards": {name: scores[side][name][i] for name in names + ["total"]},
-            } for k, side in enumerate(SIDES)},
-            "outcome": {1: "win", 0: "tie", -1: "loss"}[int(outcome[i])],
-        })
+        rows.append(
+            {
+                "prompt_id": pair.get("prompt_id"),
+                "prompt": pair["prompt"],
+                **{
+                    side: {
+                        "answer": answers[i][k].text,
+                        "tokens": answers[i][k].tokens,
+                        "ended": answers[i][k].ended,
+                        "cut_at_user_turn": answers[i][k].cut,
+                        "rewards": {name: scores[side][name][i] for name in names + ["total"]},
+                    }
+                    for k, side in enumerate(SIDES)
+                },
+                "outcome": {1: "win", 0: "tie", -1: "loss"}[int(outcome[i])],
+            }
+        )
 
     def summary(k: int, side: str) -> dict:
         return {
@@ -494,10 +587,20 @@ def summarize_votes(votes: list[dict], seed: int, source: str | None = None) -> 
         if vote["vote"] == "tie":
             outcomes.append("tie")
         else:
-            picked = vote["left_is"] if vote["vote"] == "left" else ("tuned" if vote["left_is"] == "base" else "base")
+            picked = (
+                vote["left_is"]
+                if vote["vote"] == "left"
+                else ("tuned" if vote["left_is"] == "base" else "base")
+            )
             outcomes.append("win" if picked == "tuned" else "loss")
-    models = sorted({str(side.get("model")) for vote in votes for side in (vote.get("left"), vote.get("right"))
-                     if isinstance(side, dict) and side.get("model")})
+    models = sorted(
+        {
+            str(side.get("model"))
+            for vote in votes
+            for side in (vote.get("left"), vote.get("right"))
+            if isinstance(side, dict) and side.get("model")
+        }
+    )
     return {
         "file": source,
         "n": len(votes),
@@ -533,73 +636,134 @@ def render_markdown(report: dict) -> str:
     if model:
         lines += [
             f"Base `{model['base']}` against base + adapter `{model['adapter']}` ({model['device']}, "
-            f"{model['precision']}), on {report['pairs']['n']} held-out pairs from `{report['pairs']['file']}`. "
-            f"Each figure: mean [bootstrap 95% interval] over n items (seed {report['seed']}).", "",
+            f"{model['precision']}), on {report['pairs']['n']} held-out pairs from "
+            f"`{report['pairs']['file']}`. "
+            f"Each figure: mean [bootstrap 95% interval] over n items (seed {report['seed']}).",
+            "",
         ]
     preference = report.get("preference")
     if preference:
         base, tuned, gain = preference["base"], preference["tuned"], preference["tuned_minus_base"]
         lines += [
-            "#### Preference accuracy", "",
+            "#### Preference accuracy",
+            "",
             "Share of held-out pairs where the model gives the chosen reply a higher mean per-token "
-            "log-likelihood than the rejected one (prompt rendered with the chat template).", "",
-            *_table(["", "n", "Base", "Tuned", "Tuned − base"], [
-                ["Accuracy", str(preference["n"]), fmt(base["accuracy"], percent=True),
-                 fmt(tuned["accuracy"], percent=True), fmt(gain["accuracy"], percent=True)],
-                ["Margin (nats/token)", str(preference["n"]), fmt(base["margin"], 3), fmt(tuned["margin"], 3),
-                 fmt(gain["margin"], 3)],
-            ]), "",
+            "log-likelihood than the rejected one (prompt rendered with the chat template).",
+            "",
+            *_table(
+                ["", "n", "Base", "Tuned", "Tuned − base"],
+                [
+                    [
+                        "Accuracy",
+                        str(preference["n"]),
+                        fmt(base["accuracy"], percent=True),
+                        fmt(tuned["accuracy"], percent=True),
+                        fmt(gain["accuracy"], percent=True),
+                    ],
+                    [
+                        "Margin (nats/token)",
+                        str(preference["n"]),
+                        fmt(base["margin"], 3),
+                        fmt(tuned["margin"], 3),
+                        fmt(gain["margin"], 3),
+                    ],
+                ],
+            ),
+            "",
         ]
         if preference["truncated_replies"]:
-            lines += [f"{preference['truncated_replies']} replies were cut to {preference['max_length']} tokens "
-                      "with their prompt.", ""]
+            lines += [
+                f"{preference['truncated_replies']} replies were cut to {preference['max_length']} tokens "
+                "with their prompt.",
+                "",
+            ]
         lines += ["![Margin distribution](margins.png)", ""]
     generation = report.get("generation")
     if generation:
         base, tuned, versus = generation["base"], generation["tuned"], generation["tuned_vs_base"]
         n = str(generation["n"])
         settings = generation["settings"]
-        weights = ", ".join(f"{name} × {w:g}" for name, w in zip(generation["reward_funcs"], generation["reward_weights"]))
+        weights = ", ".join(
+            f"{name} × {w:g}"
+            for name, w in zip(generation["reward_funcs"], generation["reward_weights"], strict=True)
+        )
         lines += [
-            "#### Generation quality", "",
+            "#### Generation quality",
+            "",
             f"Every held-out prompt answered by base and tuned in one batch with the same seed and settings "
             f"(temperature {settings['temperature']}, top-p {settings['top_p']}, at most "
             f"{settings['max_new_tokens']} new tokens), both scored with the training rewards. "
-            f"Total = {weights} (weights: {generation['weights_from']}).", "",
+            f"Total = {weights} (weights: {generation['weights_from']}).",
+            "",
         ]
-        rows = [[f"Reward `{name}`", str(base["reward"][name]["n"]), fmt(base["reward"][name]),
-                 fmt(tuned["reward"][name])] for name in generation["reward_funcs"]]
+        rows = [
+            [
+                f"Reward `{name}`",
+                str(base["reward"][name]["n"]),
+                fmt(base["reward"][name]),
+                fmt(tuned["reward"][name]),
+            ]
+            for name in generation["reward_funcs"]
+        ]
         rows += [
             ["**Total reward**", n, fmt(base["total_reward"]), fmt(tuned["total_reward"])],
             ["Answer length (tokens)", n, fmt(base["answer_tokens"], 1), fmt(tuned["answer_tokens"], 1)],
-            ["Ended properly (EOS)", n, fmt(base["ended_properly"], percent=True),
-             fmt(tuned["ended_properly"], percent=True)],
+            [
+                "Ended properly (EOS)",
+                n,
+                fmt(base["ended_properly"], percent=True),
+                fmt(tuned["ended_properly"], percent=True),
+            ],
         ]
         lines += [*_table(["", "n", "Base", "Tuned"], rows), ""]
         lines += [
-            *_table(["Tuned against base (total reward)", "n", "Win", "Tie", "Loss", "Mean gain"], [[
-                "per prompt", n, fmt(versus["win"], percent=True), fmt(versus["tie"], percent=True),
-                fmt(versus["loss"], percent=True), fmt(versus["total_reward_gain"]),
-            ]]), "",
-            "![Reward distributions](rewards.png)", "",
+            *_table(
+                ["Tuned against base (total reward)", "n", "Win", "Tie", "Loss", "Mean gain"],
+                [
+                    [
+                        "per prompt",
+                        n,
+                        fmt(versus["win"], percent=True),
+                        fmt(versus["tie"], percent=True),
+                        fmt(versus["loss"], percent=True),
+                        fmt(versus["total_reward_gain"]),
+                    ]
+                ],
+            ),
+            "",
+            "![Reward distributions](rewards.png)",
+            "",
         ]
         samples = report.get("samples") or []
         if samples:
             lines += [
-                "#### Samples", "",
+                "#### Samples",
+                "",
                 f"The first {len(samples)} held-out prompts in sha256(prompt id) order (a fixed rule, not a "
-                "choice), answered side by side; the full texts are in [samples.md](samples.md).", "",
+                "choice), answered side by side; the full texts are in [samples.md](samples.md).",
+                "",
             ]
             lines += [f"![Sample {s['index']}]({s['image']})" for s in samples] + [""]
     votes = report.get("votes")
     if votes:
         lines += [
-            "#### Votes from the compare tab", "",
-            f"{votes['n']} votes from `{votes['file']}`, tuned against base.", "",
-            *_table(["Votes", "n", "Tuned wins", "Tie", "Tuned loses"], [[
-                "share", str(votes["n"]), fmt(votes["win"], percent=True), fmt(votes["tie"], percent=True),
-                fmt(votes["loss"], percent=True),
-            ]]), "",
+            "#### Votes from the compare tab",
+            "",
+            f"{votes['n']} votes from `{votes['file']}`, tuned against base.",
+            "",
+            *_table(
+                ["Votes", "n", "Tuned wins", "Tie", "Tuned loses"],
+                [
+                    [
+                        "share",
+                        str(votes["n"]),
+                        fmt(votes["win"], percent=True),
+                        fmt(votes["tie"], percent=True),
+                        fmt(votes["loss"], percent=True),
+                    ]
+                ],
+            ),
+            "",
         ]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -607,18 +771,26 @@ def render_markdown(report: dict) -> str:
 def render_samples(report: dict) -> str:
     """samples.md: each sample's prompt, then base and tuned answers side by side (an HTML table)."""
     model = report["model"]
-    lines = ["### Side-by-side samples", "",
-             f"Base `{model['base']}` and tuned (+ `{model['adapter']}`), same seed and settings; the first "
-             "held-out prompts in sha256(prompt id) order.", ""]
+    lines = [
+        "### Side-by-side samples",
+        "",
+        f"Base `{model['base']}` and tuned (+ `{model['adapter']}`), same seed and settings; the first "
+        "held-out prompts in sha256(prompt id) order.",
+        "",
+    ]
     cell = lambda text: html.escape(text or "(empty)").replace("\n", "<br>")  # noqa: E731
     for sample in report["samples"]:
         lines += [
-            f"#### Sample {sample['index']} (prompt {sample['prompt_id']})", "",
-            "> " + "\n> ".join(sample["prompt"].splitlines() or [""]), "",
+            f"#### Sample {sample['index']} (prompt {sample['prompt_id']})",
+            "",
+            "> " + "\n> ".join(sample["prompt"].splitlines() or [""]),
+            "",
             "<table><tr><th>Base (total reward {:.2f})</th><th>Tuned (total reward {:.2f})</th></tr>".format(
-                sample["base_total"], sample["tuned_total"]),
-            f"<tr><td valign=\"top\">{cell(sample['base'])}</td><td valign=\"top\">{cell(sample['tuned'])}</td></tr>"
-            "</table>", "",
+                sample["base_total"], sample["tuned_total"]
+            ),
+            f'<tr><td valign="top">{cell(sample["base"])}</td>'
+            f'<td valign="top">{cell(sample["tuned"])}</td></tr></table>',
+            "",
         ]
     return "\n".join(lines)
 
@@ -644,8 +816,13 @@ def plot_margins(preference: dict, path: Path) -> None:
     bins = np.linspace(values.min(), values.max(), 21) if np.ptp(values) > 0 else 10
     for side in SIDES:
         accuracy = preference[side]["accuracy"]["mean"]
-        left.hist(margins[side], bins=bins, alpha=0.55, color=COLORS[side],
-                  label=f"{side}: accuracy {100 * accuracy:.0f}%, mean {margins[side].mean():+.3f}")
+        left.hist(
+            margins[side],
+            bins=bins,
+            alpha=0.55,
+            color=COLORS[side],
+            label=f"{side}: accuracy {100 * accuracy:.0f}%, mean {margins[side].mean():+.3f}",
+        )
     left.axvline(0, color="black", linewidth=1)
     left.set_xlabel("margin: chosen − rejected (mean log-prob per token)")
     left.set_ylabel("pairs")
@@ -653,7 +830,9 @@ def plot_margins(preference: dict, path: Path) -> None:
     right.scatter(margins["base"], margins["tuned"], s=18, color=COLORS["tuned"], alpha=0.7)
     low, high = values.min(), values.max()
     pad = 0.05 * (high - low or 1)
-    right.plot([low - pad, high + pad], [low - pad, high + pad], color="#999999", linewidth=1, label="tuned = base")
+    right.plot(
+        [low - pad, high + pad], [low - pad, high + pad], color="#999999", linewidth=1, label="tuned = base"
+    )
     right.axhline(0, color="black", linewidth=0.6)
     right.axvline(0, color="black", linewidth=0.6)
     right.set_xlabel("base margin")
@@ -673,24 +852,35 @@ def plot_rewards(generation: dict, path: Path) -> None:
     rows = math.ceil(len(names) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, 3.2 * rows), squeeze=False)
     jitter = np.random.default_rng(0).uniform(-0.12, 0.12, size=len(generation["rows"]))
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=False):
+        labels = []
         for x, side in enumerate(SIDES):
             values = np.array([r[side]["rewards"][name] for r in generation["rows"]], dtype=float)
             ax.scatter(x + jitter, values, s=10, alpha=0.45, color=COLORS[side])
-            summary = generation[side]["total_reward"] if name == "total" else generation[side]["reward"][name]
+            summary = generation[side]["total_reward" if name == "total" else "reward"]
+            summary = summary if name == "total" else summary[name]
+            labels.append(f"{side}\n{fmt(summary)}")
             if summary["mean"] is not None:
-                low, high = summary["ci95"]
-                ax.errorbar(x + 0.3, summary["mean"], yerr=[[summary["mean"] - low], [high - summary["mean"]]],
-                            fmt="o", color="black", capsize=4, markersize=5)
-        ax.set_xticks([0, 1], [f"base\n{fmt(generation['base']['total_reward'] if name == 'total' else generation['base']['reward'][name])}",
-                               f"tuned\n{fmt(generation['tuned']['total_reward'] if name == 'total' else generation['tuned']['reward'][name])}"],
-                      fontsize=8)
+                mean, (low, high) = summary["mean"], summary["ci95"]
+                ax.errorbar(
+                    x + 0.3,
+                    mean,
+                    yerr=[[mean - low], [high - mean]],
+                    fmt="o",
+                    color="black",
+                    capsize=4,
+                    markersize=5,
+                )
+        ax.set_xticks([0, 1], labels, fontsize=8)
         ax.set_xlim(-0.5, 1.6)
         ax.set_title("total (weighted)" if name == "total" else name, fontsize=10)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
-    fig.suptitle(f"Rewards of base and tuned answers: points, and mean with 95% interval (n = {generation['n']} prompts)",
-                 fontsize=11)
+    n = generation["n"]
+    fig.suptitle(
+        f"Rewards of base and tuned answers: points, and mean with 95% interval (n = {n} prompts)",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -720,8 +910,16 @@ def plot_sample(sample: dict, base_name: str, tuned_name: str, path: Path) -> No
     top = 0.75 + line * len(prompt) + 0.2
     for x, title, body, side in ((0.02, base_name, base, "base"), (0.51, tuned_name, tuned, "tuned")):
         total = sample[f"{side}_total"]
-        fig.text(x, y(top), f"{title}  (total reward {total:.2f})", fontsize=10, weight="bold",
-                 color=COLORS[side], va="top", parse_math=False)
+        fig.text(
+            x,
+            y(top),
+            f"{title}  (total reward {total:.2f})",
+            fontsize=10,
+            weight="bold",
+            color=COLORS[side],
+            va="top",
+            parse_math=False,
+        )
         fig.text(x, y(top + 0.3), "\n".join(body), **text)
     fig.add_artist(plt.Line2D([0.495, 0.495], [y(top), 0.02], color="#cccccc", linewidth=1))
     fig.savefig(path, dpi=100)
@@ -733,11 +931,18 @@ def sample_entries(generation: dict, sampled: list[dict]) -> list[dict]:
     entries = []
     for index, pair in enumerate(sampled, 1):
         row = rows[pair.get("prompt_id") or pair["prompt"]]
-        entries.append({
-            "index": index, "prompt_id": row["prompt_id"], "prompt": row["prompt"], "image": f"sample_{index}.png",
-            "base": row["base"]["answer"], "tuned": row["tuned"]["answer"],
-            "base_total": row["base"]["rewards"]["total"], "tuned_total": row["tuned"]["rewards"]["total"],
-        })
+        entries.append(
+            {
+                "index": index,
+                "prompt_id": row["prompt_id"],
+                "prompt": row["prompt"],
+                "image": f"sample_{index}.png",
+                "base": row["base"]["answer"],
+                "tuned": row["tuned"]["answer"],
+                "base_total": row["base"]["rewards"]["total"],
+                "tuned_total": row["tuned"]["rewards"]["total"],
+            }
+        )
     return entries
 
 
@@ -760,7 +965,9 @@ def write_outputs(out: Path, report: dict, generation_rows: list[dict] | None) -
                 plot_sample(sample, "Base", f"Tuned (+ {Path(model['adapter']).name})", tmp / sample["image"])
             (tmp / "samples.md").write_text(render_samples(report), encoding="utf-8")
         (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
-        (tmp / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (tmp / "report.json").write_text(
+            json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
         os.chmod(tmp, 0o755)
         old = None
         if out.exists():
@@ -784,7 +991,9 @@ def run(args: EvalArguments) -> dict:
     out = check_output_dir(args.output_dir)
     pairs = order_pairs(read_pairs(args.pairs))[: args.limit] if args.pairs else None
     if pairs is not None and Path(args.pairs).name.startswith("train"):
-        print(f"note: {args.pairs} looks like training pairs; held-out ones are in eval.jsonl", file=sys.stderr)
+        print(
+            f"note: {args.pairs} looks like training pairs; held-out ones are in eval.jsonl", file=sys.stderr
+        )
     votes = read_votes(args.votes) if args.votes else None
     start = time.perf_counter()
     report: dict = {"schema_version": 1, "seed": args.seed, "options": asdict(args)}
@@ -794,10 +1003,18 @@ def run(args: EvalArguments) -> dict:
 
         loaded = load_model(base=args.base, adapter=args.adapter, revision=args.revision, device=args.device)
         recipe = read_recipe(args.adapter, args.revision)
-        report["model"] = {"base": loaded.base, "adapter": loaded.adapter, "device": loaded.device,
-                           "precision": loaded.precision}
-        report["pairs"] = {"file": str(args.pairs), "n": len(pairs), "order": "sha256(prompt_id)",
-                           "limit": args.limit}
+        report["model"] = {
+            "base": loaded.base,
+            "adapter": loaded.adapter,
+            "device": loaded.device,
+            "precision": loaded.precision,
+        }
+        report["pairs"] = {
+            "file": str(args.pairs),
+            "n": len(pairs),
+            "order": "sha256(prompt_id)",
+            "limit": args.limit,
+        }
         report["preference"] = preference_accuracy(loaded, pairs, args.batch_size, args.max_length, args.seed)
         generation = generation_quality(loaded, unique_prompts(pairs), args, recipe)
         generation_rows = generation.pop("rows")
@@ -814,18 +1031,24 @@ def summary_lines(report: dict, out: str) -> list[str]:
     lines = []
     if report.get("preference"):
         p = report["preference"]
-        lines.append(f"preference accuracy (n={p['n']}): base {fmt(p['base']['accuracy'], percent=True)}, "
-                     f"tuned {fmt(p['tuned']['accuracy'], percent=True)}")
+        lines.append(
+            f"preference accuracy (n={p['n']}): base {fmt(p['base']['accuracy'], percent=True)}, "
+            f"tuned {fmt(p['tuned']['accuracy'], percent=True)}"
+        )
     if report.get("generation"):
         g = report["generation"]
         v = g["tuned_vs_base"]
-        lines.append(f"total reward (n={g['n']}): base {fmt(g['base']['total_reward'])}, "
-                     f"tuned {fmt(g['tuned']['total_reward'])}; tuned win/tie/loss "
-                     f"{fmt(v['win'], percent=True)} / {fmt(v['tie'], percent=True)} / {fmt(v['loss'], percent=True)}")
+        lines.append(
+            f"total reward (n={g['n']}): base {fmt(g['base']['total_reward'])}, "
+            f"tuned {fmt(g['tuned']['total_reward'])}; tuned win/tie/loss "
+            f"{fmt(v['win'], percent=True)} / {fmt(v['tie'], percent=True)} / {fmt(v['loss'], percent=True)}"
+        )
     if report.get("votes"):
         v = report["votes"]
-        lines.append(f"votes (n={v['n']}): tuned win/tie/loss {fmt(v['win'], percent=True)} / "
-                     f"{fmt(v['tie'], percent=True)} / {fmt(v['loss'], percent=True)}")
+        lines.append(
+            f"votes (n={v['n']}): tuned win/tie/loss {fmt(v['win'], percent=True)} / "
+            f"{fmt(v['tie'], percent=True)} / {fmt(v['loss'], percent=True)}"
+        )
     lines.append(f"wrote {out}/report.md and report.json in {report['runtime_s']:.0f}s")
     return lines
 
