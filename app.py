@@ -110,8 +110,8 @@ def build_demo(loaded, limits: Limits | None = None, votes: Path | None = None) 
         record = {
             "prompt": prompt,
             "system": system,
-            "left": {"model": assistant.base_name, "answer": base.text if base else ""},
-            "right": {"model": assistant.tuned_name, "answer": tuned.text if tuned else ""},
+            "left": {"model": loaded.base, "answer": base.text if base else ""},
+            "right": {"model": loaded.name, "answer": tuned.text if tuned else ""},
             "left_is": "base",
             "settings": {
                 "temperature": settings.temperature,

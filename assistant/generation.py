@@ -1,9 +1,9 @@
 """Generation on the one shared model: streaming, base-vs-tuned side by side, stopping and locking.
 
-Every request names its own adapter routing (PEFT ``adapter_names``: ``"__base__"`` or the adapter's
-name, one per row), so no request depends on adapter state another one left behind; and one lock per
-model lets a single ``generate`` run at a time, because ``adapter_names`` still installs hooks on the
-shared layers for the length of the call. A streamed request runs ``generate`` in a thread of its own
+Every request names its own adapter routing (``"__base__"`` or the adapter's name, one per row) and
+one lock per model lets a single ``generate`` run at a time: under the lock, a mixed batch is routed by
+PEFT's ``adapter_names`` (which installs hooks on the shared layers for the call), and a batch through
+one adapter sets that state on the model for the call, so no request depends on state another left. A streamed request runs ``generate`` in a thread of its own
 that holds the lock; the caller reads snapshots from a queue, and stopping (or abandoning) the stream
 sets an event that a ``StoppingCriteria`` checks at every step, so the model itself stops.
 """
@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -252,6 +253,30 @@ def _encode(loaded, conversations: Sequence[list[dict]]):
     return batch.to(loaded.model.device)
 
 
+@contextmanager
+def _routing(model, adapters: Sequence[str]):
+    """Route this batch through the adapters it names; the caller holds the model's lock.
+
+    A mixed batch passes PEFT's ``adapter_names``. A batch through one adapter (or none) sets that state
+    on the model for the call instead, whatever an earlier caller left: ``adapter_names`` costs about
+    8% of a generation on the CPU (measured, benchmarks/streaming.py) for routing nothing.
+    """
+    names = set(adapters)
+    if not hasattr(model, "peft_config"):
+        yield {}
+    elif len(names) > 1:
+        yield {"adapter_names": list(adapters)}
+    elif names == {BASE}:
+        with model.disable_adapter():
+            yield {}
+    else:
+        model.base_model.enable_adapter_layers()
+        (name,) = names
+        if model.active_adapter != name:
+            model.set_adapter(name)
+        yield {}
+
+
 def _generate(loaded, conversations, adapters, settings, streamer, stop, max_waiting=None) -> None:
     """One ``generate`` call for all rows, under the model's lock."""
     _check_adapters(loaded, adapters)
@@ -269,10 +294,8 @@ def _generate(loaded, conversations, adapters, settings, streamer, stop, max_wai
             stopping_criteria=StoppingCriteriaList([_StopWhen(stop, streamer)]),
             pad_token_id=loaded.tokenizer.pad_token_id,
         )
-        if hasattr(loaded.model, "peft_config"):
-            kwargs["adapter_names"] = list(adapters)
-        with torch.inference_mode():
-            loaded.model.generate(**kwargs)
+        with _routing(loaded.model, adapters) as routing, torch.inference_mode():
+            loaded.model.generate(**kwargs, **routing)
 
 
 def stream(
@@ -394,6 +417,11 @@ class Prepared:
         )
 
 
+def _short(name: str) -> str:
+    path = Path(name)
+    return path.name if path.is_absolute() or path.is_dir() else name
+
+
 class Assistant:
     """The apps' view of the model: checks requests against the limits, then streams answers."""
 
@@ -408,11 +436,14 @@ class Assistant:
 
     @property
     def base_name(self) -> str:
-        return f"{self.loaded.base} (base)"
+        """Display name of the base model (a local folder by its last part)."""
+        return f"{_short(self.loaded.base)} (base)"
 
     @property
     def tuned_name(self) -> str:
-        return f"{self.loaded.base} + {self.loaded.adapter} (tuned)" if self.tuned else "no adapter loaded"
+        if not self.tuned:
+            return "no adapter loaded"
+        return f"{_short(self.loaded.base)} + {_short(self.loaded.adapter)} (tuned)"
 
     @property
     def context_window(self) -> int | None:

@@ -90,8 +90,8 @@ def test_compare_returns_base_and_tuned_answers_and_the_vote_is_written(url, cor
     record = json.loads(line)
     assert record["vote"] == "right" and record["left_is"] == "base"
     assert record["prompt"] == "Name a fruit."
-    assert record["left"] == {"model": core.base_name, "answer": left}
-    assert record["right"] == {"model": core.tuned_name, "answer": right}
+    assert record["left"] == {"model": core.loaded.base, "answer": left}
+    assert record["right"] == {"model": core.loaded.name, "answer": right}  # base + adapter, in full
     assert record["settings"] == {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 12, "seed": 0}
     assert record["time"]
     with pytest.raises(Exception, match="nothing to vote on"):  # one vote per comparison

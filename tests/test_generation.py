@@ -172,6 +172,16 @@ def test_concurrent_chats_and_comparisons_each_get_their_own_answer(loaded, alon
     assert results[("base", 1)] == alone[BASE][1]
 
 
+def test_each_request_sets_its_own_adapter_state_whatever_was_left_behind(loaded, alone):
+    loaded.model.base_model.disable_adapter_layers()  # e.g. a caller that forgot to restore it
+    try:
+        assert generate_texts(loaded, [conv(PROMPTS[1])], GREEDY, "default")[0].text == alone["default"][1]
+    finally:
+        loaded.model.base_model.enable_adapter_layers()
+    assert generate_texts(loaded, [conv(PROMPTS[1])], GREEDY, BASE)[0].text == alone[BASE][1]
+    assert generate_texts(loaded, [conv(PROMPTS[1])], GREEDY, "default")[0].text == alone["default"][1]
+
+
 def test_requests_are_checked_against_the_limits(loaded):
     assistant = Assistant(loaded, Limits(max_message_chars=100, max_input_tokens=60, max_new_tokens=32))
     with pytest.raises(RequestError, match="empty"):

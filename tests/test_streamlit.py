@@ -80,7 +80,8 @@ def test_empty_message_gets_an_error_and_the_comparison_shows_both_models(env, l
         loaded, [messages("Name a fruit.")], GenerationSettings(max_new_tokens=12, temperature=0)
     )
     assert base.text != tuned.text
-    assert [h.value for h in at.subheader] == [f"{loaded.base} (base)", f"{loaded.base} + {loaded.adapter} (tuned)"]
+    names = [h.value for h in at.subheader]
+    assert names == ["SmolLM2-135M-Instruct (base)", f"SmolLM2-135M-Instruct + {Path(loaded.adapter).name} (tuned)"]
     left, right = at.columns
     assert left.markdown[0].value == base.text and right.markdown[0].value == tuned.text
     assert base.adapter == BASE
