@@ -125,6 +125,21 @@ def test_bad_recipe_is_one_line_error(tmp_path, capsys):
     assert "missing.yaml" in capsys.readouterr().err
 
 
+def test_one_recipe_adapts_to_a_cpu():
+    from train.train import adapt_to_device
+
+    parsed = parse_args(["--config", str(RECIPES / "phi2-grpo-qlora.yaml")])
+    device, precision, notes = adapt_to_device(
+        parsed.train, parsed.training, parsed.model, parsed.mixed_precision
+    )
+    assert (device, precision, parsed.model.load_in_4bit) == ("cpu", "float32", False)
+    assert len(notes) == 3 and "bf16" in notes[0]
+    # 4-bit on a CPU only when asked (bitsandbytes runs there, slower than fp32)
+    parsed = parse_args(["--config", str(RECIPES / "phi2-grpo-qlora.yaml"), "--quantize_on_cpu", "true"])
+    _, precision, _ = adapt_to_device(parsed.train, parsed.training, parsed.model, parsed.mixed_precision)
+    assert parsed.model.load_in_4bit and precision == "4-bit NF4 base, float32 compute"
+
+
 def test_target_modules_that_match_nothing_are_an_error(tiny_phi_dir):
     from transformers import AutoModelForCausalLM
 
@@ -246,6 +261,9 @@ def test_output_folder_contract(grpo_run, tiny_phi_dir):
     for name in ("preference", "ends_with_eos", "no_user_turn", "not_empty", "concision", "reward_model"):
         assert f"rewards/{name}/mean" in steps[0]
     assert {"reward_std", "frac_reward_zero_std", "kl", "completions/mean_length"} <= set(steps[0])
+    trends = json.loads((output / "training_info.json").read_text())["trends"]
+    assert trends["reward"]["first_tenth_mean"] == pytest.approx(steps[0]["reward"])
+    assert trends["rewards/preference/mean"]["last_tenth_mean"] == pytest.approx(steps[1]["rewards/preference/mean"])
     plots = {p.name for p in (output / "plots").glob("*.png")}
     assert plots == {"reward.png", "rewards_per_function.png", "loss_kl.png", "completion_length.png"}
     assert json.loads((output / "data_stats.json").read_text())["source"] == "hand-made"
@@ -299,3 +317,63 @@ def test_dpo_steps_on_pairs_built_from_the_real_sample(tmp_path, tiny_phi_dir, s
     metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert "rewards/margins" in metrics[0]
     assert {p.name for p in (tmp_path / "out" / "plots").glob("*.png")} >= {"reward.png", "loss_kl.png"}
+
+
+def test_push_to_hub_sends_our_card_not_trls(tmp_path, tiny_phi_dir):
+    """--push_to_hub goes through train.hub after training (one commit with our card); TRL's own
+    push stays off. Against the Hub stand-in on loopback, with the real huggingface_hub client."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.hub_server import HubStandIn
+
+    pairs = write_pairs_file(tmp_path / "pairs")
+    token = "hf_standInTokenForTheTrainingPush0123456789"
+    with HubStandIn(token=token, user="tester") as hub:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+        env.update(
+            HF_ENDPOINT=hub.url,
+            HF_HUB_OFFLINE="0",
+            HF_HOME=str(tmp_path / "hf-home"),
+            HF_TOKEN=token,
+            HF_HUB_DISABLE_TELEMETRY="1",
+            OMP_NUM_THREADS="1",
+            PYTHONPATH=str(ROOT),
+        )
+        argv = [
+            "--config",
+            str(RECIPES / "phi2-grpo-qlora.yaml"),
+            *tiny_overrides(tiny_phi_dir, pairs, tmp_path / "out", max_steps=1),
+            *GRPO_SMALL[:6],
+            "--reward_funcs",
+            "preference",
+            "not_empty",
+            "--reward_weights",
+            "1",
+            "1",
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "tester/tiny-grpo",
+            "--hub_private_repo",
+            "true",
+        ]
+        done = subprocess.run(
+            [sys.executable, "-m", "train", *argv],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        repo = hub.repos["tester/tiny-grpo"]
+        assert repo.private and len(repo.commits) == 1  # TRL pushed nothing of its own
+        files = repo.commits[0]["files"]
+        assert {"adapter_model.safetensors", "README.md", "recipe.yaml", "training_info.json"} <= set(files)
+        assert not [p for p in files if p.startswith("checkpoint-") or p == "training_args.bin"]
+        assert files["README.md"] == (tmp_path / "out" / "README.md").read_bytes()
+        assert b"This model is a fine-tuned version of" not in files["README.md"]
+        recipe = yaml.safe_load((tmp_path / "out" / "recipe.yaml").read_text())
+        assert recipe["push_to_hub"] is True and recipe["hub_model_id"] == "tester/tiny-grpo"

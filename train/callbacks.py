@@ -39,6 +39,7 @@ class MetricsJsonlCallback(TrainerCallback):
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".metrics.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
         os.replace(tmp, self.path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):

@@ -72,6 +72,10 @@ class TrainArguments:
             "By default a CPU run loads the base in fp32."
         },
     )
+    description: str | None = field(
+        default=None,
+        metadata={"help": "One line saying what this adapter is, shown at the top of its model card."},
+    )
     resume: bool = field(
         default=True, metadata={"help": "Resume from the last checkpoint-* in output_dir when there is one."}
     )

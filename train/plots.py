@@ -8,6 +8,7 @@ GRPO runs get all four; a DPO run has no sampled completions, so it gets its imp
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -42,12 +43,23 @@ def _save(fig, path: Path) -> Path:
     os.close(fd)
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private
     os.replace(tmp, path)
     return path
 
 
-def _line(ax, records, key, label=None, smooth=True, **style):
-    steps, values = _series(records, key)
+def _legend(*axes):
+    """One legend for an axis and its twin, under the plot where it hides no line."""
+    handles, labels = [], []
+    for ax in axes:
+        h, lab = ax.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
+    if handles:
+        axes[0].legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+
+
+def _line(ax, records, key, label=None, smooth=True, where=None, **style):
+    steps, values = _series(records if where is None else [r for r in records if where(r)], key)
     if not steps:
         return False
     window = max(1, len(values) // 10)
@@ -57,6 +69,37 @@ def _line(ax, records, key, label=None, smooth=True, **style):
     else:
         ax.plot(steps, values, label=label or key, **style)
     return True
+
+
+def _pass_means(ax, records, key):
+    """The mean of each pass over the training pairs: the same prompts every pass, so passes compare
+    where single steps mostly say which prompt came up."""
+    passes: dict[int, list] = {}
+    for r in records:
+        if r.get(key) is not None and r.get("epoch") is not None:
+            passes.setdefault(math.ceil(r["epoch"] - 1e-9), []).append((r["step"], r[key]))
+    if len(passes) < 2:
+        return
+    for i, points in enumerate(passes.values()):
+        steps = [p[0] for p in points]
+        mean = sum(p[1] for p in points) / len(points)
+        ax.hlines(
+            mean,
+            min(steps) - 0.5,
+            max(steps) + 0.5,
+            colors="C1",
+            linewidth=2.5,
+            label="mean of each pass over the pairs" if i == 0 else None,
+        )
+        ax.annotate(
+            f"{mean:.2f}",
+            (max(steps) + 0.5, mean),
+            textcoords="offset points",
+            xytext=(-2, 4),
+            ha="right",
+            fontsize=8,
+            color="C1",
+        )
 
 
 def plot_metrics(output_dir: str | os.PathLike) -> list[Path]:
@@ -85,13 +128,14 @@ def plot_metrics(output_dir: str | os.PathLike) -> list[Path]:
                 label="± std within the step",
             )
         _line(ax, records, "reward", "weighted reward", color="C0")
+        _pass_means(ax, records, "reward")
         ax.set_title("GRPO reward (weighted sum of the reward functions)")
     else:
         _line(ax, records, "rewards/margins", "margin (chosen - rejected)", color="C0")
         _line(ax, records, "rewards/accuracies", "accuracy", color="C1")
         ax.set_title("DPO implicit reward")
     ax.set_xlabel("step")
-    ax.legend(fontsize=8)
+    _legend(ax)
     written.append(_save(fig, plots / "reward.png"))
 
     funcs = [k for k in keys if k.startswith("rewards/") and k.endswith("/mean")]
@@ -103,7 +147,7 @@ def plot_metrics(output_dir: str | os.PathLike) -> list[Path]:
             _line(ax, records, key, key.removeprefix("rewards/").removesuffix("/mean"), color=f"C{i}")
         ax.set_title("Reward per function (unweighted mean)" if grpo else "DPO implicit reward per side")
         ax.set_xlabel("step")
-        ax.legend(fontsize=8)
+        _legend(ax)
         written.append(_save(fig, plots / "rewards_per_function.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -114,11 +158,11 @@ def plot_metrics(output_dir: str | os.PathLike) -> list[Path]:
         kl_ax = ax.twinx()
         _line(kl_ax, records, "kl", "KL to the base", color="C3")
         kl_ax.set_ylabel("KL")
-        kl_ax.legend(fontsize=8, loc="upper right")
         ax.set_title("Loss and KL to the base model")
+        _legend(ax, kl_ax)
     else:
         ax.set_title("Loss" + (" (beta = 0: no KL term)" if grpo else ""))
-    ax.legend(fontsize=8, loc="upper left")
+        _legend(ax)
     written.append(_save(fig, plots / "loss_kl.png"))
 
     if "completions/mean_length" in keys:
@@ -130,6 +174,11 @@ def plot_metrics(output_dir: str | os.PathLike) -> list[Path]:
             "completions/mean_terminated_length",
             "mean length of those ending with EOS",
             color="C2",
+            smooth=False,
+            # TRL logs 0 when no completion of the step ended itself: such steps have no such length.
+            where=lambda r: (r.get("completions/clipped_ratio") or 0) < 1,
+            linestyle="none",
+            marker=".",
         )
         ax.set_ylabel("tokens")
         ax.set_xlabel("step")
@@ -137,8 +186,7 @@ def plot_metrics(output_dir: str | os.PathLike) -> list[Path]:
         _line(clip_ax, records, "completions/clipped_ratio", "share cut at max_completion_length", color="C3")
         clip_ax.set_ylabel("share clipped")
         clip_ax.set_ylim(-0.05, 1.05)
-        clip_ax.legend(fontsize=8, loc="upper right")
-        ax.legend(fontsize=8, loc="upper left")
+        _legend(ax, clip_ax)
         ax.set_title("Completion length")
         written.append(_save(fig, plots / "completion_length.png"))
     return written

@@ -12,6 +12,7 @@ metrics.jsonl, plots) and our model card, and push when asked.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -185,7 +186,6 @@ def to_dataset(pairs: list[dict], method: str):
 
 def load_tokenizer_and_model(model_args, device: str, trust_remote_code: bool = False, load: bool = True):
     """The tokenizer (with the shared chat template) and the base model, quantized when the recipe says."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import get_quantization_config
 
@@ -228,8 +228,6 @@ def load_tokenizer_and_model(model_args, device: str, trust_remote_code: bool = 
     # The adapter must name the base by the id the recipe gave, never a local cache path.
     model.config._name_or_path = name
     model.name_or_path = name
-    if quantization is None and model.dtype != torch.float32 and device == "cpu":
-        model.float()
     return tokenizer, model
 
 
@@ -281,6 +279,7 @@ def write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; these files are meant to be shared
     os.replace(tmp, path)
 
 
@@ -304,6 +303,45 @@ def resolved_recipe(keys, requested: dict, *configs) -> str:
         "# Re-run with: python -m train --config recipe.yaml\n"
     )
     return header + yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True)
+
+
+TREND_KEYS = (
+    "reward",
+    "reward_std",
+    "kl",
+    "loss",
+    "completions/mean_length",
+    "completions/clipped_ratio",
+    "rewards/margins",
+    "rewards/accuracies",
+)
+
+
+def metric_trends(metrics: list[dict]) -> dict:
+    """Means over the first and the last tenth of the logged steps, and over each pass through the pairs.
+
+    One logged GRPO step is one or two prompts, so single first/last values mostly say which prompt
+    came up; each pass sees the same prompts, so pass means compare like with like.
+    """
+    steps = [r for r in metrics if "train_runtime" not in r]
+    keys = [k for k in TREND_KEYS if any(k in r for r in steps)]
+    keys += sorted({k for r in steps for k in r if k.startswith("rewards/") and k.endswith("/mean")})
+    tenth = max(1, len(steps) // 10)
+    trends = {}
+    for key in keys:
+        rows = [r for r in steps if isinstance(r.get(key), (int, float))]
+        if not rows:
+            continue
+        passes: dict[int, list[float]] = {}
+        for r in rows:
+            passes.setdefault(math.ceil((r.get("epoch") or 0) - 1e-9), []).append(r[key])
+        trends[key] = {
+            "first_tenth_mean": sum(r[key] for r in rows[:tenth]) / len(rows[:tenth]),
+            "last_tenth_mean": sum(r[key] for r in rows[-tenth:]) / len(rows[-tenth:]),
+            "pass_means": [sum(v) / len(v) for v in passes.values()],
+            "steps_per_tenth": tenth,
+        }
+    return trends
 
 
 def final_metrics(metrics: list[dict]) -> dict:
@@ -451,6 +489,7 @@ def run(parsed: Parsed):
             shutil.copyfile(stats, output_dir / "data_stats.json")
         info = {
             "method": train_args.method,
+            "description": train_args.description,
             "base_model": model_args.model_name_or_path,
             "trainable_params": built.trainable,
             "total_params": built.total,
@@ -473,6 +512,7 @@ def run(parsed: Parsed):
             "pairs_file": str(train_args.pairs_file),
             "reward_weights": built.reward_weights,
             "final_metrics": final_metrics(read_metrics(output_dir / "metrics.jsonl")) | dict(result.metrics),
+            "trends": metric_trends(read_metrics(output_dir / "metrics.jsonl")),
             "config_class": config_class.__name__,
             "versions": {m.__name__: m.__version__ for m in _libraries()},
             "torch_threads": torch.get_num_threads(),
@@ -512,11 +552,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         from train.data import DataError
+        from train.hub import HubPushError
 
         trainer = run(parsed)
     except (ConfigError, DataError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except HubPushError as error:
+        print(
+            f"error: trained and saved in {parsed.training.output_dir}, but the push failed: {error}; "
+            f"push again with: python -m train.hub {parsed.training.output_dir} --repo-id ...",
+            file=sys.stderr,
+        )
+        return 3
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
