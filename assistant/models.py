@@ -85,13 +85,21 @@ def packaged_smollm2() -> Path:
     return target
 
 
+_HUB_UNREACHABLE = False  # set once huggingface_hub has given up connecting; later look-ups use the cache only
+
+
 def hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
     """A file of a Hub repo (from the cache or the network), or None when it cannot be had."""
+    global _HUB_UNREACHABLE
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision))
+        # Without a network each look-up retries for ~25 s; after one such failure, ask the cache only.
+        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=_HUB_UNREACHABLE))
     except Exception as error:  # offline, unreachable, missing: the caller decides what follows
+        if isinstance(error, LocalEntryNotFoundError):
+            _HUB_UNREACHABLE = True
         log.info("cannot fetch %s from %s: %s", filename, repo_id, str(error).splitlines()[0][:200])
         return None
 
