@@ -242,6 +242,7 @@ def test_report_schema_and_files(evaluated):
     markdown = (out / "report.md").read_text()
     assert markdown.startswith("### ") and "\n# " not in markdown and "\n## " not in markdown
     assert "| Accuracy | 4 | 0% [0, 0] | 100% [100, 100] |" in markdown
+    assert "Small sample (n = 4)" in markdown
     for link in ("margins.png", "rewards.png", "sample_1.png", "sample_2.png"):
         assert f"]({link})" in markdown
         assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

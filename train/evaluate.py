@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 BOOTSTRAP_RESAMPLES = 2000
+SMALL_SAMPLE = 30  # below this many pairs the report says its intervals are not to be trusted
 TIE_TOLERANCE = 1e-6  # total rewards closer than this are a tie (float noise, not a preference)
 
 
@@ -641,6 +642,13 @@ def render_markdown(report: dict) -> str:
             f"Each figure: mean [bootstrap 95% interval] over n items (seed {report['seed']}).",
             "",
         ]
+        if report["pairs"]["n"] < SMALL_SAMPLE:
+            lines += [
+                f"**Small sample (n = {report['pairs']['n']}):** a bootstrap over so few items understates "
+                "the uncertainty, and the differences shown may be chance; read these figures as a check "
+                "that the pipeline runs, not as a measurement of the adapter.",
+                "",
+            ]
     preference = report.get("preference")
     if preference:
         base, tuned, gain = preference["base"], preference["tuned"], preference["tuned_minus_base"]
