@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -275,6 +276,29 @@ def test_untrained_adapter_ties_with_base(setup):
     generation = evaluate.generation_quality(loaded, pairs, args, recipe={})
     assert generation["tuned_vs_base"]["tie"]["mean"] == 1.0
     assert all(row["base"]["answer"] == row["tuned"]["answer"] for row in generation["rows"])
+
+
+def test_pairs_from_trees_the_adapter_was_trained_on_are_left_out(setup, tmp_path, capsys):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(setup["untrained"], adapter)
+    trained = [pair["tree_id"] for pair in setup["pairs"][:-2]]
+    (adapter / "training_info.json").write_text(json.dumps({"train_tree_ids": trained}))
+    out = tmp_path / "eval"
+    args = ["--adapter", str(adapter), "--pairs", str(setup["pairs_file"]), "--output-dir", str(out),
+            "--max-new-tokens", "2", "--temperature", "0", "--samples", "1"]
+    assert evaluate.main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["pairs"]["n"] == 2 and report["pairs"]["left_out_trained_trees"] == len(trained)
+    assert {p["prompt_id"] for p in report["preference"]["pairs"]} == {p["prompt_id"] for p in setup["pairs"][-2:]}
+    assert f"left out: {len(trained)} pairs" in (out / "report.md").read_text()
+
+    everything = [pair["tree_id"] for pair in setup["pairs"]]
+    (adapter / "training_info.json").write_text(json.dumps({"train_tree_ids": everything}))
+    capsys.readouterr()
+    args[args.index(str(out))] = str(tmp_path / "none")
+    assert evaluate.main(args) == 2
+    assert f"all {len(everything)} pairs come from trees the adapter was trained on" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
 
 
 def test_reward_weights_from_recipe_else_training_default():

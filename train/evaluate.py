@@ -397,15 +397,21 @@ def preference_accuracy(loaded, pairs: list[dict], batch_size: int, max_length: 
 # Generation quality
 
 
-def read_recipe(adapter: str, revision: str | None = None) -> dict:
-    """The adapter's recipe.yaml (a folder's, or the Hub repo's), or {} when it has none."""
-    import yaml
-
+def adapter_file(adapter: str, name: str, revision: str | None = None) -> Path | None:
+    """A file saved beside the adapter (in its folder, or its Hub repo), or None when it has none."""
     from assistant.models import hub_file
 
-    path = Path(adapter) / "recipe.yaml"
-    if not path.is_file():
-        path = None if Path(adapter).exists() else hub_file(adapter, "recipe.yaml", revision)
+    path = Path(adapter) / name
+    if path.is_file():
+        return path
+    return None if Path(adapter).exists() else hub_file(adapter, name, revision)
+
+
+def read_recipe(adapter: str, revision: str | None = None) -> dict:
+    """The adapter's recipe.yaml, or {} when it has none."""
+    import yaml
+
+    path = adapter_file(adapter, "recipe.yaml", revision)
     if path is None:
         return {}
     try:
@@ -415,6 +421,17 @@ def read_recipe(adapter: str, revision: str | None = None) -> dict:
             f"{path}: unreadable recipe ({str(error).splitlines()[0]}); fix or remove it"
         ) from None
     return recipe if isinstance(recipe, dict) else {}
+
+
+def trained_trees(adapter: str, revision: str | None = None) -> set[str]:
+    """The conversation trees the adapter was trained on (training_info.json's train_tree_ids)."""
+    path = adapter_file(adapter, "training_info.json", revision)
+    if path is None:
+        return set()
+    try:
+        return set(json.loads(Path(path).read_text(encoding="utf-8")).get("train_tree_ids") or [])
+    except (OSError, ValueError, AttributeError) as error:
+        raise EvalError(f"{path}: unreadable training info ({error}); fix or remove it") from None
 
 
 def reward_setup(recipe: dict) -> tuple[list[str], list[float], str]:
@@ -638,7 +655,14 @@ def render_markdown(report: dict) -> str:
         lines += [
             f"Base `{model['base']}` against base + adapter `{model['adapter']}` ({model['device']}, "
             f"{model['precision']}), on {report['pairs']['n']} held-out pairs from "
-            f"`{report['pairs']['file']}`. "
+            f"`{report['pairs']['file']}`"
+            + (
+                f" (left out: {report['pairs']['left_out_trained_trees']} pairs from trees the adapter "
+                "was trained on)"
+                if report["pairs"].get("left_out_trained_trees")
+                else ""
+            )
+            + ". "
             f"Each figure: mean [bootstrap 95% interval] over n items (seed {report['seed']}).",
             "",
         ]
@@ -997,11 +1021,21 @@ def run(args: EvalArguments) -> dict:
     """Check the inputs (before anything is loaded), measure, and write the report; return report.json."""
     check_args(args)
     out = check_output_dir(args.output_dir)
-    pairs = order_pairs(read_pairs(args.pairs))[: args.limit] if args.pairs else None
-    if pairs is not None and Path(args.pairs).name.startswith("train"):
-        print(
-            f"note: {args.pairs} looks like training pairs; held-out ones are in eval.jsonl", file=sys.stderr
-        )
+    pairs = order_pairs(read_pairs(args.pairs)) if args.pairs else None
+    excluded = 0
+    if pairs is not None:
+        # A pair from a tree the adapter was trained on would measure memory, not preference.
+        trained = trained_trees(args.adapter, args.revision)
+        kept = [pair for pair in pairs if pair["tree_id"] not in trained]
+        excluded = len(pairs) - len(kept)
+        if not kept:
+            raise EvalError(
+                f"{args.pairs}: all {len(pairs)} pairs come from trees the adapter was trained on; "
+                "give held-out pairs (eval.jsonl)"
+            )
+        if excluded:
+            print(f"note: left out {excluded} pairs from trees the adapter was trained on", file=sys.stderr)
+        pairs = kept[: args.limit]
     votes = read_votes(args.votes) if args.votes else None
     start = time.perf_counter()
     report: dict = {"schema_version": 1, "seed": args.seed, "options": asdict(args)}
@@ -1022,6 +1056,7 @@ def run(args: EvalArguments) -> dict:
             "n": len(pairs),
             "order": "sha256(prompt_id)",
             "limit": args.limit,
+            "left_out_trained_trees": excluded,
         }
         report["preference"] = preference_accuracy(loaded, pairs, args.batch_size, args.max_length, args.seed)
         generation = generation_quality(loaded, unique_prompts(pairs), args, recipe)
