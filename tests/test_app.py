@@ -3,6 +3,7 @@
 import json
 import socket
 import threading
+import time
 
 import pytest
 from gradio_client import Client
@@ -74,6 +75,27 @@ def test_chat_streams_partials_one_by_one_and_uses_the_history(url, core):
     assert second != direct(core, "And of Spain?")  # so the history did reach the model
 
 
+def test_stopping_a_chat_stops_the_generation_on_the_server(url, loaded):
+    from assistant.generation import model_lock
+
+    steps = []
+    hook = loaded.model.get_output_embeddings().register_forward_hook(lambda *a: steps.append(1))
+    try:
+        job = Client(url, verbose=False).submit("Write a long story about a dragon.", SYSTEM, 0, 1, 64, 0,
+                                                api_name="/chat")
+        deadline = time.time() + 60
+        while len(steps) < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        job.cancel()  # what the stop button sends
+        deadline = time.time() + 30
+        while not model_lock(loaded).acquire(timeout=0.1):  # released when generate has returned
+            assert time.time() < deadline, "generation did not stop"
+        model_lock(loaded).release()
+        assert len(steps) < 40  # of the 64 it would have made
+    finally:
+        hook.remove()
+
+
 def test_compare_returns_base_and_tuned_answers_and_the_vote_is_written(url, core, votes):
     client = Client(url, verbose=False)
     with pytest.raises(Exception, match="nothing to vote on"):
@@ -94,6 +116,9 @@ def test_compare_returns_base_and_tuned_answers_and_the_vote_is_written(url, cor
     assert record["right"] == {"model": core.loaded.name, "answer": right}  # base + adapter, in full
     assert record["settings"] == {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 12, "seed": 0}
     assert record["time"]
+    from train.evaluate import read_votes  # the evaluation reads the file as written
+
+    assert read_votes(str(votes)) == [record]
     with pytest.raises(Exception, match="nothing to vote on"):  # one vote per comparison
         client.predict("Left", api_name="/vote")
 
