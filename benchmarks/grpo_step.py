@@ -192,6 +192,12 @@ def child(variant: str, recipe: Path, steps: int, warmup: int, random_model: Pat
     out.write_text(json.dumps(result, indent=2))
 
 
+def work(r: dict) -> str:
+    if r["method"] == "dpo":
+        return f"{r['completions_per_step']} pairs of ≤ {r['dpo_max_length']} tokens (+ reference pass)"
+    return f"{r['completions_per_step']} completions × {r['completion_tokens']} new tokens"
+
+
 def markdown(report: dict) -> str:
     rows = report["variants"]
     memory = "peak_gpu_memory_mb" if "peak_gpu_memory_mb" in rows[0] else "peak_rss_mb"
@@ -201,16 +207,17 @@ def markdown(report: dict) -> str:
         f"{report['machine']}; torch threads {rows[0]['torch_threads']}; median of {rows[0]['timed_steps']} "
         f"timed steps after {report['warmup']} warm-up step(s). Baseline: `{rows[0]['variant']}`.",
         "",
-        f"| variant | precision | s/step | × baseline | {memory.replace('_', ' ')} | × baseline | "
-        "trainable params | load avg (start, end) |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        f"| variant | precision | work per step | s/step | × baseline | {memory.replace('_', ' ')} | × baseline "
+        "| trainable params | load avg (start, end) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['variant']} | {r['precision']} | {r['seconds_per_step_median']:.2f} | "
+            f"| {r['variant']} | {r['precision']} | {work(r)} | {r['seconds_per_step_median']:.2f} | "
             f"{r['time_ratio']:.2f} | {r[memory]:,.0f} | {r['memory_ratio']:.2f} | {r['trainable_params']:,} | "
             f"{r['load_average_start_end']} |"
         )
+    lines += ["", "Every step's seconds: " + "; ".join(f"{r['variant']} {r['step_seconds']}" for r in rows)]
     lines += ["", report["note"], ""]
     return "\n".join(lines)
 
@@ -285,8 +292,11 @@ def main() -> int:
         "variants": results,
         "note": (
             "GRPO steps generate exactly max_completion_length tokens per completion (min_new_tokens), so "
-            "they cost more than a training step whose answers stop early. The machine was shared with "
-            "other work: the load average beside each row says how busy it was."
+            "they cost more than a training step whose answers stop early. On a CPU the peak resident set "
+            "is mostly not the weights (SmolLM2-135M is 0.5 GB in fp32): Python, torch, the MiniLM "
+            "embedder and the fp32 logits over a 49k vocabulary dominate, so a 4-bit base saves little "
+            "memory there and costs time (de-quantization on every matmul). The machine was shared with "
+            "other work (the load average beside each row): single steps vary by up to 2x."
             if not gpu
             else "GRPO steps generate exactly max_completion_length tokens per completion."
         ),

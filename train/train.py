@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> Parsed:
     from trl import DPOConfig, GRPOConfig, ModelConfig, TrlParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    first, _ = TrlParser(MethodArguments, add_help=False).parse_args_and_config(
+    first, _ = TrlParser(MethodArguments, add_help=False, prog="python -m train").parse_args_and_config(
         argv, return_remaining_strings=True
     )
     config_class = GRPOConfig if first.method == "grpo" else DPOConfig
