@@ -235,6 +235,8 @@ def test_grpo_steps_train_lora_only(grpo_run, tiny_phi_dir):
     output, trainer, _ = grpo_run
     info = check_adapter_trained(output, trainer, tiny_phi_dir)
     assert info["method"] == "grpo" and info["global_step"] == 2 and info["device"] == "cpu"
+    used = [json.loads(line)["tree_id"] for line in Path(info["pairs_file"]).read_text().splitlines()]
+    assert info["train_tree_ids"] == sorted(set(used[: info["train_pairs"]]))
     assert info["base_model"] == str(tiny_phi_dir)
     assert "no GPU: base loaded in fp32, not quantized (set quantize_on_cpu to keep 4-bit)" in info["notes"]
     assert info["reward_weights"] == {

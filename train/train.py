@@ -362,6 +362,7 @@ class Built(NamedTuple):
     precision: str
     notes: list[str]
     pair_counts: dict
+    train_tree_ids: list[str]  # recorded so that evaluation can leave these trees out
     reward_weights: dict | None
     trainable: int
     total: int
@@ -441,7 +442,8 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
         f"LoRA r={model_args.lora_r} on {', '.join(targets)}; {precision} on {device}"
     )
     return Built(
-        trainer, tokenizer, device, precision, notes, pair_counts, reward_weights, trainable, total, targets
+        trainer, tokenizer, device, precision, notes, pair_counts,
+        sorted({pair["tree_id"] for pair in pairs}), reward_weights, trainable, total, targets
     )
 
 
@@ -510,6 +512,7 @@ def run(parsed: Parsed):
             "train_pairs": built.pair_counts["used"],
             "pair_counts": built.pair_counts,
             "pairs_file": str(train_args.pairs_file),
+            "train_tree_ids": built.train_tree_ids,
             "reward_weights": built.reward_weights,
             "final_metrics": final_metrics(read_metrics(output_dir / "metrics.jsonl")) | dict(result.metrics),
             "trends": metric_trends(read_metrics(output_dir / "metrics.jsonl")),
