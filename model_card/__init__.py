@@ -108,26 +108,18 @@ def _flatten(data: dict, prefix: str = "") -> list[tuple[str, object]]:
     return rows
 
 
-def _metric_trends(rows: list[dict]) -> list[tuple[str, str, str]]:
-    """First and last logged value of the metrics worth watching, as TRL names them."""
-    wanted = (
-        "reward",
-        "reward_std",
-        "frac_reward_zero_std",
-        "kl",
-        "loss",
-        "rewards/margins",
-        "rewards/accuracies",
-        "completions/mean_length",
-    )
-    trends = []
-    for key in wanted:
-        values = [
-            r[key] for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
-        ]
-        if values:
-            trends.append((key, _fmt(float(values[0])), _fmt(float(values[-1]))))
-    return trends
+def _trend_rows(trends: dict) -> list[tuple[str, str, str, str]]:
+    """Rows of training_info's trends: first and last tenth of the steps, and each pass's mean."""
+    return [
+        (
+            key,
+            _fmt(t["first_tenth_mean"]),
+            _fmt(t["last_tenth_mean"]),
+            " → ".join(_fmt(v) for v in t.get("pass_means") or []),
+        )
+        for key, t in trends.items()
+        if isinstance(t, dict) and "first_tenth_mean" in t
+    ]
 
 
 def _caption(path: Path) -> str:
@@ -275,11 +267,11 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
         ]  # counts first, then how they were made
         + [(k, _fmt(v)) for k, v in _flatten(stats or {}) if k.startswith("parameters")],
         pairs_file=_public(info.get("pairs_file")),
-        hyperparameters=[(k, _fmt(_public(v))) for k, v in recipe.items()],  # the recipe's own order
+        hyperparameters=[(k, _fmt(_public(v))) for k, v in recipe.items() if k != "description"],
         notes=[str(n) for n in info.get("notes") or []],
         reward_weights=[(k, _fmt(v)) for k, v in _dict(info.get("reward_weights")).items()],
         final_metrics=[(k, _fmt(v)) for k, v in _dict(info.get("final_metrics")).items()],
-        trends=_metric_trends(metrics),
+        trends=_trend_rows(_dict(info.get("trends"))),
         logged_steps=len(metrics),
         plots=[(_caption(p), f"plots/{p.name}") for p in sorted((output_dir / "plots").glob("*.png"))],
         eval_report=eval_report,
@@ -297,6 +289,7 @@ def write_card(output_dir: str | Path, repo_id: str | None = None) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text if text.endswith("\n") else text + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a card is for everyone to read
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from train.train import metric_trends
+
 RECIPE = {
     "model_name_or_path": "microsoft/phi-2",
     "method": "grpo",
@@ -106,6 +108,7 @@ def build_training_output(
         "final_metrics": {"train_loss": 0.0123, "reward": 0.3},
         "notes": ["no GPU: bf16/fp16 mixed precision off"],
         "versions": {"trl": "1.16.0", "peft": "0.21.2"},
+        "trends": metric_trends(rows),
     }
     (out / "training_info.json").write_text(json.dumps(info, indent=2))
     # Trainer checkpoints sit in the output folder too; they must never be pushed.

@@ -60,7 +60,7 @@ def test_body_reports_the_real_run(output_dir, tiny_phi_dir):
     assert "| `lora_target_modules` | q_proj, k_proj, v_proj, dense |" in text
     assert "| `preference` | 1 |" in text
     assert "![Reward](plots/reward.png)" in text
-    assert "| `reward` | 0.1 | 0.3 |" in text  # first and last logged value of metrics.jsonl
+    assert "| `reward` | 0.1 | 0.3 | 0.2 |" in text  # first tenth, last tenth, the one pass
     assert "- no GPU: bf16/fp16 mixed precision off" in text and "- trl 1.16.0" in text
 
     # Usage: from the Hub with PEFT, prompts through the adapter's own chat template.
