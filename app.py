@@ -149,7 +149,11 @@ def build_demo(loaded, limits: Limits | None = None, votes: Path | None = None) 
                 temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
                 top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
                 max_new_tokens = gr.Slider(
-                    1, limits.max_new_tokens, value=min(256, limits.max_new_tokens), step=1, label="Max new tokens"
+                    1,
+                    limits.max_new_tokens,
+                    value=min(256, limits.max_new_tokens),
+                    step=1,
+                    label="Max new tokens",
                 )
                 seed = gr.Number(0, label="Seed", precision=0)
         controls = [system, temperature, top_p, max_new_tokens, seed]

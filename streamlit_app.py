@@ -90,7 +90,9 @@ if view == "Chat":
                     with closing(assistant.chat(prepared)) as answers:
                         with placeholder.container():
                             st.write_stream(deltas(answers, shown))
-                    placeholder.markdown(shown[0] or "_(no answer)_")  # the final text, in case it was cut back
+                    placeholder.markdown(
+                        shown[0] or "_(no answer)_"
+                    )  # the final text, in case it was cut back
                 except RequestError as error:
                     st.error(str(error))
                 except Exception as error:  # this session sees it; the app keeps serving
@@ -113,7 +115,7 @@ else:
             boxes = (left.empty(), right.empty())
             with closing(assistant.compare(prepared)) as pairs:
                 for pair in pairs:
-                    for box, answer in zip(boxes, pair):
+                    for box, answer in zip(boxes, pair, strict=True):
                         box.markdown(answer.text)
             st.session_state.comparison = (prompt, pair[0].text, pair[1].text)
         except RequestError as error:

@@ -3,9 +3,10 @@
 Every request names its own adapter routing (``"__base__"`` or the adapter's name, one per row) and
 one lock per model lets a single ``generate`` run at a time: under the lock, a mixed batch is routed by
 PEFT's ``adapter_names`` (which installs hooks on the shared layers for the call), and a batch through
-one adapter sets that state on the model for the call, so no request depends on state another left. A streamed request runs ``generate`` in a thread of its own
-that holds the lock; the caller reads snapshots from a queue, and stopping (or abandoning) the stream
-sets an event that a ``StoppingCriteria`` checks at every step, so the model itself stops.
+one adapter sets that state on the model for the call, so no request depends on state another left.
+A streamed request runs ``generate`` in a thread of its own that holds the lock; the caller reads
+snapshots from a queue, and stopping (or abandoning) the stream sets an event that a
+``StoppingCriteria`` checks at every step, so the model itself stops.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ class Limits:
                     if values[field_name] < 1:
                         raise ValueError
                 except ValueError:
-                    raise RequestError(f"{env}={raw!r} is not a positive whole number; fix or unset it") from None
+                    raise RequestError(
+                        f"{env}={raw!r} is not a positive whole number; fix or unset it"
+                    ) from None
         return cls(**values)
 
 
@@ -188,7 +191,7 @@ class RowStreamer(BaseStreamer):
 
     @property
     def done(self) -> list[bool]:
-        return [e or c for e, c in zip(self.ended, self.cut)]
+        return [e or c for e, c in zip(self.ended, self.cut, strict=True)]
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:  # generate's first call carries the prompt
@@ -246,7 +249,9 @@ def _eos_ids(loaded) -> set[int]:
 
 def _encode(loaded, conversations: Sequence[list[dict]]):
     tokenizer = loaded.tokenizer
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    texts = [
+        tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
+    ]
     # Left padding keeps every row's last prompt token next to its first generated one.
     tokenizer.padding_side = "left"
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -390,7 +395,9 @@ def generate_side_by_side(
     from one copy of the weights, with the same settings and seed."""
     tuned = tuned_adapter(loaded)
     if tuned is None:
-        raise RequestError(f"{loaded.name} has no adapter, so there is no tuned model to compare with the base")
+        raise RequestError(
+            f"{loaded.name} has no adapter, so there is no tuned model to compare with the base"
+        )
     rows = [c for c in conversations for _ in range(2)]
     adapters = [BASE, tuned] * len(conversations)
     batch_size = 2 * batch_size if batch_size else None
@@ -455,16 +462,22 @@ class Assistant:
             temperature, top_p, max_new_tokens = float(temperature), float(top_p), int(max_new_tokens)
             seed = None if seed is None or seed == "" else int(seed)
         except (TypeError, ValueError):
-            raise RequestError("temperature and top-p must be numbers, max new tokens and seed whole numbers") from None
+            raise RequestError(
+                "temperature and top-p must be numbers, max new tokens and seed whole numbers"
+            ) from None
         if not 0 <= temperature <= 2:
             raise RequestError(f"temperature must be between 0 and 2, not {temperature}")
         if not 0 < top_p <= 1:
             raise RequestError(f"top-p must be above 0 and at most 1, not {top_p}")
         if not 1 <= max_new_tokens <= self.limits.max_new_tokens:
-            raise RequestError(f"max new tokens must be between 1 and {self.limits.max_new_tokens}, not {max_new_tokens}")
+            raise RequestError(
+                f"max new tokens must be between 1 and {self.limits.max_new_tokens}, not {max_new_tokens}"
+            )
         return GenerationSettings(max_new_tokens, temperature, top_p, seed)
 
-    def prepare(self, message, history=None, system=None, settings: GenerationSettings | None = None) -> Prepared:
+    def prepare(
+        self, message, history=None, system=None, settings: GenerationSettings | None = None
+    ) -> Prepared:
         settings = settings or GenerationSettings(max_new_tokens=min(256, self.limits.max_new_tokens))
         message = message if isinstance(message, str) else ""
         if not message.strip():
@@ -488,13 +501,20 @@ class Assistant:
     def chat(self, prepared: Prepared, stop: threading.Event | None = None) -> Iterator[Answer]:
         """The answer of the tuned model (or the base when there is none), as it grows."""
         rows = stream(
-            self.loaded, [prepared.messages], [self.chat_adapter], prepared.settings, stop, self.limits.max_waiting
+            self.loaded,
+            [prepared.messages],
+            [self.chat_adapter],
+            prepared.settings,
+            stop,
+            self.limits.max_waiting,
         )
         with closing(rows):  # closing this generator closes the stream, which stops generate
             for (answer,) in rows:
                 yield answer
 
-    def compare(self, prepared: Prepared, stop: threading.Event | None = None) -> Iterator[tuple[Answer, Answer]]:
+    def compare(
+        self, prepared: Prepared, stop: threading.Event | None = None
+    ) -> Iterator[tuple[Answer, Answer]]:
         """(base, tuned) answers to the same prompt, as they grow, from one batched generation."""
         if self.tuned is None:
             raise RequestError(
@@ -510,8 +530,7 @@ class Assistant:
             self.limits.max_waiting,
         )
         with closing(rows):
-            for base, tuned in rows:
-                yield base, tuned
+            yield from (tuple(pair) for pair in rows)
 
 
 __all__ = [

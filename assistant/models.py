@@ -85,7 +85,7 @@ def packaged_smollm2() -> Path:
     return target
 
 
-_HUB_UNREACHABLE = False  # set once huggingface_hub has given up connecting; later look-ups use the cache only
+_HUB_UNREACHABLE = False  # set once huggingface_hub gave up connecting; later look-ups ask the cache only
 
 
 def hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
@@ -96,7 +96,9 @@ def hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path |
 
     try:
         # Without a network each look-up retries for ~25 s; after one such failure, ask the cache only.
-        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=_HUB_UNREACHABLE))
+        return Path(
+            hf_hub_download(repo_id, filename, revision=revision, local_files_only=_HUB_UNREACHABLE)
+        )
     except Exception as error:  # offline, unreachable, missing: the caller decides what follows
         if isinstance(error, LocalEntryNotFoundError):
             _HUB_UNREACHABLE = True

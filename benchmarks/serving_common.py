@@ -37,8 +37,12 @@ def load_smollm2_with_lora(rank: int = 16):
     base = packaged_smollm2()
     folder = Path(tempfile.mkdtemp(prefix="bench-lora-"))
     torch.manual_seed(0)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                        init_lora_weights=False)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        init_lora_weights=False,
+    )
     get_peft_model(AutoModelForCausalLM.from_pretrained(base), config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(base).save_pretrained(folder)
     return load_model(str(base), str(folder))
@@ -73,7 +77,8 @@ def write(name: str, record: dict, markdown: str) -> None:
     record["machine"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     markdown = markdown.rstrip() + "\n\n" + machine_line(record["machine"]) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for path, text in ((RESULTS / f"{name}.json", json.dumps(record, indent=2) + "\n"), (RESULTS / f"{name}.md", markdown)):
+    files = {RESULTS / f"{name}.json": json.dumps(record, indent=2) + "\n", RESULTS / f"{name}.md": markdown}
+    for path, text in files.items():
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
@@ -82,7 +87,8 @@ def write(name: str, record: dict, markdown: str) -> None:
 
 def machine_line(m: dict) -> str:
     return (
-        f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs ({m['torch_threads']} torch threads), "
+        f"Machine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs "
+        f"({m['torch_threads']} torch threads), "
         f"torch {m['torch']}; load average {m['load_average_1m_at_start']} at start, "
         f"{m.get('load_average_1m_at_end', '?')} at end (the machine is shared: runs are interleaved)."
     )

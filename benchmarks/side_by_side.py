@@ -91,7 +91,9 @@ def main() -> None:
     # Load from other work shifts from one repeat to the next: a ratio within each repeat (neighbours
     # share the load) and its median is steadier than a ratio of medians.
     paired = {
-        name: median([a / b for a, b in zip(runs[name], runs["one"])]) for name in variants if name != "one"
+        name: median([a / b for a, b in zip(runs[name], runs["one"], strict=True)])
+        for name in variants
+        if name != "one"
     }
     ratio_one = paired["side_by_side"]
     result = {
@@ -101,7 +103,9 @@ def main() -> None:
         "median_s": m,
         "over_one_median_of_paired_ratios": paired,
         "side_by_side_over_one": ratio_one,
-        "side_by_side_over_sequential": median([a / b for a, b in zip(runs["side_by_side"], runs["sequential"])]),
+        "side_by_side_over_sequential": median(
+            [a / b for a, b in zip(runs["side_by_side"], runs["sequential"], strict=True)]
+        ),
         "memory_mb": {
             "one_model_serving_both": round(one_model_mb, 1),
             "two_models": round(two_models_mb, 1),
@@ -119,15 +123,15 @@ def main() -> None:
 
 | | median time | / one generation (median of per-repeat ratios) |
 |---|---|---|
-| one generation (tuned alone) | {m['one']:.3f} s | 1.00 |
-| two sequential generations (base, then tuned) | {m['sequential']:.3f} s | {paired['sequential']:.2f} |
-| **side by side, one batched call** (`adapter_names`) | {m['side_by_side']:.3f} s | **{ratio_one:.2f}** |
-| side by side, streamed (`Assistant.compare`, the Compare tab) | {m['streamed']:.3f} s | {paired['streamed']:.2f} |
-| for reference: a batch of two rows through the tuned model (no routing) | {m['batch_of_two']:.3f} s | {paired['batch_of_two']:.2f} |
+| one generation (tuned alone) | {m["one"]:.3f} s | 1.00 |
+| two sequential generations (base, then tuned) | {m["sequential"]:.3f} s | {paired["sequential"]:.2f} |
+| **side by side, one batched call** (`adapter_names`) | {m["side_by_side"]:.3f} s | **{ratio_one:.2f}** |
+| side by side, streamed (`Assistant.compare`) | {m["streamed"]:.3f} s | {paired["streamed"]:.2f} |
+| reference: two rows, one adapter (no routing) | {m["batch_of_two"]:.3f} s | {paired["batch_of_two"]:.2f} |
 
-Side by side / sequential: {result['side_by_side_over_sequential']:.2f}. Goal (at most 1.3x one generation):
-{'met' if ratio_one <= 1.3 else 'NOT met'}. A plain batch of two rows through one adapter costs
-{paired['batch_of_two']:.2f}x one row here: that is what a second row costs this CPU, routing or not.
+Side by side / sequential: {result["side_by_side_over_sequential"]:.2f}. Goal (at most 1.3x one generation):
+{"met" if ratio_one <= 1.3 else "NOT met"}. A plain batch of two rows through one adapter costs
+{paired["batch_of_two"]:.2f}x one row here: that is what a second row costs this CPU, routing or not.
 
 Memory: one model serves both answers with {one_model_mb:,.0f} MB of weights; serving the base answer from a
 second copy would take {two_models_mb:,.0f} MB (the second copy grew this process by {rss_growth:,.0f} MB).

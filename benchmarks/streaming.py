@@ -45,15 +45,18 @@ def main() -> None:
 
     def plain(tokens: int) -> None:
         with torch.inference_mode():
-            out = loaded.model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            out = loaded.model.generate(
+                **batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False
+            )
         assert out.shape[1] - prompt_tokens == tokens
 
     def streamed() -> tuple[float, float]:
         start = time.perf_counter()
-        first = None
-        for answer in assistant.chat(prepared):
+        first = last = None
+        for snapshot in assistant.chat(prepared):
             first = first or time.perf_counter() - start
-        assert answer.tokens == n, answer
+            last = snapshot
+        assert last.tokens == n, last
         return first, time.perf_counter() - start
 
     runs = {"plain": [], "plain_first": [], "streamed_first": [], "streamed": []}
@@ -80,7 +83,7 @@ def main() -> None:
         "tokens_per_s": {"plain": round(n / m["plain"], 2), "streamed": round(n / m["streamed"], 2)},
         "time_to_first_token_s": {"plain": m["plain_first"], "streamed": m["streamed_first"]},
         # per repeat (neighbours share the machine's load), then the median: steadier than medians' ratio
-        "streamed_over_plain": median([a / b for a, b in zip(runs["streamed"], runs["plain"])]),
+        "streamed_over_plain": median([a / b for a, b in zip(runs["streamed"], runs["plain"], strict=True)]),
         "goal": "streamed_over_plain < 1.05",
         "runs_s": {name: [round(v, 4) for v in values] for name, values in runs.items()},
         "machine": info,
@@ -93,11 +96,12 @@ Prompt {prompt_tokens} tokens, {n} new tokens forced (greedy), medians of {args.
 
 | | plain `generate` | streamed chat (`Assistant.chat`) |
 |---|---|---|
-| time to first token | {m['plain_first']:.3f} s | {m['streamed_first']:.3f} s |
-| total | {m['plain']:.3f} s | {m['streamed']:.3f} s |
-| tokens/s | {n / m['plain']:.2f} | {n / m['streamed']:.2f} |
+| time to first token | {m["plain_first"]:.3f} s | {m["streamed_first"]:.3f} s |
+| total | {m["plain"]:.3f} s | {m["streamed"]:.3f} s |
+| tokens/s | {n / m["plain"]:.2f} | {n / m["streamed"]:.2f} |
 
-Streamed / plain total time (median of per-repeat ratios): **{result['streamed_over_plain']:.3f}** (goal < 1.05: {'met' if result['goal_met'] else 'NOT met'}).
+Streamed / plain total time (median of per-repeat ratios): **{result["streamed_over_plain"]:.3f}**
+(goal < 1.05: {"met" if result["goal_met"] else "NOT met"}).
 
 """
     write("streaming", result, md)

@@ -67,10 +67,15 @@ def test_chat_streams_partials_one_by_one_and_uses_the_history(url, core):
     first = job.outputs()[-1]
     assert first == direct(core, "What is the capital of France?")
     assert len(partials) >= 3 and len(set(partials)) >= 3
-    assert all(b.startswith(a) for a, b in zip(partials, partials[1:]))  # each partial grows the last
+    assert all(
+        b.startswith(a) for a, b in zip(partials, partials[1:], strict=False)
+    )  # each partial grows the last
 
     second = client.predict(*args("And of Spain?"), api_name="/chat")
-    history = [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": first}]
+    history = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": first},
+    ]
     assert second == direct(core, "And of Spain?", history)
     assert second != direct(core, "And of Spain?")  # so the history did reach the model
 
@@ -81,8 +86,9 @@ def test_stopping_a_chat_stops_the_generation_on_the_server(url, loaded):
     steps = []
     hook = loaded.model.get_output_embeddings().register_forward_hook(lambda *a: steps.append(1))
     try:
-        job = Client(url, verbose=False).submit("Write a long story about a dragon.", SYSTEM, 0, 1, 64, 0,
-                                                api_name="/chat")
+        job = Client(url, verbose=False).submit(
+            "Write a long story about a dragon.", SYSTEM, 0, 1, 64, 0, api_name="/chat"
+        )
         deadline = time.time() + 60
         while len(steps) < 3 and time.time() < deadline:
             time.sleep(0.01)
@@ -143,8 +149,11 @@ def test_users_chatting_and_comparing_at_once_get_their_own_answers(url, core):
         except Exception as error:
             errors.append(error)
 
-    jobs = [("a", "What is the capital of France?", "/chat"), ("b", "Say hello.", "/compare"),
-            ("c", "Name a fruit.", "/chat")]
+    jobs = [
+        ("a", "What is the capital of France?", "/chat"),
+        ("b", "Say hello.", "/compare"),
+        ("c", "Name a fruit.", "/chat"),
+    ]
     threads = [threading.Thread(target=run, args=job) for job in jobs]
     for t in threads:
         t.start()

@@ -12,8 +12,13 @@ from assistant.models import load_model
 from tests._helpers_space import make_random_lora
 
 CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--no-first-run"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +33,12 @@ def url(smollm2_dir, tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo = build_demo(loaded, Limits(max_new_tokens=16), votes=tmp_path_factory.mktemp("votes") / "votes.jsonl")
-    _, local_url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    demo = build_demo(
+        loaded, Limits(max_new_tokens=16), votes=tmp_path_factory.mktemp("votes") / "votes.jsonl"
+    )
+    _, local_url, _ = demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True
+    )
     yield local_url
     demo.close()
 
@@ -67,18 +76,22 @@ def test_chat_answer_appears_in_pieces_then_compare_shows_both(page, tmp_path):
     box.press("Enter")
     bot = page.locator('[data-testid="bot"]')
     stop = page.locator("button.stop-button")  # shown while the answer streams
-    seen = watch(lambda: bot.last.inner_text() if bot.count() else "",
-                 lambda: bot.count() > 0 and not stop.is_visible())
+    seen = watch(
+        lambda: bot.last.inner_text() if bot.count() else "",
+        lambda: bot.count() > 0 and not stop.is_visible(),
+    )
     assert len(seen) >= 3, seen  # the answer grew in the page, piece by piece
-    assert all(b.startswith(a) for a, b in zip(seen, seen[1:])), seen
+    assert all(b.startswith(a) for a, b in zip(seen, seen[1:], strict=False)), seen
 
     page.get_by_role("tab", name="Compare").click()
     page.get_by_label("Prompt").fill("Name a fruit.")
     page.get_by_role("button", name="Compare", exact=True).click()
     left, right = page.get_by_label("Left:", exact=False), page.get_by_label("Right:", exact=False)
     generating = page.locator(".generating")  # Gradio marks outputs that are still streaming
-    seen = watch(lambda: right.input_value(), lambda: bool(left.input_value() and right.input_value())
-                 and generating.count() == 0)
+    seen = watch(
+        lambda: right.input_value(),
+        lambda: bool(left.input_value() and right.input_value()) and generating.count() == 0,
+    )
     assert len(seen) >= 2, seen
     assert left.input_value() != right.input_value()
     shot = tmp_path / "compare.png"

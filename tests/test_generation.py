@@ -48,7 +48,9 @@ def base_only(smollm2_dir):
 def alone(loaded):
     """Each prompt through each adapter, run alone: the reference for everything batched or concurrent."""
     return {
-        adapter: [a.text for a in generate_texts(loaded, [conv(p) for p in PROMPTS], GREEDY, adapter, batch_size=1)]
+        adapter: [
+            a.text for a in generate_texts(loaded, [conv(p) for p in PROMPTS], GREEDY, adapter, batch_size=1)
+        ]
         for adapter in (BASE, "default")
     }
 
@@ -56,7 +58,9 @@ def alone(loaded):
 def test_side_by_side_is_one_generate_call_matching_each_model_alone(loaded, alone, monkeypatch):
     calls = []
     real_generate = loaded.model.generate
-    monkeypatch.setattr(loaded.model, "generate", lambda **kw: calls.append(kw["adapter_names"]) or real_generate(**kw))
+    monkeypatch.setattr(
+        loaded.model, "generate", lambda **kw: calls.append(kw["adapter_names"]) or real_generate(**kw)
+    )
     pairs = generate_side_by_side(loaded, [conv(p) for p in PROMPTS], GREEDY)
     assert calls == [[BASE, "default"] * len(PROMPTS)]
     assert [b.text for b, _ in pairs] == alone[BASE]
@@ -66,8 +70,12 @@ def test_side_by_side_is_one_generate_call_matching_each_model_alone(loaded, alo
 
 
 def test_answers_say_whether_they_ended_and_how_many_tokens_they_took(loaded):
-    short, long = generate_texts(loaded, [conv("What is the capital of France?"), conv("Write a long story about a dragon.")],
-                                 GenerationSettings(max_new_tokens=20, temperature=0), BASE)
+    short, long = generate_texts(
+        loaded,
+        [conv("What is the capital of France?"), conv("Write a long story about a dragon.")],
+        GenerationSettings(max_new_tokens=20, temperature=0),
+        BASE,
+    )
     assert short.ended and 0 < short.tokens < 20
     assert not long.ended and long.tokens == 20
     assert len(loaded.tokenizer(long.text)["input_ids"]) in range(17, 23)
@@ -85,7 +93,9 @@ def test_streaming_yields_growing_partials_and_ends_with_the_full_answer(loaded,
     snapshots = [rows[0] for rows in stream(loaded, [conv(PROMPTS[0])], ["default"], GREEDY)]
     texts = [s.text for s in snapshots]
     assert len(snapshots) >= 4
-    assert all(a.startswith(b) for a, b in zip(texts[1:], texts))  # each partial extends the last
+    assert all(
+        a.startswith(b) for a, b in zip(texts[1:], texts, strict=False)
+    )  # each partial extends the last
     assert len(set(texts[:-1])) == len(texts) - 1  # one by one (the final one may only add done=True)
     assert snapshots[-1].done and not any(s.done for s in snapshots[:-1])
     assert texts[-1] == alone["default"][0]
@@ -125,7 +135,7 @@ def test_streamer_cuts_an_answer_that_runs_into_a_new_user_turn(loaded):
     second = tokenizer("Hello", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * 20
     import torch
 
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=False):
         streamer.put(torch.tensor([a, b]))
     cut, ended = streamer.snapshot()
     assert cut.text == "Paris is the capital." and cut.cut and not cut.ended and cut.done
@@ -194,8 +204,10 @@ def test_requests_are_checked_against_the_limits(loaded):
         assistant.settings(max_new_tokens=33)
     with pytest.raises(RequestError, match="temperature"):
         assistant.settings(temperature=5)
-    history = [{"role": "user", "content": "tell me about cats " * 3},
-               {"role": "assistant", "content": "cats are nice " * 3}] * 3
+    history = [
+        {"role": "user", "content": "tell me about cats " * 3},
+        {"role": "assistant", "content": "cats are nice " * 3},
+    ] * 3
     prepared = assistant.prepare("and dogs?", history, settings=assistant.settings(max_new_tokens=8))
     assert prepared.dropped > 0 and "oldest" in prepared.notice
     assert prepared.messages[-1]["content"] == "and dogs?"

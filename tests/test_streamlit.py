@@ -61,7 +61,9 @@ def test_chat_turns_stream_into_the_history(env, loaded):
     assert at.chat_message[1].markdown[0].value == first
 
     at.chat_input(key="chat").set_value("And of Spain?").run()
-    second = generate_texts(loaded, [messages("What is the capital of France?", first, "And of Spain?")], greedy)
+    second = generate_texts(
+        loaded, [messages("What is the capital of France?", first, "And of Spain?")], greedy
+    )
     assert [m.name for m in at.chat_message] == ["user", "assistant"] * 2
     assert at.chat_message[3].markdown[0].value == second[0].text
     assert at.session_state.messages[-1] == {"role": "assistant", "content": second[0].text}
@@ -81,7 +83,10 @@ def test_empty_message_gets_an_error_and_the_comparison_shows_both_models(env, l
     )
     assert base.text != tuned.text
     names = [h.value for h in at.subheader]
-    assert names == ["SmolLM2-135M-Instruct (base)", f"SmolLM2-135M-Instruct + {Path(loaded.adapter).name} (tuned)"]
+    assert names == [
+        "SmolLM2-135M-Instruct (base)",
+        f"SmolLM2-135M-Instruct + {Path(loaded.adapter).name} (tuned)",
+    ]
     left, right = at.columns
     assert left.markdown[0].value == base.text and right.markdown[0].value == tuned.text
     assert base.adapter == BASE
