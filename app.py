@@ -23,6 +23,7 @@ import gradio as gr
 
 from assistant.generation import Assistant, Limits, RequestError
 from assistant.models import ModelLoadError, load_for_serving
+from assistant.prompt import DEFAULT_SYSTEM
 
 log = logging.getLogger("app")
 
@@ -42,7 +43,6 @@ EXAMPLES = [
     "Write a short, friendly email declining a meeting invitation.",
     "What causes the seasons on Earth?",
 ]
-DEFAULT_SYSTEM = "You are a helpful, honest and concise assistant."
 VOTES = "votes.jsonl"
 
 
@@ -144,7 +144,9 @@ def build_demo(loaded, limits: Limits | None = None, votes: Path | None = None) 
             "answering the same prompt, with the same settings and seed."
         )
         with gr.Accordion("Settings", open=False):
-            system = gr.Textbox(DEFAULT_SYSTEM, label="System prompt", lines=2)
+            system = gr.Textbox(
+                DEFAULT_SYSTEM, label="System prompt", lines=2, placeholder="none (as in training)"
+            )
             with gr.Row():
                 temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
                 top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")

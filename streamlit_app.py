@@ -16,8 +16,8 @@ import streamlit as st
 
 from assistant.generation import Assistant, Limits, RequestError
 from assistant.models import ModelLoadError, load_for_serving
+from assistant.prompt import DEFAULT_SYSTEM
 
-DEFAULT_SYSTEM = "You are a helpful, honest and concise assistant."
 
 
 @st.cache_resource(show_spinner="Loading the model (once)…")
@@ -52,7 +52,7 @@ st.caption(assistant.loaded.describe())
 
 with st.sidebar:
     view = st.radio("View", ["Chat", "Compare"], horizontal=True)
-    system = st.text_area("System prompt", DEFAULT_SYSTEM)
+    system = st.text_area("System prompt", DEFAULT_SYSTEM, placeholder="none (as in training)")
     temperature = st.slider("Temperature (0 = greedy)", 0.0, 2.0, 0.7, 0.05)
     top_p = st.slider("Top-p", 0.05, 1.0, 0.95, 0.05)
     limit = assistant.limits.max_new_tokens

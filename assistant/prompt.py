@@ -20,6 +20,10 @@ PHI2_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}Output:{%- endif -%}"
 )
 
+# Training and evaluation send no system prompt, so neither do the apps unless the user writes one:
+# the model then sees exactly the prompt format it was tuned on.
+DEFAULT_SYSTEM = ""
+
 # Text that opens a new user turn in the formats we serve; an answer that contains one has run on
 # into inventing the user's next message. Used to cut answers in the apps and to penalise it in GRPO.
 USER_TURN_MARKERS = ("Instruct:", "<|im_start|>user", "\nUser:", "\nHuman:")
