@@ -239,7 +239,8 @@ class _StopWhen(StoppingCriteria):
         return torch.tensor(self.streamer.done, dtype=torch.bool, device=input_ids.device)
 
 
-def _eos_ids(loaded) -> set[int]:
+def eos_ids(loaded) -> set[int]:
+    """Every token id that ends an answer: the generation config's and the tokenizer's."""
     ids = loaded.model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
     if loaded.tokenizer.eos_token_id is not None:
@@ -320,7 +321,7 @@ def stream(
         raise ValueError("give one adapter name per conversation")
     stop = stop or threading.Event()
     updates: queue.Queue = queue.Queue()
-    streamer = RowStreamer(loaded.tokenizer, adapters, _eos_ids(loaded), on_step=updates.put)
+    streamer = RowStreamer(loaded.tokenizer, adapters, eos_ids(loaded), on_step=updates.put)
     finished = object()
 
     def work() -> None:
@@ -366,7 +367,7 @@ def generate(
     answers: list[Answer] = []
     for start in range(0, len(conversations), batch_size):
         rows = slice(start, start + batch_size)
-        streamer = RowStreamer(loaded.tokenizer, adapters[rows], _eos_ids(loaded))
+        streamer = RowStreamer(loaded.tokenizer, adapters[rows], eos_ids(loaded))
         _generate(loaded, conversations[rows], adapters[rows], settings, streamer, threading.Event())
         streamer.finished = True
         answers += streamer.snapshot()

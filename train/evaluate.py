@@ -456,13 +456,6 @@ def reward_setup(recipe: dict) -> tuple[list[str], list[float], str]:
     )
 
 
-def eos_ids(loaded) -> list[int]:
-    ids = {loaded.tokenizer.eos_token_id}
-    configured = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
-    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
-    return sorted(i for i in ids if i is not None)
-
-
 def score_rewards(
     funcs,
     names: list[str],
@@ -508,14 +501,14 @@ def generation_quality(loaded, prompts: list[dict], args: EvalArguments, recipe:
     the training rewards; per-prompt results in ``rows``."""
     from tqdm.auto import tqdm
 
-    from assistant.generation import GenerationSettings, generate_side_by_side
+    from assistant.generation import GenerationSettings, eos_ids, generate_side_by_side
     from train.rewards import DEFAULT_EMBEDDER, get_reward_funcs
 
     names, weights, weights_from = reward_setup(recipe)
     try:
         funcs = get_reward_funcs(
             names,
-            eos_token_ids=eos_ids(loaded),
+            eos_token_ids=sorted(eos_ids(loaded)),
             embedding_model=recipe.get("embedding_model") or DEFAULT_EMBEDDER,
             reward_model_name_or_path=recipe.get("reward_model_name_or_path"),
         )
@@ -532,7 +525,7 @@ def generation_quality(loaded, prompts: list[dict], args: EvalArguments, recipe:
                 loaded, [prompt_messages(p["prompt"]) for p in chunk], settings, batch_size=args.batch_size
             )
             bar.update(len(chunk))
-    eos = eos_ids(loaded)
+    eos = sorted(eos_ids(loaded))
     scores = {}
     for k, side in enumerate(SIDES):
         side_answers = [pair[k] for pair in answers]
