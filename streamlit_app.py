@@ -19,7 +19,6 @@ from assistant.models import ModelLoadError, load_for_serving
 from assistant.prompt import DEFAULT_SYSTEM
 
 
-
 @st.cache_resource(show_spinner="Loading the model (once)…")
 def get_assistant(base: str | None, adapter: str | None, revision: str | None) -> Assistant:
     loaded = load_for_serving(base, adapter, revision)

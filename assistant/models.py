@@ -96,9 +96,7 @@ def hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path |
 
     try:
         # Without a network each look-up retries for ~25 s; after one such failure, ask the cache only.
-        return Path(
-            hf_hub_download(repo_id, filename, revision=revision, local_files_only=_HUB_UNREACHABLE)
-        )
+        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=_HUB_UNREACHABLE))
     except Exception as error:  # offline, unreachable, missing: the caller decides what follows
         if isinstance(error, LocalEntryNotFoundError):
             _HUB_UNREACHABLE = True
@@ -121,7 +119,9 @@ def adapter_base(adapter: str, revision: str | None = None) -> str:
     if not config.exists():
         config = hub_file(adapter, "adapter_config.json", revision)
     if config is None or not config.exists():
-        raise ModelLoadError(f"adapter {adapter!r} not found: give a folder with adapter_config.json or a Hub repo id")
+        raise ModelLoadError(
+            f"adapter {adapter!r} not found: give a folder with adapter_config.json or a Hub repo id"
+        )
     return json.loads(config.read_text())["base_model_name_or_path"]
 
 
@@ -152,7 +152,9 @@ class LoadedModel:
         return f"{self.base} + {self.adapter}" if self.adapter else self.base
 
     def describe(self) -> str:
-        text = f"Serving {self.name} on {self.device} in {self.precision} ({self.memory_mb:,.0f} MB of weights)"
+        text = (
+            f"Serving {self.name} on {self.device} in {self.precision} ({self.memory_mb:,.0f} MB of weights)"
+        )
         return " ".join([text + "."] + self.notes)
 
 

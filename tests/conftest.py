@@ -16,7 +16,9 @@ SAMPLE = ROOT.parent / "shared" / "data" / "oasst2_sample.trees.jsonl"
 @pytest.fixture(scope="session")
 def sample_path() -> Path:
     if not SAMPLE.exists():
-        pytest.fail(f"the real Open Assistant sample is missing: expected {SAMPLE} (../shared beside the repo)")
+        pytest.fail(
+            f"the real Open Assistant sample is missing: expected {SAMPLE} (../shared beside the repo)"
+        )
     return SAMPLE
 
 

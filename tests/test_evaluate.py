@@ -284,12 +284,26 @@ def test_pairs_from_trees_the_adapter_was_trained_on_are_left_out(setup, tmp_pat
     trained = [pair["tree_id"] for pair in setup["pairs"][:-2]]
     (adapter / "training_info.json").write_text(json.dumps({"train_tree_ids": trained}))
     out = tmp_path / "eval"
-    args = ["--adapter", str(adapter), "--pairs", str(setup["pairs_file"]), "--output-dir", str(out),
-            "--max-new-tokens", "2", "--temperature", "0", "--samples", "1"]
+    args = [
+        "--adapter",
+        str(adapter),
+        "--pairs",
+        str(setup["pairs_file"]),
+        "--output-dir",
+        str(out),
+        "--max-new-tokens",
+        "2",
+        "--temperature",
+        "0",
+        "--samples",
+        "1",
+    ]
     assert evaluate.main(args) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["pairs"]["n"] == 2 and report["pairs"]["left_out_trained_trees"] == len(trained)
-    assert {p["prompt_id"] for p in report["preference"]["pairs"]} == {p["prompt_id"] for p in setup["pairs"][-2:]}
+    assert {p["prompt_id"] for p in report["preference"]["pairs"]} == {
+        p["prompt_id"] for p in setup["pairs"][-2:]
+    }
     assert f"left out: {len(trained)} pairs" in (out / "report.md").read_text()
 
     everything = [pair["tree_id"] for pair in setup["pairs"]]
@@ -297,7 +311,9 @@ def test_pairs_from_trees_the_adapter_was_trained_on_are_left_out(setup, tmp_pat
     capsys.readouterr()
     args[args.index(str(out))] = str(tmp_path / "none")
     assert evaluate.main(args) == 2
-    assert f"all {len(everything)} pairs come from trees the adapter was trained on" in capsys.readouterr().err
+    assert (
+        f"all {len(everything)} pairs come from trees the adapter was trained on" in capsys.readouterr().err
+    )
     assert not (tmp_path / "none").exists()
 
 

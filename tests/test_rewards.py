@@ -125,7 +125,9 @@ def test_reward_model_scores_question_answer_pairs(tiny_classifier):
     # The same numbers as the classifier's own logit on (question, answer cut at the user turn).
     tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier).eval()
-    for completion, score in zip(["Paris.", "Turtles live long.", "Paris is the capital."], scores, strict=False):
+    for completion, score in zip(
+        ["Paris.", "Turtles live long.", "Paris is the capital."], scores, strict=False
+    ):
         with torch.no_grad():
             expected = model(
                 **tokenizer("What is the capital of France?", completion, return_tensors="pt")

@@ -265,7 +265,9 @@ def test_output_folder_contract(grpo_run, tiny_phi_dir):
     assert {"reward_std", "frac_reward_zero_std", "kl", "completions/mean_length"} <= set(steps[0])
     trends = json.loads((output / "training_info.json").read_text())["trends"]
     assert trends["reward"]["first_tenth_mean"] == pytest.approx(steps[0]["reward"])
-    assert trends["rewards/preference/mean"]["last_tenth_mean"] == pytest.approx(steps[1]["rewards/preference/mean"])
+    assert trends["rewards/preference/mean"]["last_tenth_mean"] == pytest.approx(
+        steps[1]["rewards/preference/mean"]
+    )
     plots = {p.name for p in (output / "plots").glob("*.png")}
     assert plots == {"reward.png", "rewards_per_function.png", "loss_kl.png", "completion_length.png"}
     assert json.loads((output / "data_stats.json").read_text())["source"] == "hand-made"

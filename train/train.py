@@ -442,8 +442,17 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
         f"LoRA r={model_args.lora_r} on {', '.join(targets)}; {precision} on {device}"
     )
     return Built(
-        trainer, tokenizer, device, precision, notes, pair_counts,
-        sorted({pair["tree_id"] for pair in pairs}), reward_weights, trainable, total, targets
+        trainer,
+        tokenizer,
+        device,
+        precision,
+        notes,
+        pair_counts,
+        sorted({pair["tree_id"] for pair in pairs}),
+        reward_weights,
+        trainable,
+        total,
+        targets,
     )
 
 
