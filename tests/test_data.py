@@ -326,23 +326,9 @@ def test_conflicting_copies_of_a_message_are_an_error(tmp_path):
 
 def test_cli_writes_pairs_and_stats(tmp_path, capsys):
     out = tmp_path / "pairs"
-    assert (
-        main(
-            [
-                "--source",
-                str(MINI_TREES_FILE),
-                "--output-dir",
-                str(out),
-                "--languages",
-                "all",
-                "--eval_fraction",
-                "0.5",
-                "--limit",
-                "5",
-            ]
-        )
-        == 0
-    )
+    args = ["--source", str(MINI_TREES_FILE), "--output-dir", str(out)]
+    args += ["--languages", "all", "--eval_fraction", "0.5", "--limit", "5"]
+    assert main(args) == 0
     printed = capsys.readouterr().out
     assert "wrote 5 train pairs" in printed and "trees skipped:" in printed
     assert sorted(p.name for p in out.iterdir()) == ["eval.jsonl", "stats.json", "train.jsonl"]
@@ -356,23 +342,7 @@ def test_cli_writes_pairs_and_stats(tmp_path, capsys):
     assert stats["parameters"]["limit"] == 5 and stats["train"]["pairs"] == 5
     # same input, same bytes
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert (
-        main(
-            [
-                "--source",
-                str(MINI_TREES_FILE),
-                "--output-dir",
-                str(out),
-                "--languages",
-                "all",
-                "--eval_fraction",
-                "0.5",
-                "--limit",
-                "5",
-            ]
-        )
-        == 0
-    )
+    assert main(args) == 0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
 
 
