@@ -11,20 +11,16 @@ snapshots from a queue, and stopping (or abandoning) the stream sets an event th
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from assistant.prompt import InputTooLong, build_messages, cut_at_user_turn, fit_to_context
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
@@ -68,38 +64,6 @@ class Answer:
     tokens: int  # tokens generated, up to the end or the cut
     adapter: str  # BASE or the adapter's name
     done: bool = True  # False for a snapshot of a row still being generated
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What the apps accept. Each can be set by an environment variable (see ``from_env``)."""
-
-    max_message_chars: int = 8000
-    max_input_tokens: int = 1536
-    max_new_tokens: int = 512
-    max_waiting: int = 16
-
-    @classmethod
-    def from_env(cls) -> Limits:
-        names = {
-            "max_message_chars": "ASSISTANT_MAX_MESSAGE_CHARS",
-            "max_input_tokens": "ASSISTANT_MAX_INPUT_TOKENS",
-            "max_new_tokens": "ASSISTANT_MAX_NEW_TOKENS",
-            "max_waiting": "ASSISTANT_MAX_QUEUE",
-        }
-        values = {}
-        for field_name, env in names.items():
-            raw = os.environ.get(env)
-            if raw:
-                try:
-                    values[field_name] = int(raw)
-                    if values[field_name] < 1:
-                        raise ValueError
-                except ValueError:
-                    raise RequestError(
-                        f"{env}={raw!r} is not a positive whole number; fix or unset it"
-                    ) from None
-        return cls(**values)
 
 
 # --- one lock per model -------------------------------------------------------------------------
@@ -172,14 +136,17 @@ def _check_adapters(loaded, adapters: Sequence[str]) -> None:
 class RowStreamer(BaseStreamer):
     """Decodes every row of a batch as it grows; ``put()`` gets one token id per row per step.
 
-    (transformers' ``TextIteratorStreamer`` takes batch size 1 only.) A row is done at EOS or where
-    its text starts a new user turn; ``snapshot()`` gives the answers so far.
+    (transformers' ``TextIteratorStreamer`` takes batch size 1 only.) A row is done at a token that
+    ends the assistant's turn (``stop_ids``) or where its text starts a new user turn in a template whose
+    turn marker is plain text (``cut_texts``, e.g. Phi-2's ``Instruct:``); ``snapshot()`` gives the
+    answers so far.
     """
 
-    def __init__(self, tokenizer, adapters: Sequence[str], eos_ids: set[int], on_step=None):
+    def __init__(self, tokenizer, adapters: Sequence[str], stop_ids: set[int], on_step=None, cut_texts=()):
         self.tokenizer = tokenizer
         self.adapters = list(adapters)
-        self.eos_ids = eos_ids
+        self.eos_ids = stop_ids
+        self.cut_texts = tuple(cut_texts)
         self.on_step = on_step
         size = len(self.adapters)
         self.tokens: list[list[int]] = [[] for _ in range(size)]
@@ -204,8 +171,10 @@ class RowStreamer(BaseStreamer):
                 self.ended[row] = True
                 continue
             self.tokens[row].append(token)
-            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
-            self.texts[row], self.cut[row] = cut_at_user_turn(text)
+            with tokenizer_lock(self.tokenizer):
+                text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+            cuts = [i for i in (text.find(m) for m in self.cut_texts) if i >= 0]
+            self.texts[row], self.cut[row] = (text[: min(cuts)].rstrip(), True) if cuts else (text, False)
         if self.on_step is not None:
             self.on_step(self.snapshot())
 
@@ -239,23 +208,73 @@ class _StopWhen(StoppingCriteria):
         return torch.tensor(self.streamer.done, dtype=torch.bool, device=input_ids.device)
 
 
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tokenizer_lock(tokenizer) -> threading.Lock:
+    """One lock per tokenizer. A fast tokenizer keeps its padding and truncation settings as state that
+    each call sets, so two threads tokenizing at once (one padding a batch, one counting a prompt) can
+    pad each other's calls; every tokenizer call in the apps holds this lock."""
+    with _GATES_MUTEX:
+        lock = _LOCKS.get(tokenizer)
+        if lock is None:
+            lock = _LOCKS[tokenizer] = threading.Lock()
+        return lock
+
+
+_MARK_USER, _MARK_ANSWER, _MARK_NEXT = "q9xUSERq9x", "q9xANSWERq9x", "q9xNEXTq9x"
+
+
+def turn_stops(tokenizer) -> tuple[set[int], tuple[str, ...]]:
+    """What ends an answer in this tokenizer's chat template: the special token ids the template puts
+    after an assistant message and before the next user message (ChatML's ``<|im_end|>`` and
+    ``<|im_start|>``; Phi-2's EOS), and the plain-text user-turn marker where it is not a special token
+    (Phi-2's ``Instruct:``), found by rendering a two-turn conversation."""
+    cached = getattr(tokenizer, "_assistant_turn_stops", None)
+    if cached is not None:
+        return cached
+    messages = [
+        {"role": "user", "content": _MARK_USER},
+        {"role": "assistant", "content": _MARK_ANSWER},
+        {"role": "user", "content": _MARK_NEXT},
+    ]
+    with tokenizer_lock(tokenizer):
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+        between = rendered.split(_MARK_ANSWER, 1)[1].split(_MARK_NEXT, 1)[0]
+        ids = tokenizer(between, add_special_tokens=False)["input_ids"]
+        special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    stop_ids = {i for i in ids if i in special}
+    plain = tokenizer.decode([i for i in ids if i not in special], skip_special_tokens=True)
+    # "\nInstruct: " -> "Instruct:"; a role word alone ("user") is no marker: it cuts real answers.
+    marker = plain.strip()
+    texts = (marker,) if marker and not marker.isalpha() else ()
+    tokenizer._assistant_turn_stops = stops = (stop_ids, texts)
+    return stops
+
+
 def eos_ids(loaded) -> set[int]:
-    """Every token id that ends an answer: the generation config's and the tokenizer's."""
+    """Every token id that ends an answer: the generation config's, the tokenizer's, the template's."""
     ids = loaded.model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
     if loaded.tokenizer.eos_token_id is not None:
         ids.add(loaded.tokenizer.eos_token_id)
-    return ids
+    return ids | turn_stops(loaded.tokenizer)[0]
+
+
+def _streamer(loaded, adapters, on_step=None) -> RowStreamer:
+    cut_texts = turn_stops(loaded.tokenizer)[1]
+    return RowStreamer(loaded.tokenizer, adapters, eos_ids(loaded), on_step, cut_texts)
 
 
 def _encode(loaded, conversations: Sequence[list[dict]]):
     tokenizer = loaded.tokenizer
-    texts = [
-        tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
-    ]
-    # Left padding keeps every row's last prompt token next to its first generated one.
-    tokenizer.padding_side = "left"
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with tokenizer_lock(tokenizer):
+        texts = [
+            tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
+        ]
+        # Left padding keeps every row's last prompt token next to its first generated one.
+        tokenizer.padding_side = "left"
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     return batch.to(loaded.model.device)
 
 
@@ -321,7 +340,7 @@ def stream(
         raise ValueError("give one adapter name per conversation")
     stop = stop or threading.Event()
     updates: queue.Queue = queue.Queue()
-    streamer = RowStreamer(loaded.tokenizer, adapters, eos_ids(loaded), on_step=updates.put)
+    streamer = _streamer(loaded, adapters, on_step=updates.put)
     finished = object()
 
     def work() -> None:
@@ -367,7 +386,7 @@ def generate(
     answers: list[Answer] = []
     for start in range(0, len(conversations), batch_size):
         rows = slice(start, start + batch_size)
-        streamer = RowStreamer(loaded.tokenizer, adapters[rows], eos_ids(loaded))
+        streamer = _streamer(loaded, adapters[rows])
         _generate(loaded, conversations[rows], adapters[rows], settings, streamer, threading.Event())
         streamer.finished = True
         answers += streamer.snapshot()
@@ -406,148 +425,19 @@ def generate_side_by_side(
     return [(answers[i], answers[i + 1]) for i in range(0, len(answers), 2)]
 
 
-# --- what the apps call ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Prepared:
-    messages: list[dict]
-    dropped: int  # past messages dropped to fit the context window
-    settings: GenerationSettings
-
-    @property
-    def notice(self) -> str | None:
-        if not self.dropped:
-            return None
-        return (
-            f"The conversation is longer than the model can read: the oldest {self.dropped} "
-            "messages were left out of this answer."
-        )
-
-
-def _short(name: str) -> str:
-    path = Path(name)
-    return path.name if path.is_absolute() or path.is_dir() else name
-
-
-class Assistant:
-    """The apps' view of the model: checks requests against the limits, then streams answers."""
-
-    def __init__(self, loaded, limits: Limits | None = None):
-        self.loaded = loaded
-        self.limits = limits or Limits.from_env()
-        self.tuned = tuned_adapter(loaded)
-
-    @property
-    def chat_adapter(self) -> str:
-        return self.tuned or BASE
-
-    @property
-    def base_name(self) -> str:
-        """Display name of the base model (a local folder by its last part)."""
-        return f"{_short(self.loaded.base)} (base)"
-
-    @property
-    def tuned_name(self) -> str:
-        if not self.tuned:
-            return "no adapter loaded"
-        return f"{_short(self.loaded.base)} + {_short(self.loaded.adapter)} (tuned)"
-
-    @property
-    def context_window(self) -> int | None:
-        return getattr(self.loaded.model.config, "max_position_embeddings", None)
-
-    def settings(self, temperature=0.7, top_p=0.95, max_new_tokens=256, seed=0) -> GenerationSettings:
-        """Settings from UI or API values, checked against the limits."""
-        try:
-            temperature, top_p, max_new_tokens = float(temperature), float(top_p), int(max_new_tokens)
-            seed = None if seed is None or seed == "" else int(seed)
-        except (TypeError, ValueError):
-            raise RequestError(
-                "temperature and top-p must be numbers, max new tokens and seed whole numbers"
-            ) from None
-        if not 0 <= temperature <= 2:
-            raise RequestError(f"temperature must be between 0 and 2, not {temperature}")
-        if not 0 < top_p <= 1:
-            raise RequestError(f"top-p must be above 0 and at most 1, not {top_p}")
-        if not 1 <= max_new_tokens <= self.limits.max_new_tokens:
-            raise RequestError(
-                f"max new tokens must be between 1 and {self.limits.max_new_tokens}, not {max_new_tokens}"
-            )
-        return GenerationSettings(max_new_tokens, temperature, top_p, seed)
-
-    def prepare(
-        self, message, history=None, system=None, settings: GenerationSettings | None = None
-    ) -> Prepared:
-        settings = settings or GenerationSettings(max_new_tokens=min(256, self.limits.max_new_tokens))
-        message = message if isinstance(message, str) else ""
-        if not message.strip():
-            raise RequestError("the message is empty: type a question first")
-        if len(message) > self.limits.max_message_chars:
-            raise RequestError(
-                f"the message is too long ({len(message):,} characters; at most "
-                f"{self.limits.max_message_chars:,}): shorten it"
-            )
-        budget = self.limits.max_input_tokens
-        if self.context_window:
-            budget = min(budget, self.context_window - settings.max_new_tokens)
-        try:
-            messages, dropped = fit_to_context(
-                self.loaded.tokenizer, build_messages(message, history, system), budget
-            )
-        except InputTooLong as error:
-            raise RequestError(str(error)) from None
-        return Prepared(messages, dropped, settings)
-
-    def chat(self, prepared: Prepared, stop: threading.Event | None = None) -> Iterator[Answer]:
-        """The answer of the tuned model (or the base when there is none), as it grows."""
-        rows = stream(
-            self.loaded,
-            [prepared.messages],
-            [self.chat_adapter],
-            prepared.settings,
-            stop,
-            self.limits.max_waiting,
-        )
-        with closing(rows):  # closing this generator closes the stream, which stops generate
-            for (answer,) in rows:
-                yield answer
-
-    def compare(
-        self, prepared: Prepared, stop: threading.Event | None = None
-    ) -> Iterator[tuple[Answer, Answer]]:
-        """(base, tuned) answers to the same prompt, as they grow, from one batched generation."""
-        if self.tuned is None:
-            raise RequestError(
-                f"{self.loaded.name} has no adapter, so there is nothing to compare the base with; "
-                "set ASSISTANT_ADAPTER"
-            )
-        rows = stream(
-            self.loaded,
-            [prepared.messages, prepared.messages],
-            [BASE, self.tuned],
-            prepared.settings,
-            stop,
-            self.limits.max_waiting,
-        )
-        with closing(rows):
-            yield from (tuple(pair) for pair in rows)
-
-
 __all__ = [
     "BASE",
     "Answer",
-    "Assistant",
     "Busy",
     "GenerationSettings",
-    "Limits",
-    "Prepared",
     "RequestError",
     "RowStreamer",
+    "eos_ids",
     "generate",
     "generate_side_by_side",
     "generate_texts",
     "model_lock",
     "stream",
+    "tokenizer_lock",
     "tuned_adapter",
 ]

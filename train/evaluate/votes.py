@@ -171,9 +171,9 @@ def leaderboard(votes: list[dict], seed: int = 0, resamples: int = 1000) -> dict
             rows.append(
                 {
                     "model": m,
-                    "rating": round(ELO_BASE + ELO_SCALE * point[k], 1),
-                    "low": round(ELO_BASE + ELO_SCALE * low[k], 1),
-                    "high": round(ELO_BASE + ELO_SCALE * high[k], 1),
+                    "rating": round(float(ELO_BASE + ELO_SCALE * point[k]), 1),
+                    "low": round(float(ELO_BASE + ELO_SCALE * low[k]), 1),
+                    "high": round(float(ELO_BASE + ELO_SCALE * high[k]), 1),
                     **counts[m],
                 }
             )
