@@ -21,7 +21,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 TEMPLATE = Path(__file__).resolve().parent / "template.md"
 DATASET_ID = "OpenAssistant/oasst1"
-METHOD_NAMES = {"grpo": "GRPO", "dpo": "DPO"}
+METHOD_NAMES = {"grpo": "GRPO", "dpo": "DPO", "reward": "reward model"}
 # Licenses of the bases we train on; an adapter is distributed under its base model's terms.
 BASE_LICENSES = {"microsoft/phi-2": "mit", "HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
 DEFAULT_LICENSE = "apache-2.0"  # the license of the Open Assistant data

@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 FIXTURES = Path(__file__).parent / "fixtures"
 MINI_TREES_FILE = FIXTURES / "data_mini.trees.jsonl"
 MINI_FLAT_FILE = FIXTURES / "data_mini.flat.jsonl"
-SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "oasst2_sample.trees.jsonl"
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SAMPLE = SHARED_DATA / "oasst2_sample.trees.jsonl"
+OASST1_EN = SHARED_DATA / "oasst1-validation-en.jsonl"  # the real oasst1 validation split, English
 
 DETOXIFY = [
     "toxicity",
@@ -264,6 +266,30 @@ def trees_to_flat(trees: list[dict], shuffle_seed: int | None = 0) -> list[dict]
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(rows)
     return rows
+
+
+def flat_to_trees(rows: list[dict]) -> list[dict]:
+    """The Hub's flat rows -> trees-export objects (nested replies, emojis as {name: count}, inner
+    message_tree_id null), the inverse of trees_to_flat; a message whose parent is absent is dropped,
+    as the official exports have no place for it."""
+    children: dict = {}
+    for row in rows:
+        children.setdefault(row["parent_id"], []).append(row)
+
+    def nest(row):
+        m = {k: v for k, v in row.items() if k not in ("parent_id", "message_tree_id", "tree_state")}
+        emojis = row.get("emojis") or {"name": [], "count": []}
+        m["emojis"] = dict(zip(emojis["name"], emojis["count"], strict=True)) or None
+        m["message_tree_id"] = None
+        m["replies"] = [
+            nest(r) for r in sorted(children.get(row["message_id"], []), key=lambda r: r["message_id"])
+        ]
+        return m
+
+    return [
+        {"message_tree_id": r["message_tree_id"], "tree_state": r["tree_state"], "prompt": nest(r)}
+        for r in sorted(children.get(None, []), key=lambda r: r["message_id"])
+    ]
 
 
 def write_jsonl(objects, path: Path) -> Path:

@@ -16,9 +16,14 @@ import pytest
 from tests._helpers_data import (
     MINI_FLAT_FILE,
     MINI_TREES_FILE,
+    OASST1_EN,
     SAMPLE,
+    a,
+    flat_to_trees,
+    message,
     mini_trees,
     read_trees,
+    tree,
     trees_to_flat,
     walk,
     write_jsonl,
@@ -102,8 +107,16 @@ def test_rules_on_the_mini_fixture():
         "reply_too_short": 1,
     }
     assert stats["trees"] == 20 == sum(stats["trees_skipped"].values()) + stats["candidates"]["total"]
-    assert stats["candidates"] == {"total": 11, "rank": 7, "likes": 4}
-    assert stats["train"] == {"pairs": 11, "rank": 7, "likes": 4, "languages": {"en": 11}}
+    assert stats["candidates"] == {"total": 11, "trees": 11, "rank": 7, "likes": 4}
+    assert stats["train"] == {
+        "pairs": 11,
+        "rank": 7,
+        "likes": 4,
+        "trees": 11,
+        "languages": {"en": 11},
+        "depths": {"0": 11},
+    }
+    assert stats["trees_by_state"] == {"ready_for_export": 20}
 
 
 def test_pair_contents_and_provenance():
@@ -117,6 +130,8 @@ def test_pair_contents_and_provenance():
         "rejected": "Answer 2 to t01, written with care.",
         "tree_id": "t01",
         "prompt_id": "t01",
+        "parent_id": "t01",
+        "depth": 0,
         "chosen_id": "t01-a0",
         "rejected_id": "t01-a2",
         "lang": "en",
@@ -589,3 +604,142 @@ def test_real_sample_counts_agree_with_a_direct_count(sample_forms):
     assert stats["candidates"]["rank"] == expected_rank
     assert stats["trees"] == len(trees) == 520
     assert stats["duplicate_messages"] == 1552 - 1500
+
+
+# ---------------------------------------------------------------- every depth, tree states, sources
+
+NO_LIMITS = {
+    "languages": ["all"],
+    "min_prompt_chars": 0,
+    "max_prompt_chars": 10**9,
+    "min_reply_chars": 0,
+    "max_reply_chars": 10**9,
+}
+
+
+def test_every_depth_gives_the_conversation_as_the_prompt(tmp_path):
+    train, _, stats = build_pairs(MINI_TREES_FILE, depth="all", **ALL_IN_TRAIN)
+    deep = [p for p in train if p["depth"] > 0]
+    assert len(deep) == 1 and len(train) == 12  # the 11 first-turn pairs and t01's follow-up
+    (pair,) = deep
+    assert pair["prompt"] == [
+        {"role": "user", "content": "How do rainbows form?"},
+        {"role": "assistant", "content": "Answer 0 to t01, written with care."},
+        {"role": "user", "content": "Why seven colours?"},
+    ]
+    assert (pair["chosen_id"], pair["rejected_id"], pair["parent_id"], pair["prompt_id"], pair["depth"]) == (
+        "t01-f-a0",
+        "t01-f-a1",
+        "t01-f",
+        "t01",
+        2,
+    )
+    first = [p for p in train if p["depth"] == 0]
+    assert all(p["prompt"] == [{"role": "user", "content": p["prompt"][0]["content"]}] for p in first)
+    assert stats["train"]["depths"] == {"0": 11, "2": 1}
+    assert stats["trees_skipped"] == build_pairs(MINI_TREES_FILE, **ALL_IN_TRAIN)[2]["trees_skipped"]
+    write_pairs(tmp_path, train, [], stats)
+    assert load_pairs(tmp_path / "train.jsonl") == train  # list prompts read back as written
+
+
+def test_a_removed_message_on_the_path_drops_the_deeper_group(tmp_path):
+    follow_up = message(
+        "f",
+        "And then?",
+        "prompter",
+        replies=[message("f-a0", "Then this, ranked best.", rank=0), message("f-a1", "Or that.", rank=1)],
+    )
+    removed = tree("r1", "Tell me a story.", [a("r1", 0, rank=0, deleted=True, replies=[follow_up])])
+    path = write_jsonl([removed], tmp_path / "x.trees.jsonl")
+    with pytest.raises(DataError, match="no training pairs"):
+        build_pairs(path, depth="all", **ALL_IN_TRAIN)
+    _, stats = data.pairs_from_messages(data.read_messages(path)[0], depth="all", **NO_LIMITS)
+    assert stats["groups_skipped"] == {"conversation_removed": 1, "fewer_than_two_replies": 1}
+
+
+def test_only_exported_trees_by_default_and_the_others_counted(tmp_path):
+    trees = [
+        tree(f"s{i}", f"Question number {i}?", [a(f"s{i}", 0, rank=0), a(f"s{i}", 1, rank=1)])
+        for i in range(3)
+    ]
+    trees[1]["tree_state"] = "growing"
+    trees[2]["tree_state"] = "halted_by_moderator"
+    path = write_jsonl(trees, tmp_path / "x.trees.jsonl")
+    train, _, stats = build_pairs(path, **ALL_IN_TRAIN)
+    assert [p["tree_id"] for p in train] == ["s0"]
+    assert stats["trees_by_state"] == {"growing": 1, "halted_by_moderator": 1, "ready_for_export": 1}
+    assert stats["trees_skipped"] == {"tree_state": 2}
+    every, _, _ = build_pairs(path, tree_states=["all"], **ALL_IN_TRAIN)
+    assert len(every) == 3
+    growing, _, _ = build_pairs(path, tree_states=["growing", "ready_for_export"], **ALL_IN_TRAIN)
+    assert sorted(p["tree_id"] for p in growing) == ["s0", "s1"]
+    flat = write_jsonl(trees_to_flat(trees), tmp_path / "flat.jsonl")
+    assert build_pairs(flat, **ALL_IN_TRAIN)[0] == train
+
+
+def test_two_sources_count_a_shared_tree_once(tmp_path):
+    shared = tree("x1", "A question both sources hold?", [a("x1", 0, rank=0), a("x1", 1, rank=1)])
+    changed = json.loads(json.dumps(shared))
+    changed["prompt"]["replies"][0]["emojis"] = {"+1": 3}  # the later export counted more likes
+    own = tree("x2", "A question only one holds?", [a("x2", 0, rank=0), a("x2", 1, rank=1)])
+    first = write_jsonl([shared], tmp_path / "one.trees.jsonl")
+    second = write_jsonl(trees_to_flat([changed, own]), tmp_path / "two.jsonl")
+    train, _, stats = build_pairs([first, second], **ALL_IN_TRAIN)
+    assert sorted(p["tree_id"] for p in train) == ["x1", "x2"]
+    assert stats["trees_in_earlier_source"] == 1
+    assert stats["trees"] == 2 and stats["sources"] == [str(first), str(second)]
+    assert next(p for p in train if p["tree_id"] == "x1")["chosen_likes"] == 0  # the first source's copy
+
+
+def test_cli_takes_several_sources_and_depth(tmp_path, capsys):
+    out = tmp_path / "pairs"
+    assert main(["--source", str(MINI_TREES_FILE), str(MINI_FLAT_FILE), "--depth", "all",
+                 "--eval_fraction", "0", "--output-dir", str(out)]) == 0  # fmt: skip
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["trees_in_earlier_source"] == 20 and stats["train"]["depths"] == {"0": 11, "2": 1}
+    with pytest.raises(SystemExit) as exit_:  # argparse's own message names the choices
+        main(["--source", str(MINI_TREES_FILE), "--depth", "deepest", "--output-dir", str(out)])
+    assert exit_.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def oasst1_forms(tmp_path_factory):
+    if not OASST1_EN.exists():
+        pytest.skip(f"real oasst1 split not found at {OASST1_EN}")
+    tmp = tmp_path_factory.mktemp("oasst1")
+    rows = [json.loads(line) for line in OASST1_EN.read_text(encoding="utf-8").splitlines()]
+    return {
+        "flat": OASST1_EN,
+        "flat_parquet": write_parquet(rows, tmp / "oasst1.parquet"),
+        "trees": write_jsonl(flat_to_trees(rows), tmp / "oasst1.trees.jsonl"),
+    }
+
+
+def test_real_oasst1_counts_match_its_readme(oasst1_forms):
+    """The data README: 2,022 messages, 191 trees (3 fragments), 186 first-turn ranked groups, 416 in all."""
+    _, _, first = build_pairs(OASST1_EN, tree_states=["all"], **NO_LIMITS)
+    _, _, every = build_pairs(OASST1_EN, depth="all", tree_states=["all"], **NO_LIMITS)
+    assert first["messages"] == 2022 and first["trees"] == 191
+    assert first["trees_skipped"]["no_initial_prompt"] == 3
+    assert first["candidates"]["rank"] == 186
+    assert every["candidates"]["rank"] == 416
+    assert first["trees_by_state"] == {"ready_for_export": 188}
+
+
+@pytest.mark.parametrize("depth", ["first", "all"])
+def test_real_oasst1_flat_and_trees_give_identical_pairs(oasst1_forms, depth):
+    results = {form: build_pairs(path, depth=depth) for form, path in oasst1_forms.items()}
+    train, evaluation, stats = results["flat"]
+    # the default length limits drop a few of the 186 / 416 ranked groups
+    assert len(train) + len(evaluation) == (186 if depth == "first" else 408)
+    for form in ("flat_parquet", "trees"):
+        assert results[form][0] == train, form
+        assert results[form][1] == evaluation, form
+        assert results[form][2]["groups_skipped"] == stats["groups_skipped"], form
+    assert not {p["tree_id"] for p in train} & {p["tree_id"] for p in evaluation}
+
+
+def test_real_oasst1_and_the_sample_share_two_trees(sample_path):
+    _, _, stats = build_pairs([OASST1_EN, sample_path], depth="all", tree_states=["all"], **NO_LIMITS)
+    assert stats["trees_in_earlier_source"] == 2
+    assert stats["trees"] == 191 + 520 - 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-METHODS = ("grpo", "dpo")
+METHODS = ("grpo", "dpo", "reward")  # reward: a reward model (the offline judge) with RewardTrainer
 
 
 @dataclass
@@ -16,7 +16,7 @@ class MethodArguments:
     """What must be known before TRL's config class is built: the method picks the class, and bf16/fp16
     asked for on a machine without CUDA must be switched off before TrainingArguments rejects them."""
 
-    method: str = field(default="grpo", metadata={"help": "grpo or dpo", "choices": list(METHODS)})
+    method: str = field(default="grpo", metadata={"help": "grpo, dpo or reward", "choices": list(METHODS)})
     bf16: bool | None = None
     fp16: bool | None = None
 
@@ -30,11 +30,18 @@ class TrainArguments:
         default="data/pairs/train.jsonl",
         metadata={"help": "Preference pairs (train.jsonl written by `python -m train.data`)."},
     )
-    dataset_source: str | None = field(
+    dataset_source: list[str] | None = field(
         default=None,
         metadata={
-            "help": "When pairs_file is missing, build it from this source (Hub id or local oasst export) "
-            "with train.data first; unset, a missing pairs_file is an error."
+            "help": "When pairs_file is missing, build it from these sources (Hub ids or local oasst "
+            "exports) with train.data first; unset, a missing pairs_file is an error."
+        },
+    )
+    dataset_depth: str = field(
+        default="first",
+        metadata={
+            "help": "Pairs from the initial prompt's replies only (first) or from every depth (all).",
+            "choices": ["first", "all"],
         },
     )
     dataset_languages: list[str] = field(

@@ -73,6 +73,8 @@ PAIR_KEYS = (
     "rejected",
     "tree_id",
     "prompt_id",
+    "parent_id",
+    "depth",
     "chosen_id",
     "rejected_id",
     "lang",
@@ -82,6 +84,9 @@ PAIR_KEYS = (
     "rejected_likes",
     "rule",
 )
+DEPTHS = ("first", "all")  # the initial prompt's replies only, or ranked groups at every depth
+DEFAULT_TREE_STATES = ("ready_for_export",)  # trees the Open Assistant team exported as finished
+ROLES = {"prompter": "user", "assistant": "assistant"}
 HELD_OUT_SPLITS = ("validation", "valid", "val", "test", "eval")
 _SPLIT_NAME = re.compile(r"^(train|validation|valid|val|test|eval)(?:[-_.]|$)", re.IGNORECASE)
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -102,11 +107,12 @@ MESSAGE_SCHEMA = pa.schema(
         ("rank", pa.int64()),
         ("likes", pa.int64()),
         ("split", pa.string()),
+        ("tree_state", pa.string()),
     ]
 )
 # Flat (Hub schema) columns we need; the rest (user_id, labels, detoxify, ...) is ignored.
 FLAT_REQUIRED = ("message_id", "parent_id", "message_tree_id", "text", "role")
-FLAT_OPTIONAL = ("lang", "deleted", "review_result", "rank", "emojis")
+FLAT_OPTIONAL = ("lang", "deleted", "review_result", "rank", "emojis", "tree_state")
 TREE_REQUIRED = ("message_id", "text", "role")
 
 
@@ -119,11 +125,24 @@ class DataArguments:
     """Options of `python -m train.data` (also readable from a YAML file with --config)."""
 
     output_dir: str = field(metadata={"help": "Folder for train.jsonl, eval.jsonl and stats.json."})
-    source: str = field(
-        default=DEFAULT_SOURCE,
+    source: list[str] = field(
+        default_factory=lambda: [DEFAULT_SOURCE],
         metadata={
-            "help": "Hub dataset id, or a local flat table (parquet/JSONL, file or folder) or trees export."
+            "help": "Hub dataset id, or a local flat table (parquet/JSONL, file or folder) or trees export; "
+            "several are read as one (a tree in more than one is taken from the first)."
         },
+    )
+    depth: str = field(
+        default="first",
+        metadata={
+            "help": "first: the initial prompt's replies only; all: ranked replies at every depth, the "
+            "conversation so far as the prompt (a list of messages).",
+            "choices": list(DEPTHS),
+        },
+    )
+    tree_states: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TREE_STATES),
+        metadata={"help": "Tree states to keep ('all' keeps every tree); the others are counted by state."},
     )
     languages: list[str] = field(
         default_factory=lambda: ["en"],
@@ -290,6 +309,7 @@ def _normalise_flat(table: pa.Table, where: str, split: str | None) -> pa.Table:
         "rank": column("rank", pa.int64()),
         "likes": _likes_column(table, where),
         "split": pa.array([split] * n, pa.string()),
+        "tree_state": column("tree_state", pa.string()),
     }
     return pa.table(columns, schema=MESSAGE_SCHEMA)
 
@@ -389,10 +409,13 @@ def _add_tree(tree: dict, where: str, split: str | None, columns: dict) -> None:
     if not isinstance(prompt, dict):
         raise DataError(f"{where}: a trees export line needs a 'prompt' object")
     tree_id = tree.get("message_tree_id") or prompt.get("message_id")
+    state = tree.get("tree_state")
+    if state is not None and not isinstance(state, str):
+        raise DataError(f"{where}: field 'tree_state' must be a string or null, got {state!r:.60}")
     stack = [(prompt, None)]
     while stack:  # iterative: real trees can be deep
         message, parent_id = stack.pop()
-        _add_message(message, where, split, columns, TREE_REQUIRED, tree_id, parent_id)
+        _add_message(message, where, split, columns, TREE_REQUIRED, tree_id, parent_id, state)
         replies = message.get("replies") or []
         if not isinstance(replies, list):
             raise DataError(f"{where}: 'replies' of message {message['message_id']} must be a list")
@@ -402,9 +425,11 @@ def _add_tree(tree: dict, where: str, split: str | None, columns: dict) -> None:
             stack.append((reply, message["message_id"]))
 
 
-def _add_message(m: dict, where: str, split, columns: dict, required, tree_id, parent_id) -> None:
-    """Validate one message object and append its normalised fields; tree_id/parent_id come from the
-    nesting in trees exports (None = take them from the message, as in flat tables)."""
+def _add_message(
+    m: dict, where: str, split, columns: dict, required, tree_id, parent_id, tree_state=None
+) -> None:
+    """Validate one message object and append its normalised fields; tree_id/parent_id/tree_state come
+    from the tree in trees exports (tree_id None = take them from the message, as in flat tables)."""
     missing = [k for k in required if k not in m]
     if missing:
         raise DataError(f"{where}: message is missing required field(s) {', '.join(missing)}")
@@ -422,9 +447,11 @@ def _add_message(m: dict, where: str, split, columns: dict, required, tree_id, p
     if tree_id is None:
         columns["parent_id"].append(typed("parent_id", (str,), "a string or null"))
         columns["tree_id"].append(typed("message_tree_id", (str,), "a string or null"))
+        columns["tree_state"].append(typed("tree_state", (str,), "a string or null"))
     else:
         columns["parent_id"].append(parent_id)
         columns["tree_id"].append(tree_id)
+        columns["tree_state"].append(tree_state)
     columns["text"].append(typed("text", (str,), "a string", nullable=False))
     columns["role"].append(typed("role", (str,), "a string", nullable=False))
     columns["lang"].append(typed("lang", (str,), "a string or null"))
@@ -453,9 +480,11 @@ def _first_line(error: BaseException) -> str:
 
 
 def build_pairs(
-    source: str | os.PathLike = DEFAULT_SOURCE,
+    source: str | os.PathLike | list = DEFAULT_SOURCE,
     *,
     languages: list[str] | tuple[str, ...] = ("en",),
+    depth: str = "first",
+    tree_states: list[str] | tuple[str, ...] = DEFAULT_TREE_STATES,
     limit: int = 1000,
     eval_limit: int | None = None,
     eval_fraction: float = 0.05,
@@ -464,12 +493,16 @@ def build_pairs(
     min_reply_chars: int = 5,
     max_reply_chars: int = 4000,
 ) -> tuple[list[dict], list[dict], dict]:
-    """Read `source` and return (train_pairs, eval_pairs, stats); see the module docstring for the rules.
+    """Read `source` (one or several) and return (train_pairs, eval_pairs, stats); see the module
+    docstring for the rules.
 
     Raises DataError on bad input or when no training pair is left.
     """
+    sources = [str(s) for s in ([source] if isinstance(source, (str, os.PathLike)) else source)]
     params = {
         "languages": _languages(languages),
+        "depth": depth,
+        "tree_states": _languages(tree_states, what="tree_states"),
         "limit": limit,
         "eval_limit": eval_limit,
         "eval_fraction": eval_fraction,
@@ -478,9 +511,9 @@ def build_pairs(
         "min_reply_chars": min_reply_chars,
         "max_reply_chars": max_reply_chars,
     }
-    _check_params(params)
-    messages, read_info = read_messages(source)
-    filters = {k: v for k, v in params.items() if k == "languages" or k.endswith("_chars")}
+    _check_params(params, sources)
+    messages, read_info = read_sources(sources)
+    filters = {k: v for k, v in params.items() if k in ("languages", "depth", "tree_states") or "_chars" in k}
     candidates, stats = pairs_from_messages(messages, **filters)
 
     held_out_splits = sorted({s for s in messages["split"].unique().to_pylist() if s in HELD_OUT_SPLITS})
@@ -499,15 +532,17 @@ def build_pairs(
     if not train:
         reasons = ", ".join(f"{k} {v}" for k, v in stats["trees_skipped"].items()) or "none"
         raise DataError(
-            f"{source}: no training pairs left ({len(candidates)} candidate pairs, "
+            f"{' + '.join(sources)}: no training pairs left ({len(candidates)} candidate pairs, "
             f"{len(evaluation)} held out; "
-            f"trees skipped: {reasons}); check --languages and the length limits"
+            f"trees skipped: {reasons}); check --languages, --tree_states and the length limits"
         )
     stats = {
-        "source": str(source),
+        "source": " + ".join(sources),
+        "sources": sources,
         "inputs": read_info["inputs"],
         "parameters": params,
         "duplicate_messages": read_info["duplicate_messages"],
+        "trees_in_earlier_source": read_info["trees_in_earlier_source"],
         **stats,
         "held_out": method,
         "train": _summary(train),
@@ -516,69 +551,116 @@ def build_pairs(
     return train, evaluation, stats
 
 
+def read_sources(sources: list[str]) -> tuple[pa.Table, dict]:
+    """Several sources as one table: a tree given by more than one source (oasst2 contains oasst1)
+    is taken whole from the first source that has it, so no tree is counted twice."""
+    tables, info = [], {"inputs": [], "duplicate_messages": 0, "trees_in_earlier_source": 0}
+    seen = pa.array([], pa.string())
+    for source in sources:
+        table, read = read_messages(source)
+        repeated = pc.is_in(table["tree_id"], seen)
+        info["trees_in_earlier_source"] += pc.count_distinct(pc.filter(table["tree_id"], repeated)).as_py()
+        table = table.filter(pc.invert(pc.fill_null(repeated, False)))
+        seen = pa.concat_arrays([seen, pc.unique(table["tree_id"]).drop_null()])
+        tables.append(table)
+        info["inputs"] += read["inputs"]
+        info["duplicate_messages"] += read["duplicate_messages"]
+    return pa.concat_tables(tables), info
+
+
 def pairs_from_messages(
     messages: pa.Table,
     *,
     languages: list[str],
+    depth: str = "first",
+    tree_states: list[str] | tuple[str, ...] = DEFAULT_TREE_STATES,
     min_prompt_chars: int,
     max_prompt_chars: int,
     min_reply_chars: int,
     max_reply_chars: int,
 ) -> tuple[list[dict], dict]:
     """All candidate pairs of a normalised message table (rules 1-4), best first, and the counting stats."""
-    # Only initial prompts and their direct replies matter: select them columnar, then go to Python.
     roots = messages.filter(pc.is_null(messages["parent_id"]))
-    replies = messages.filter(pc.is_in(messages["parent_id"], roots["message_id"])).select(
+    # The groups: the initial prompts, or (depth "all") every prompter message, with their replies.
+    heads = roots if depth == "first" else messages.filter(pc.equal(messages["role"], "prompter"))
+    replies = messages.filter(pc.is_in(messages["parent_id"], heads["message_id"])).select(
         ["message_id", "parent_id", "text", "role", "deleted", "review_result", "rank", "likes"]
     )
     replies_of = defaultdict(list)
     for reply in replies.to_pylist():
         replies_of[reply["parent_id"]].append(reply)
+    # A deeper group's prompt is its conversation: every message from the initial prompt down.
+    context_columns = ["message_id", "parent_id", "text", "role", "deleted", "review_result"]
+    by_id = (
+        {} if depth == "first" else {m["message_id"]: m for m in messages.select(context_columns).to_pylist()}
+    )
 
     trees_skipped: Counter = Counter()
+    groups_skipped: Counter = Counter()
     messages_skipped: Counter = Counter()
     tree_ids = set(pc.unique(messages["tree_id"]).to_pylist())
     rooted = set(roots["tree_id"].to_pylist()) | set(roots["message_id"].to_pylist())
     trees_skipped["no_initial_prompt"] = len(tree_ids - rooted - {None})
     wanted = None if "all" in languages else tuple(languages)
+    states = None if "all" in tree_states else set(tree_states)
 
-    candidates = []
-    root_rows = roots.select(["message_id", "tree_id", "text", "role", "lang", "deleted", "review_result"])
-    for prompt in tqdm(
-        root_rows.to_pylist(),
-        desc="trees",
-        unit=" trees",
-        leave=False,
-        disable=True if roots.num_rows < PROGRESS_TREES else None,  # None: only on a terminal
-    ):
-        prompt_chars = len(prompt["text"].strip())
-        lang = (prompt["lang"] or "").lower()
-        if prompt["role"] != "prompter":
-            reason = "prompt_not_prompter"
-        elif prompt["deleted"]:
-            reason = "prompt_deleted"
-        elif prompt["review_result"] is False:
-            reason = "prompt_failed_review"
-        elif wanted is not None and not any(lang == w or lang.startswith(w + "-") for w in wanted):
-            reason = "language"
-        elif prompt_chars < min_prompt_chars:
-            reason = "prompt_too_short"
-        elif prompt_chars > max_prompt_chars:
-            reason = "prompt_too_long"
+    live_roots = {}
+    root_rows = roots.select(
+        [
+            "message_id",
+            "parent_id",
+            "tree_id",
+            "text",
+            "role",
+            "lang",
+            "deleted",
+            "review_result",
+            "tree_state",
+        ]
+    ).to_pylist()
+    for prompt in root_rows:
+        reason = _tree_skip(prompt, wanted, states)
+        if reason:
+            trees_skipped[reason] += 1
         else:
+            live_roots[prompt["message_id"]] = prompt
+
+    candidates, root_reason, paired_roots = [], {}, set()
+    head_rows = root_rows if depth == "first" else heads.select(context_columns).to_pylist()
+    for head in tqdm(
+        head_rows,
+        desc="groups",
+        unit=" groups",
+        leave=False,
+        disable=True if len(head_rows) < PROGRESS_TREES else None,  # None: only on a terminal
+    ):
+        is_root = head["parent_id"] is None
+        if not is_root and head["message_id"] not in replies_of:
+            continue  # a message nobody answered is no group
+        path = [head] if is_root else _conversation(head, by_id)
+        root = live_roots.get(path[0]["message_id"]) if path else None
+        if root is None:
+            continue  # its tree was skipped (and counted) above, or the path is broken
+        reason = _group_skip(path, min_prompt_chars, max_prompt_chars)
+        if not reason:
             eligible = []
-            for reply in replies_of.get(prompt["message_id"], ()):
+            for reply in replies_of.get(head["message_id"], ()):
                 why = _reply_skip(reply, min_reply_chars, max_reply_chars)
                 if why:
                     messages_skipped[why] += 1
                 else:
                     eligible.append(reply)
-            pair = _pair(prompt, eligible) if len(eligible) >= 2 else None
+            pair = _pair(root, path, eligible, depth) if len(eligible) >= 2 else None
             if pair is not None:
                 candidates.append(pair)
+                paired_roots.add(root["message_id"])
                 continue
             reason = "fewer_than_two_replies" if len(eligible) < 2 else "no_preference"
-        trees_skipped[reason] += 1
+        groups_skipped[reason] += 1
+        if is_root:
+            root_reason[head["message_id"]] = reason
+    for root_id in live_roots.keys() - paired_roots:  # a tree that gave no pair, by its first turn
+        trees_skipped[root_reason.get(root_id, "fewer_than_two_replies")] += 1
 
     candidates.sort(key=_quality_key)
     for pair in candidates:
@@ -586,15 +668,58 @@ def pairs_from_messages(
     stats = {
         "messages": messages.num_rows,
         "trees": roots.num_rows + trees_skipped["no_initial_prompt"],
+        "trees_by_state": dict(sorted(Counter(r["tree_state"] or "unknown" for r in root_rows).items())),
         "candidates": {
             "total": len(candidates),
+            "trees": len(paired_roots),
             "rank": sum(p["rule"] == "rank" for p in candidates),
             "likes": sum(p["rule"] == "likes" for p in candidates),
         },
         "trees_skipped": dict(sorted((k, v) for k, v in trees_skipped.items() if v)),
+        "groups_skipped": dict(sorted(groups_skipped.items())),
         "messages_skipped": dict(sorted(messages_skipped.items())),
     }
     return candidates, stats
+
+
+def _tree_skip(prompt: dict, wanted: tuple | None, states: set | None) -> str | None:
+    lang = (prompt["lang"] or "").lower()
+    if states is not None and prompt["tree_state"] is not None and prompt["tree_state"] not in states:
+        return "tree_state"
+    if prompt["role"] != "prompter":
+        return "prompt_not_prompter"
+    if prompt["deleted"]:
+        return "prompt_deleted"
+    if prompt["review_result"] is False:
+        return "prompt_failed_review"
+    if wanted is not None and not any(lang == w or lang.startswith(w + "-") for w in wanted):
+        return "language"
+    return None
+
+
+def _conversation(head: dict, by_id: dict) -> list[dict]:
+    """The messages from the initial prompt down to ``head``; empty when a link is missing (a fragment)."""
+    path = [head]
+    while path[-1]["parent_id"] is not None:
+        parent = by_id.get(path[-1]["parent_id"])
+        if parent is None:
+            return []
+        path.append(parent)
+    return path[::-1]
+
+
+def _group_skip(path: list[dict], min_chars: int, max_chars: int) -> str | None:
+    head = path[-1]
+    if head["role"] != "prompter":
+        return "prompt_not_prompter"
+    if any(m["deleted"] or m["review_result"] is False for m in path):
+        return "conversation_removed"  # a removed message cannot be part of a prompt
+    chars = len(head["text"].strip())
+    if chars < min_chars:
+        return "prompt_too_short"
+    if chars > max_chars:
+        return "prompt_too_long"
+    return None
 
 
 def _reply_skip(reply: dict, min_chars: int, max_chars: int) -> str | None:
@@ -612,7 +737,7 @@ def _reply_skip(reply: dict, min_chars: int, max_chars: int) -> str | None:
     return None
 
 
-def _pair(prompt: dict, eligible: list[dict]) -> dict | None:
+def _pair(root: dict, path: list[dict], eligible: list[dict], depth: str) -> dict | None:
     ranked = sorted(
         (r for r in eligible if r["rank"] is not None),
         key=lambda r: (r["rank"], -r["likes"], r["message_id"]),
@@ -626,15 +751,21 @@ def _pair(prompt: dict, eligible: list[dict]) -> dict | None:
         gap, compared = best["likes"] - worst["likes"], len(by_likes)
         if gap <= 0:
             return None
+    if depth == "first":
+        prompt = root["text"].strip()
+    else:  # TRL's conversational form, rendered by the one chat template everywhere
+        prompt = [{"role": ROLES[m["role"]], "content": m["text"].strip()} for m in path]
     return {
-        "prompt": prompt["text"].strip(),
+        "prompt": prompt,
         "chosen": best["text"].strip(),
         "rejected": worst["text"].strip(),
-        "tree_id": prompt["tree_id"] or prompt["message_id"],
-        "prompt_id": prompt["message_id"],
+        "tree_id": root["tree_id"] or root["message_id"],
+        "prompt_id": root["message_id"],
+        "parent_id": path[-1]["message_id"],
+        "depth": len(path) - 1,
         "chosen_id": best["message_id"],
         "rejected_id": worst["message_id"],
-        "lang": prompt["lang"],
+        "lang": root["lang"],
         "chosen_rank": best["rank"],
         "rejected_rank": worst["rank"],
         "chosen_likes": best["likes"],
@@ -646,23 +777,36 @@ def _pair(prompt: dict, eligible: list[dict]) -> dict | None:
 
 
 def _quality_key(pair: dict):
-    return (pair["rule"] != "rank", -pair["_gap"], -pair["_compared"], pair["tree_id"], pair["prompt_id"])
+    return (
+        pair["rule"] != "rank",
+        -pair["_gap"],
+        -pair["_compared"],
+        pair["tree_id"],
+        pair["depth"],
+        pair["prompt_id"],
+        pair["parent_id"],
+    )
 
 
 def _hash_fraction(tree_id: str) -> float:
     return int.from_bytes(hashlib.sha1(tree_id.encode()).digest()[:8], "big") / 2**64
 
 
-def _languages(languages) -> list[str]:
+def _languages(languages, what: str = "languages") -> list[str]:
+    """A list option given as a list, a string or comma-separated values, normalised and sorted."""
     if isinstance(languages, str):
         languages = [languages]
     out = sorted({w.strip().lower() for item in languages for w in item.split(",") if w.strip()})
     if not out:
-        raise DataError("languages: give at least one language code, or 'all'")
+        raise DataError(f"{what}: give at least one value, or 'all'")
     return out
 
 
-def _check_params(p: dict) -> None:
+def _check_params(p: dict, sources: list[str]) -> None:
+    if not sources:
+        raise DataError("source: give at least one Hub dataset id, file or folder")
+    if p["depth"] not in DEPTHS:
+        raise DataError(f"depth must be one of {', '.join(DEPTHS)}, got {p['depth']!r}")
     if p["limit"] < 1:
         raise DataError(f"limit must be at least 1, got {p['limit']}")
     if p["eval_limit"] is not None and p["eval_limit"] < 0:
@@ -682,7 +826,9 @@ def _summary(pairs: list[dict]) -> dict:
         "pairs": len(pairs),
         "rank": sum(p["rule"] == "rank" for p in pairs),
         "likes": sum(p["rule"] == "likes" for p in pairs),
+        "trees": len({p["tree_id"] for p in pairs}),
         "languages": dict(sorted(Counter(p["lang"] for p in pairs).items(), key=lambda kv: (-kv[1], kv[0]))),
+        "depths": {str(k): v for k, v in sorted(Counter(p.get("depth", 0) for p in pairs).items())},
     }
 
 
@@ -723,6 +869,21 @@ def write_pairs(
         raise
 
 
+def _is_prompt(prompt) -> bool:
+    if isinstance(prompt, str):
+        return True
+    return (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in prompt)
+    )
+
+
+def prompt_messages(prompt: str | list[dict]) -> list[dict]:
+    """A pair's prompt as chat messages: a first-turn prompt is one user message."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
 def load_pairs(path: str | os.PathLike) -> list[dict]:
     """Read a pair file written by this module (train.jsonl or eval.jsonl) into a list of dicts."""
     path = Path(path)
@@ -736,11 +897,14 @@ def load_pairs(path: str | os.PathLike) -> list[dict]:
                     pair = json.loads(line)
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     raise DataError(f"{path}:{lineno}: malformed JSON ({_first_line(e)})") from None
-                if not isinstance(pair, dict) or not all(
-                    isinstance(pair.get(k), str) for k in ("prompt", "chosen", "rejected")
+                if not (
+                    isinstance(pair, dict)
+                    and all(isinstance(pair.get(k), str) for k in ("chosen", "rejected"))
+                    and _is_prompt(pair.get("prompt"))
                 ):
                     raise DataError(
-                        f"{path}:{lineno}: a pair needs string fields prompt, chosen and rejected"
+                        f"{path}:{lineno}: a pair needs string fields chosen and rejected, and a prompt "
+                        "that is a string or a list of {role, content} messages"
                     )
                 pairs.append(pair)
     except OSError as e:

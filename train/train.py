@@ -52,13 +52,13 @@ def parse_args(argv: list[str] | None = None) -> Parsed:
     pass: TrainingArguments refuses them there, and bf16 autocast on a CPU is ~5x slower anyway.
     """
     import torch
-    from trl import DPOConfig, GRPOConfig, ModelConfig, TrlParser
+    from trl import DPOConfig, GRPOConfig, ModelConfig, RewardConfig, TrlParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
     first, _ = TrlParser(MethodArguments, add_help=False, prog="python -m train").parse_args_and_config(
         argv, return_remaining_strings=True
     )
-    config_class = GRPOConfig if first.method == "grpo" else DPOConfig
+    config_class = {"grpo": GRPOConfig, "dpo": DPOConfig, "reward": RewardConfig}[first.method]
     # TRL turns bf16 on when neither is set.
     asked = (
         "fp16" if first.fp16 else "bf16" if first.bf16 or (first.bf16 is None and not first.fp16) else None
@@ -128,7 +128,7 @@ def adapt_to_device(
 
 
 def load_train_pairs(train_args, tokenizer) -> tuple[list[dict], dict]:
-    from train.data import build_pairs, load_pairs, write_pairs
+    from train.data import build_pairs, load_pairs, prompt_messages, write_pairs
 
     path = Path(train_args.pairs_file)
     if not path.exists():
@@ -141,10 +141,20 @@ def load_train_pairs(train_args, tokenizer) -> tuple[list[dict], dict]:
             raise ConfigError(
                 f"pairs_file must end in train.jsonl to be built from dataset_source, got {path}"
             )
-        print(f"building pairs from {train_args.dataset_source} into {path.parent}")
-        train, evaluation, stats = build_pairs(
-            train_args.dataset_source, languages=train_args.dataset_languages, limit=train_args.dataset_limit
-        )
+        from train import hh_rlhf
+
+        sources = train_args.dataset_source
+        sources = [sources] if isinstance(sources, str) else list(sources)  # a YAML string or a list
+        print(f"building pairs from {' + '.join(sources)} into {path.parent}")
+        if hh_rlhf.is_hh_rlhf(sources[0]):  # the judge's data
+            train, evaluation, stats = hh_rlhf.build_pairs(sources[0], limit=train_args.dataset_limit)
+        else:
+            train, evaluation, stats = build_pairs(
+                sources,
+                languages=train_args.dataset_languages,
+                depth=train_args.dataset_depth,
+                limit=train_args.dataset_limit,
+            )
         write_pairs(path.parent, train, evaluation, stats)
     pairs = load_pairs(path)
     counts = {"in_file": len(pairs)}
@@ -152,7 +162,7 @@ def load_train_pairs(train_args, tokenizer) -> tuple[list[dict], dict]:
 
         def prompt_tokens(pair):
             ids = tokenizer.apply_chat_template(
-                [{"role": "user", "content": pair["prompt"]}], tokenize=True, add_generation_prompt=True
+                prompt_messages(pair["prompt"]), tokenize=True, add_generation_prompt=True
             )
             return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
@@ -170,8 +180,10 @@ def to_dataset(pairs: list[dict], method: str):
     """Conversational rows, so the tokenizer's chat template renders every prompt (and DPO's replies)."""
     from datasets import Dataset
 
-    rows = {"prompt": [[{"role": "user", "content": p["prompt"]}] for p in pairs]}
-    if method == "dpo":
+    from train.data import prompt_messages
+
+    rows = {"prompt": [prompt_messages(p["prompt"]) for p in pairs]}
+    if method in ("dpo", "reward"):
         rows["chosen"] = [[{"role": "assistant", "content": p["chosen"]}] for p in pairs]
         rows["rejected"] = [[{"role": "assistant", "content": p["rejected"]}] for p in pairs]
     else:  # GRPO: the replies reach the rewards as plain text columns
@@ -184,9 +196,12 @@ def to_dataset(pairs: list[dict], method: str):
 # Model
 
 
-def load_tokenizer_and_model(model_args, device: str, trust_remote_code: bool = False, load: bool = True):
-    """The tokenizer (with the shared chat template) and the base model, quantized when the recipe says."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer_and_model(
+    model_args, device: str, trust_remote_code: bool = False, load: bool = True, method: str = "grpo"
+):
+    """The tokenizer (with the shared chat template) and the base model, quantized when the recipe says;
+    for a reward model, the base with a one-score head."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl import get_quantization_config
 
     from assistant.models import ModelLoadError, resolve_base
@@ -221,10 +236,16 @@ def load_tokenizer_and_model(model_args, device: str, trust_remote_code: bool = 
 
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": PartialState().local_process_index if device == "cuda" else "cpu"}
+    if method == "reward":
+        model_class, kwargs["num_labels"] = AutoModelForSequenceClassification, 1
+    else:
+        model_class = AutoModelForCausalLM
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = model_class.from_pretrained(path, **kwargs)
     except OSError as error:
         raise ModelLoadError(f"cannot load base model {name!r}: {str(error).splitlines()[0]}") from None
+    if model.config.pad_token_id is None:  # a score head reads the last non-pad token
+        model.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
     # The adapter must name the base by the id the recipe gave, never a local cache path.
     model.config._name_or_path = name
     model.name_or_path = name
@@ -382,8 +403,10 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
         print(f"note: {note}")
     if not model_args.use_peft:
         raise ConfigError("use_peft is false: this project trains LoRA adapters; set use_peft: true")
+    if train_args.method == "reward":
+        model_args.lora_task_type = "SEQ_CLS"  # PEFT then trains the new score head too
     tokenizer, loaded = load_tokenizer_and_model(
-        model_args, device, training_args.trust_remote_code, load=model is None
+        model_args, device, training_args.trust_remote_code, load=model is None, method=train_args.method
     )
     model = model if model is not None else loaded
     pairs, pair_counts = load_train_pairs(train_args, tokenizer)
@@ -423,9 +446,9 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
             callbacks=list(callbacks),
         )
     else:
-        from trl import DPOTrainer
+        from trl import DPOTrainer, RewardTrainer
 
-        trainer = DPOTrainer(
+        trainer = (DPOTrainer if train_args.method == "dpo" else RewardTrainer)(
             model=model,
             args=training_args,
             train_dataset=dataset,
@@ -436,7 +459,8 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
 
     # Counted on the model as built, never a constant (PEFT counts 4-bit weights at their real size).
     trainable, total = trainer.model.get_nb_trainable_parameters()
-    targets = sorted(trainer.model.peft_config["default"].target_modules)
+    targets = trainer.model.peft_config["default"].target_modules
+    targets = [targets] if isinstance(targets, str) else sorted(targets)  # a regex stays whole
     print(
         f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%), "
         f"LoRA r={model_args.lora_r} on {', '.join(targets)}; {precision} on {device}"
@@ -462,6 +486,7 @@ def run(parsed: Parsed):
     from transformers.trainer_utils import get_last_checkpoint
 
     from train.callbacks import MetricsJsonlCallback, read_metrics
+    from train.identity import base_identity
     from train.plots import plot_metrics
 
     train_args, training_args, model_args = parsed.train, parsed.training, parsed.model
@@ -502,6 +527,7 @@ def run(parsed: Parsed):
             "method": train_args.method,
             "description": train_args.description,
             "base_model": model_args.model_name_or_path,
+            "base_weights": base_identity(model_args.model_name_or_path, model_args.model_revision),
             "trainable_params": built.trainable,
             "total_params": built.total,
             "target_modules": built.targets,

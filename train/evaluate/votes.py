@@ -161,7 +161,9 @@ def leaderboard(votes: list[dict], seed: int = 0, resamples: int = 1000) -> dict
         rng = np.random.default_rng(seed)
         samples = np.array(
             [
-                _fit(models, np.tensordot(rng.multinomial(len(rated), [1 / len(rated)] * len(rated)), cells, 1))
+                _fit(
+                    models, np.tensordot(rng.multinomial(len(rated), [1 / len(rated)] * len(rated)), cells, 1)
+                )
                 for _ in range(resamples)
             ]
         ).reshape(resamples, len(models))
@@ -205,6 +207,6 @@ def leaderboard_markdown(board: dict) -> str:
         )
     lines.append(
         f"\n{board['votes']} anonymous votes{note}. {board['method']} over {board['resamples']} "
-        "resamples; a tie counts half a win for each side, \"both are bad\" neither."
+        'resamples; a tie counts half a win for each side, "both are bad" neither.'
     )
     return "\n".join(lines)
