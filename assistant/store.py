@@ -75,10 +75,15 @@ class Store:
         self._lock = self.scheduler.lock  # the scheduler reads the files under this lock
         try:
             self.earlier = Path(
-                api.snapshot_download(repo_id, repo_type="dataset", allow_patterns=["data/votes-*.jsonl"])
+                api.snapshot_download(
+                    repo_id,
+                    repo_type="dataset",
+                    allow_patterns=["data/votes-*.jsonl"],
+                    cache_dir=self.folder.parent / f".{self.folder.name}-hub-cache",  # not pushed again
+                )
             )
         except Exception as error:
-            log.warning("cannot read the earlier votes from %s: %s", repo_id, _first_line(error))
+            log.info("no earlier votes read from %s: %s", repo_id, _first_line(error))
 
     def _unreachable(self, error: BaseException) -> str:
         return (

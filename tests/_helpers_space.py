@@ -18,3 +18,25 @@ def make_random_lora(base_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     get_peft_model(model, config).save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
     return out_dir
+
+
+def dataset_hub(token: str, user: str):
+    """The loopback Hub stand-in, also serving dataset repos (the feedback repo) at the Hub's dataset
+    paths, which it otherwise routes as model repos."""
+    from tests.hub_server import HubStandIn
+
+    class DatasetHub(HubStandIn):
+        def _route(self, h, method, path, query, body, caller):
+            if path.startswith("/api/datasets/"):
+                path = "/api/models/" + path[len("/api/datasets/") :]
+            elif path.startswith("/datasets/") and "/resolve/" in path:
+                path = path[len("/datasets") :]
+            if path == "/api/repos/create" and method == "POST":
+                import json
+
+                payload = json.loads(body)
+                if payload.get("type") == "dataset":
+                    body = json.dumps({**payload, "type": "model"}).encode()
+            return super()._route(h, method, path, query, body, caller)
+
+    return DatasetHub(token=token, user=user)

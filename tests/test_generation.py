@@ -7,18 +7,19 @@ import pytest
 
 from assistant.generation import (
     BASE,
-    Assistant,
     Busy,
     GenerationSettings,
-    Limits,
     RequestError,
     RowStreamer,
+    eos_ids,
     generate_side_by_side,
     generate_texts,
     model_lock,
     stream,
+    turn_stops,
 )
 from assistant.models import load_model
+from assistant.service import Assistant, Limits
 from tests._helpers_space import make_random_lora
 
 GREEDY = GenerationSettings(max_new_tokens=12, temperature=0)
@@ -127,9 +128,35 @@ def test_stopping_a_stream_stops_generation_itself(loaded):
         hook.remove()
 
 
-def test_streamer_cuts_an_answer_that_runs_into_a_new_user_turn(loaded):
+def test_answers_stop_on_the_templates_end_of_turn_token_ids_not_on_role_words(loaded, tiny_phi_dir):
+    from transformers import AutoTokenizer
+
+    from assistant.prompt import ensure_chat_template
+
+    tokenizer = loaded.tokenizer  # SmolLM2's ChatML template
+    im_start, im_end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert turn_stops(tokenizer) == ({im_start, im_end}, ())
+    assert {im_start, im_end} <= eos_ids(loaded)
+    phi = ensure_chat_template(AutoTokenizer.from_pretrained(tiny_phi_dir))  # Instruct:/Output: template
+    assert turn_stops(phi) == ({phi.eos_token_id}, ("Instruct:",))
+
+    streamer = RowStreamer(tokenizer, [BASE, BASE], eos_ids(loaded))
+    streamer.put(None)  # the prompt
+    legit = tokenizer("Say:\nUser: hello", add_special_tokens=False)["input_ids"]  # a role word, in an answer
+    runs_on = tokenizer("Hi.", add_special_tokens=False)["input_ids"] + [im_start]
+    runs_on += tokenizer("user", add_special_tokens=False)["input_ids"] * len(legit)
+    import torch
+
+    for a, b in zip(legit, runs_on, strict=False):
+        streamer.put(torch.tensor([a, b]))
+    kept, stopped = streamer.snapshot()
+    assert kept.text == "Say:\nUser: hello" and not kept.cut and not kept.ended
+    assert stopped.text == "Hi." and stopped.ended  # stopped at <|im_start|>, which decoding would hide
+
+
+def test_streamer_cuts_an_answer_that_runs_into_a_plain_text_user_turn(loaded):
     tokenizer = loaded.tokenizer
-    streamer = RowStreamer(tokenizer, [BASE, BASE], {tokenizer.eos_token_id})
+    streamer = RowStreamer(tokenizer, [BASE, BASE], {tokenizer.eos_token_id}, cut_texts=("Instruct:",))
     streamer.put(None)  # the prompt
     first = tokenizer("Paris is the capital.\nInstruct: and Spain?", add_special_tokens=False)["input_ids"]
     second = tokenizer("Hello", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * 20
@@ -141,6 +168,60 @@ def test_streamer_cuts_an_answer_that_runs_into_a_new_user_turn(loaded):
     assert cut.text == "Paris is the capital." and cut.cut and not cut.ended and cut.done
     assert ended.text == "Hello" and ended.ended and not ended.cut
     assert streamer.done == [True, True]  # the stopping criterion now finishes both rows
+
+
+def test_tokenizer_calls_from_many_threads_give_what_each_gives_alone(loaded):
+    """Two threads pad batches while two others count prompts (as Assistant.prepare does outside the
+    generation lock); before the tokenizer lock this raised padding errors within seconds."""
+    from assistant.generation import _encode
+
+    assistant = Assistant(loaded, Limits())
+    batches = [[conv("Hi")], [conv("A much longer question about the history of Rome " * 3), conv("Yo")]]
+    expected = [_encode(loaded, b)["input_ids"].tolist() for b in batches]
+    history = [{"role": "user", "content": "tell me about cats"}, {"role": "assistant", "content": "cats"}]
+    expected_prepared = assistant.prepare("and dogs?", history * 5).messages
+    errors, deadline = [], time.time() + 4
+
+    def pad(batch, want):
+        while time.time() < deadline:
+            got = _encode(loaded, batch)["input_ids"].tolist()
+            if got != want:
+                errors.append("padded differently")
+
+    def count():
+        while time.time() < deadline:
+            if assistant.prepare("and dogs?", history * 5).messages != expected_prepared:
+                errors.append("prepared differently")
+
+    def guarded(fn, *args):
+        try:
+            fn(*args)
+        except Exception as error:  # a failure in a thread must fail the test
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=guarded, args=(pad, b, e)) for b, e in zip(batches, expected, strict=True)]
+    threads += [threading.Thread(target=guarded, args=(count,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+
+
+def test_several_adapters_on_one_base_answer_side_by_side_in_one_batch(smollm2_dir, adapter_dir, tmp_path):
+    second = make_random_lora(smollm2_dir, tmp_path / "second-lora", seed=1)
+    loaded = load_model(str(smollm2_dir), [str(adapter_dir), str(second)])
+    assert loaded.adapters == {adapter_dir.name: "default", "second-lora": "second-lora"}
+    assert str(tmp_path) not in loaded.describe() and "2 adapters" in loaded.describe()
+    assistant = Assistant(loaded, Limits())
+    assert assistant.models == ["SmolLM2-135M-Instruct", adapter_dir.name, "second-lora"]
+    prepared = assistant.prepare(PROMPTS[1], settings=GREEDY)
+    *_, answers = assistant.side_by_side([prepared] * 3, assistant.models)
+    alone = [[a.text for a in assistant.chat(prepared, m)][-1] for m in assistant.models]
+    assert [a.text for a in answers] == alone
+    assert len(set(alone)) == 3  # each adapter changes the answer, so the routing is visible
+    with pytest.raises(RequestError, match="unknown model 'nope'"):
+        list(assistant.chat(prepared, "nope"))
 
 
 def test_concurrent_chats_and_comparisons_each_get_their_own_answer(loaded, alone):
