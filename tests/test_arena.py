@@ -1,0 +1,134 @@
+"""Arena battles and serving choices on the real SmolLM2 with a random LoRA: regenerate, limits, votes under
+concurrency, long histories, what is served and why, and the GPU precision plan (capabilities simulated)."""
+
+import random
+import socket
+import threading
+
+import pytest
+import torch
+
+from assistant import models
+from assistant.arena import Arena
+from assistant.generation import GenerationSettings, RequestError
+from assistant.models import load_model
+from assistant.service import Assistant, Limits
+from assistant.store import Store
+from tests._helpers_space import dataset_hub, make_random_lora
+
+SAMPLED = GenerationSettings(max_new_tokens=10, temperature=0.9, top_p=0.95, seed=5)
+
+
+@pytest.fixture(scope="module")
+def loaded(smollm2_dir, tmp_path_factory):
+    return load_model(str(smollm2_dir), str(make_random_lora(smollm2_dir, tmp_path_factory.mktemp("x") / "tuned")))
+
+
+@pytest.fixture
+def arena(loaded, tmp_path):
+    return Arena(Assistant(loaded, Limits(max_new_tokens=32, max_turns=2)), Store(tmp_path), random.Random(1))
+
+
+def test_regenerate_answers_the_last_turn_again_with_the_next_seed(arena):
+    battle = arena.start()
+    assert {battle.model_a, battle.model_b} == set(arena.assistant.models) and battle.mode == "anonymous"
+    *_, (a, b) = arena.ask(battle.id, "Tell me a story.", None, SAMPLED)
+    *_, (a2, b2) = arena.regenerate(battle.id)
+    assert len(battle.turns) == 1 and battle.turns[0]["a"] == a2.text
+    # Sampling draws for both rows of a batch at once, so the reference is the same pair run alone.
+    prepared = arena.assistant.prepare("Tell me a story.", [], None, GenerationSettings(10, 0.9, 0.95, seed=6))
+    *_, (ra, rb) = arena.assistant.side_by_side([prepared] * 2, [battle.model_a, battle.model_b])
+    assert (a2.text, b2.text) == (ra.text, rb.text) != (a.text, b.text)
+
+
+def test_a_battle_takes_its_turn_limit_and_one_vote_however_many_clicks(arena):
+    battle = arena.start()
+    with pytest.raises(RequestError, match="wait for both answers"):
+        arena.vote(battle.id, "a")
+    with pytest.raises(RequestError, match="nothing to regenerate"):
+        list(arena.regenerate(battle.id))
+    for prompt in ("Hi.", "And?"):
+        list(arena.ask(battle.id, prompt, None, SAMPLED))
+    with pytest.raises(RequestError, match="2 turns, the most it takes"):
+        list(arena.ask(battle.id, "More?", None, SAMPLED))
+    outcomes = []
+
+    def click(choice):
+        try:
+            outcomes.append(arena.vote(battle.id, choice)["winner"])
+        except RequestError as error:
+            outcomes.append(str(error))
+
+    threads = [threading.Thread(target=click, args=(c,)) for c in ("a", "b", "tie", "both_bad") * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(arena.store.votes()) == 1
+    assert sum("already has its vote" in o for o in outcomes) == 11
+    with pytest.raises(RequestError, match="pick two different models"):
+        arena.start("tuned", "tuned")
+
+
+def test_a_50_turn_history_from_the_browser_is_trimmed_and_answered(loaded):
+    assistant = Assistant(loaded, Limits(max_input_tokens=300))
+    history = []
+    for n in range(50):
+        history += [
+            {"role": "user", "content": [{"type": "text", "text": f"Question {n} about cats?"}], "metadata": None},
+            {"role": "assistant", "content": [{"type": "text", "text": f"Answer {n}: cats purr."}], "options": None},
+        ]
+    prepared = assistant.prepare("And dogs?", history, settings=GenerationSettings(8, temperature=0))
+    assert prepared.dropped > 50 and "oldest" in prepared.notice
+    assert prepared.messages[-1]["content"] == "And dogs?" and prepared.messages[-2]["content"] == "Answer 49: cats purr."
+    assert [a.text for a in assistant.chat(prepared)][-1]
+    with pytest.raises(RequestError, match="list of"):
+        assistant.prepare("hi", history="not a list")
+
+
+def test_an_offline_start_serves_every_demo_adapter_and_says_why(monkeypatch):
+    for name in ("ASSISTANT_BASE_MODEL", "ASSISTANT_ADAPTERS", "ASSISTANT_ADAPTER"):
+        monkeypatch.delenv(name, raising=False)
+    loaded = models.load_for_serving()
+    assert "HF_HUB_OFFLINE is set" in loaded.reason
+    assert set(loaded.adapters) == {p.rsplit("/", 1)[-1] for p in models.demo_adapters()} >= {"smollm2-grpo-demo"}
+    text = loaded.describe()
+    assert f"Serving the base HuggingFaceTB/SmolLM2-135M-Instruct and {len(loaded.adapters)} adapter" in text
+    assert str(models.PROJECT_ROOT) not in text and "cpu in fp32" in text
+
+
+def test_the_hub_tells_a_missing_adapter_repo_from_an_unreachable_hub(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(models, "_HUB_REACHABLE", None)
+    assert models.hub_repo_status("tester/adapter") == "offline"  # HF_HUB_OFFLINE=1 in the tests
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with dataset_hub("tok", "tester") as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        assert models.hub_repo_status("tester/adapter") == "missing"
+        (tmp_path / "adapter_config.json").write_text("{}")
+        hub.add_repo("tester/adapter", tmp_path)
+        assert models.hub_repo_status("tester/adapter") == "found"
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        assert models.hub_repo_status("tester/adapter") == "unreachable"  # nothing listens there
+    assert models._HUB_REACHABLE is False  # later look-ups ask the cache only: no retry storm
+    reasons = {models.DEMO_REASONS[s].format(repo="r") for s in ("offline", "unreachable", "missing")}
+    assert len(reasons) == 3
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_gpu_precision_is_bf16_only_where_the_gpu_has_it(monkeypatch, bf16):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert models.default_device() == "cuda"
+    kwargs, label = models.precision_plan("cuda", quantize=True, model_type="phi")
+    half = torch.bfloat16 if bf16 else torch.float16
+    assert kwargs["quantization_config"].bnb_4bit_compute_dtype == half
+    assert label == f"4-bit NF4, {'bf16' if bf16 else 'fp16'} compute"
+    phi, _ = models.precision_plan("cuda", quantize=False, model_type="phi")
+    other, _ = models.precision_plan("cuda", quantize=False, model_type="llama")
+    assert phi["dtype"] == (torch.bfloat16 if bf16 else torch.float32)  # Phi-2 overflows in fp16
+    assert other["dtype"] == half
+    assert models.precision_plan("cpu", quantize=False) == ({"dtype": torch.float32}, "fp32")
