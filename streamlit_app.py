@@ -1,29 +1,36 @@
-"""Streamlit variant of the Space: the same chat and base-vs-tuned comparison on the same core.
+"""Streamlit variant of the Space: the same chat, arena and leaderboard on the same core.
 
     streamlit run streamlit_app.py
 
-The model comes from the same environment variables as app.py (ASSISTANT_BASE_MODEL, ASSISTANT_ADAPTER,
-ASSISTANT_REVISION; nothing set: the project's adapter, else the offline demo) and is loaded once per
-process (``st.cache_resource``), shared by every session; ``assistant.generation`` locks generation.
+The models come from the same environment variables as app.py (ASSISTANT_BASE_MODEL, ASSISTANT_ADAPTERS,
+ASSISTANT_REVISION; nothing set: the published adapter, else the offline demo, with every demo adapter)
+and are loaded once per process (``st.cache_resource``), shared by every session, as are the battles and
+the store of votes (ASSISTANT_DATA_DIR, ASSISTANT_FEEDBACK_REPO); ``assistant.generation`` locks
+generation.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from contextlib import closing
 
 import streamlit as st
 
-from assistant.generation import Assistant, Limits, RequestError
+from assistant.arena import CHOICES, Arena, utc_now
+from assistant.generation import RequestError
 from assistant.models import ModelLoadError, load_for_serving
 from assistant.prompt import DEFAULT_SYSTEM
+from assistant.service import DEFAULTS, Assistant, Limits
+from assistant.store import Store
+from train.evaluate.votes import leaderboard, leaderboard_markdown
 
 
-@st.cache_resource(show_spinner="Loading the model (once)…")
-def get_assistant(base: str | None, adapter: str | None, revision: str | None) -> Assistant:
-    loaded = load_for_serving(base, adapter, revision)
+@st.cache_resource(show_spinner="Loading the models (once)…")
+def get_arena(base, adapters, revision, data_dir, repo) -> Arena:
+    loaded = load_for_serving(base, adapters, revision)
     print(loaded.describe(), flush=True)
-    return Assistant(loaded, Limits.from_env())
+    return Arena(Assistant(loaded, Limits.from_env()), Store(data_dir, repo))
 
 
 def deltas(answers, shown: list[str]):
@@ -35,40 +42,59 @@ def deltas(answers, shown: list[str]):
         shown[0] = text
 
 
-st.set_page_config(page_title="Phi-2 assistant", page_icon="💬", layout="wide")
+st.set_page_config(page_title="Open Assistant preference tuning", page_icon="💬", layout="wide")
 try:
-    assistant = get_assistant(
+    arena = get_arena(
         os.environ.get("ASSISTANT_BASE_MODEL") or None,
-        os.environ.get("ASSISTANT_ADAPTER") or None,
+        os.environ.get("ASSISTANT_ADAPTERS") or os.environ.get("ASSISTANT_ADAPTER") or None,
         os.environ.get("ASSISTANT_REVISION") or None,
+        os.environ.get("ASSISTANT_DATA_DIR") or "user_data",
+        os.environ.get("ASSISTANT_FEEDBACK_REPO") or None,
     )
 except (ModelLoadError, RequestError) as error:
     st.error(f"The model could not be loaded: {error}")
     st.stop()
+assistant, store = arena.assistant, arena.store
 
-st.title("Phi-2 assistant")
-st.caption(assistant.loaded.describe())
+st.title(f"Open Assistant preference tuning: {len(assistant.models)} models")
+st.caption(f"{assistant.loaded.describe()} Votes and likes are saved on {store.where}.")
+if store.problem:
+    st.warning(store.problem)
 
 with st.sidebar:
-    view = st.radio("View", ["Chat", "Compare"], horizontal=True)
+    view = st.radio("View", ["Chat", "Arena", "Leaderboard"], horizontal=True)
     system = st.text_area("System prompt", DEFAULT_SYSTEM, placeholder="none (as in training)")
-    temperature = st.slider("Temperature (0 = greedy)", 0.0, 2.0, 0.7, 0.05)
-    top_p = st.slider("Top-p", 0.05, 1.0, 0.95, 0.05)
+    temperature = st.slider("Temperature (0 = greedy)", 0.0, 2.0, DEFAULTS.temperature, 0.05)
+    top_p = st.slider("Top-p", 0.05, 1.0, DEFAULTS.top_p, 0.05)
     limit = assistant.limits.max_new_tokens
-    max_new_tokens = st.slider("Max new tokens", 1, limit, min(256, limit))
-    seed = st.number_input("Seed", value=0, step=1)
+    max_new_tokens = st.slider("Max new tokens", 1, limit, assistant.default_max_new_tokens)
+    seed = st.number_input("Seed", value=DEFAULTS.seed, step=1)
     if st.button("Clear conversation"):
         st.session_state.messages = []
-        st.session_state.comparison = None
+        st.session_state.battle = None
 
 st.session_state.setdefault("messages", [])
-st.session_state.setdefault("comparison", None)
+st.session_state.setdefault("battle", None)
 settings = assistant.settings(temperature, top_p, max_new_tokens, seed)
 
+
+def like(index: int, model: str) -> None:
+    liked = st.session_state[f"feedback-{index}"]
+    history = st.session_state.messages[: index + 1]
+    store.append(
+        "feedback",
+        {"type": "feedback", "id": uuid.uuid4().hex, "time": utc_now(), "model": model,
+         "liked": liked == 1, "answer": history[-1]["content"], "conversation": history},
+    )
+
+
 if view == "Chat":
-    for message in st.session_state.messages:
+    model = st.selectbox("Model", assistant.models, index=assistant.models.index(assistant.chat_model))
+    for i, message in enumerate(st.session_state.messages):
         with st.chat_message(message["role"]):
             st.markdown(message["content"])
+            if message["role"] == "assistant":
+                st.feedback("thumbs", key=f"feedback-{i}", on_change=like, args=(i, message.get("model", model)))
     prompt = st.chat_input("Ask something", key="chat", submit_mode="stop")
     if prompt is not None:
         with st.chat_message("user"):
@@ -86,42 +112,79 @@ if view == "Chat":
                 placeholder = st.empty()
                 try:
                     # The stop button ends this script run; closing the stream stops generate itself.
-                    with closing(assistant.chat(prepared)) as answers:
+                    with closing(assistant.chat(prepared, model)) as answers:
                         with placeholder.container():
                             st.write_stream(deltas(answers, shown))
-                    placeholder.markdown(
-                        shown[0] or "_(no answer)_"
-                    )  # the final text, in case it was cut back
+                    placeholder.markdown(shown[0] or "_(no answer)_")  # the final text, in case it was cut back
                 except RequestError as error:
                     st.error(str(error))
                 except Exception as error:  # this session sees it; the app keeps serving
                     st.error(f"generation failed: {error}")
                 finally:
-                    st.session_state.messages.append({"role": "assistant", "content": shown[0]})
-else:
-    st.write("The base model and the tuned model answer the same prompt, with the same settings and seed.")
-    prompt = st.chat_input("Ask both models", key="compare", submit_mode="stop")
-    asked = prompt if prompt is not None else (st.session_state.comparison or [None])[0]
-    if asked:
-        st.markdown(f"**Prompt:** {asked}")
-    left, right = st.columns(2)
-    left.subheader(assistant.base_name)
-    right.subheader(assistant.tuned_name)
-    if prompt is not None:
-        st.session_state.comparison = None
+                    st.session_state.messages.append({"role": "assistant", "content": shown[0], "model": model})
+
+elif view == "Arena":
+    named = st.toggle("Named battle (pick the two models)")
+    if named:
+        left, right = st.columns(2)
+        model_a = left.selectbox("Model A", assistant.models, index=0)
+        model_b = right.selectbox("Model B", assistant.models, index=min(1, len(assistant.models) - 1))
+    battle = arena.get(st.session_state.battle) if st.session_state.battle else None
+    prompt = st.chat_input("Ask both models", key="arena", submit_mode="stop")
+    if prompt is not None and (battle is None or battle.winner is not None):
         try:
-            prepared = assistant.prepare(prompt, [], system, settings)
-            boxes = (left.empty(), right.empty())
-            with closing(assistant.compare(prepared)) as pairs:
-                for pair in pairs:
-                    for box, answer in zip(boxes, pair, strict=True):
-                        box.markdown(answer.text)
-            st.session_state.comparison = (prompt, pair[0].text, pair[1].text)
+            battle = arena.start(model_a, model_b) if named else arena.start()
+            st.session_state.battle = battle.id
         except RequestError as error:
             st.error(str(error))
-        except Exception as error:
-            st.error(f"generation failed: {error}")
-    elif st.session_state.comparison:
-        _, base, tuned = st.session_state.comparison
-        left.markdown(base)
-        right.markdown(tuned)
+    if battle is not None:
+        name_a, name_b = battle.names()
+        columns = st.columns(2)
+        for column, title in zip(columns, (f"Model A: {name_a or 'hidden'}", f"Model B: {name_b or 'hidden'}")):
+            column.subheader(title)
+        for turn in battle.turns:
+            for column, side in zip(columns, "ab"):
+                column.chat_message("user").markdown(turn["prompt"])
+                column.chat_message("assistant").markdown(turn[side])
+        if prompt is not None:
+            boxes = []
+            for column in columns:
+                column.chat_message("user").markdown(prompt)
+                boxes.append(column.chat_message("assistant").empty())
+            try:
+                with closing(arena.ask(battle.id, prompt, system, settings)) as answers:
+                    for pair in answers:
+                        for box, answer in zip(boxes, pair):
+                            box.markdown(answer.text)
+            except RequestError as error:
+                st.error(str(error))
+            except Exception as error:
+                st.error(f"generation failed: {error}")
+        buttons = st.columns(len(CHOICES) + 2)
+        for column, (key, label) in zip(buttons, CHOICES.items()):
+            if column.button(label, key=f"vote-{key}", disabled=battle.winner is not None):
+                try:
+                    arena.vote(battle.id, key)
+                    st.rerun()
+                except RequestError as error:
+                    st.error(str(error))
+        if buttons[-2].button("Regenerate", disabled=battle.winner is not None or not battle.turns):
+            try:
+                for _ in arena.regenerate(battle.id):
+                    pass
+                st.rerun()
+            except RequestError as error:
+                st.error(str(error))
+        if buttons[-1].button("New battle"):
+            st.session_state.battle = None
+            st.rerun()
+        if battle.winner is not None:
+            st.success(f"A was {battle.model_a}, B was {battle.model_b}. Your vote: {CHOICES[battle.winner]}.")
+    else:
+        st.write("Ask something: two models answer side by side, their names hidden until you vote.")
+
+else:
+    try:
+        st.markdown(leaderboard_markdown(leaderboard(store.votes())))
+    except ValueError as error:
+        st.error(f"The leaderboard cannot be computed: {error}")

@@ -1,92 +1,107 @@
 """The Streamlit app through streamlit.testing's AppTest, on SmolLM2 + a random LoRA named by env vars."""
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from assistant.generation import BASE, GenerationSettings, generate_side_by_side, generate_texts
 from assistant.models import load_model
+from assistant.service import Assistant, Limits
 from tests._helpers_space import make_random_lora
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 SYSTEM = "Be brief."
+KEYS = ("ASSISTANT_BASE_MODEL", "ASSISTANT_ADAPTERS", "ASSISTANT_DATA_DIR")
 
 
 @pytest.fixture(scope="module")
 def adapter_dir(smollm2_dir, tmp_path_factory):
-    return make_random_lora(smollm2_dir, tmp_path_factory.mktemp("lora"))
+    return make_random_lora(smollm2_dir, tmp_path_factory.mktemp("lora") / "tuned")
 
 
 @pytest.fixture(scope="module")
-def env(smollm2_dir, adapter_dir):
-    saved = {k: os.environ.get(k) for k in ("ASSISTANT_BASE_MODEL", "ASSISTANT_ADAPTER")}
-    os.environ.update(ASSISTANT_BASE_MODEL=str(smollm2_dir), ASSISTANT_ADAPTER=str(adapter_dir))
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def env(smollm2_dir, adapter_dir, data_dir):
+    saved = {k: os.environ.get(k) for k in KEYS}
+    os.environ.update(
+        ASSISTANT_BASE_MODEL=str(smollm2_dir), ASSISTANT_ADAPTERS=str(adapter_dir), ASSISTANT_DATA_DIR=str(data_dir)
+    )
     yield
     for key, value in saved.items():
         os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
 @pytest.fixture(scope="module")
-def loaded(smollm2_dir, adapter_dir):
-    return load_model(str(smollm2_dir), str(adapter_dir))
+def core(smollm2_dir, adapter_dir):
+    from assistant import models
+
+    # What the app serves: the configured adapter, then every demo adapter on the same base.
+    return Assistant(load_model(str(smollm2_dir), [str(adapter_dir), *models.demo_adapters()]), Limits())
 
 
-def started(env) -> AppTest:
+def started(env, view="Chat") -> AppTest:
     at = AppTest.from_file(APP, default_timeout=180)
     at.run()
     assert not at.exception, at.exception
     at.sidebar.text_area[0].set_value(SYSTEM)
     at.sidebar.slider[0].set_value(0.0)  # greedy, so the answers can be checked
     at.sidebar.slider[2].set_value(12)
-    return at
+    at.sidebar.radio[0].set_value(view)
+    return at.run()
 
 
-def messages(*turns):
-    out = [{"role": "system", "content": SYSTEM}]
-    for i, text in enumerate(turns):
-        out.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
-    return out
+def alone(core, message, model, history=()):
+    prepared = core.prepare(message, list(history), SYSTEM, core.settings(0, 1, 12, 0))
+    return [a.text for a in core.chat(prepared, model)][-1]
 
 
-def test_chat_turns_stream_into_the_history(env, loaded):
+def test_chat_turns_stream_into_the_history_from_the_chosen_model(env, core):
     at = started(env)
-    assert loaded.name in at.caption[0].value
-    greedy = GenerationSettings(max_new_tokens=12, temperature=0)
+    assert "Serving the base SmolLM2-135M-Instruct" in at.caption[0].value and "tuned" in at.caption[0].value
+    assert "/tmp" not in at.caption[0].value
     at.chat_input(key="chat").set_value("What is the capital of France?").run()
     assert not at.exception, at.exception
-    first = generate_texts(loaded, [messages("What is the capital of France?")], greedy)[0].text
+    first = alone(core, "What is the capital of France?", "tuned")
     assert [m.name for m in at.chat_message] == ["user", "assistant"]
     assert at.chat_message[1].markdown[0].value == first
 
     at.chat_input(key="chat").set_value("And of Spain?").run()
-    second = generate_texts(
-        loaded, [messages("What is the capital of France?", first, "And of Spain?")], greedy
-    )
+    history = [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": first}]
+    second = alone(core, "And of Spain?", "tuned", history)
     assert [m.name for m in at.chat_message] == ["user", "assistant"] * 2
-    assert at.chat_message[3].markdown[0].value == second[0].text
-    assert at.session_state.messages[-1] == {"role": "assistant", "content": second[0].text}
+    assert at.chat_message[3].markdown[0].value == second
+    at.selectbox[0].set_value("SmolLM2-135M-Instruct")
+    at.chat_input(key="chat").set_value("Say hello.").run()
+    assert at.session_state.messages[-1]["model"] == "SmolLM2-135M-Instruct"
 
-
-def test_empty_message_gets_an_error_and_the_comparison_shows_both_models(env, loaded):
-    at = started(env)
     at.chat_input(key="chat").set_value("   ").run()
     assert "empty" in at.error[0].value
-    assert at.session_state.messages == []
 
-    at.sidebar.radio[0].set_value("Compare").run()
-    at.chat_input(key="compare").set_value("Name a fruit.").run()
+
+def test_an_arena_battle_hides_the_names_until_the_vote_and_the_leaderboard_counts_it(env, core, data_dir):
+    at = started(env, "Arena")
+    at.chat_input(key="arena").set_value("Name a fruit.").run()
     assert not at.exception, at.exception
-    ((base, tuned),) = generate_side_by_side(
-        loaded, [messages("Name a fruit.")], GenerationSettings(max_new_tokens=12, temperature=0)
-    )
-    assert base.text != tuned.text
-    names = [h.value for h in at.subheader]
-    assert names == [
-        "SmolLM2-135M-Instruct (base)",
-        f"SmolLM2-135M-Instruct + {Path(loaded.adapter).name} (tuned)",
-    ]
-    left, right = at.columns
-    assert left.markdown[0].value == base.text and right.markdown[0].value == tuned.text
-    assert base.adapter == BASE
+    titles = [h.value for h in at.subheader]
+    assert titles == ["Model A: hidden", "Model B: hidden"]
+    answers = [m.markdown[0].value for m in at.chat_message if m.name == "assistant"]
+    at.button(key="vote-a").click().run()
+    assert not at.exception, at.exception
+    revealed = at.success[0].value
+    assert revealed.startswith("A was ") and "Your vote: A is better" in revealed
+    model_a = revealed[len("A was ") :].split(", B was ")[0]
+    model_b = revealed.split(", B was ")[1].split(".")[0]
+    assert answers == [alone(core, "Name a fruit.", model_a), alone(core, "Name a fruit.", model_b)]
+    (votes,) = Path(data_dir).glob("votes-*.jsonl")
+    (record,) = [json.loads(line) for line in votes.read_text().splitlines()]
+    assert (record["model_a"], record["model_b"], record["winner"]) == (model_a, model_b, "a")
+
+    at.sidebar.radio[0].set_value("Leaderboard").run()
+    table = at.markdown[0].value
+    assert f"| 1 | {model_a} |" in table and "1 anonymous votes" in table
