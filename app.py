@@ -255,9 +255,9 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
                 model_b = gr.Dropdown(assistant.models, value=tuned, label="Named: model B")
                 base_vs_tuned = gr.Button(f"Base vs {tuned}", size="sm")
             with gr.Row(equal_height=True):
-                pane_a = gr.Chatbot(label="Model A", height=380)
-                pane_b = gr.Chatbot(label="Model B", height=380)
-            status_box = gr.Markdown("Anonymous battle: the names are hidden until you vote.")
+                pane_a = gr.Chatbot(label="Model A", height=380, elem_id="pane-a")
+                pane_b = gr.Chatbot(label="Model B", height=380, elem_id="pane-b")
+            status_box = gr.Markdown("Anonymous battle: the names are hidden until you vote.", elem_id="battle-status")
             with gr.Row():
                 prompt = gr.Textbox(show_label=False, placeholder="Ask both models", scale=5)
                 send = gr.Button("Send", variant="primary", scale=1)
@@ -283,7 +283,7 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
             chatbot.like(feedback, [chatbot, model], None, api_visibility="private")
 
         with gr.Tab("Leaderboard"):
-            board = gr.Markdown(board_text())
+            board = gr.Markdown(board_text(), elem_id="leaderboard")
             refresh = gr.Button("Refresh")
 
         asking = gr.on(
