@@ -156,10 +156,34 @@ def _used_4bit(recipe: dict, info: dict) -> bool:
     return bool(recipe.get("load_in_4bit")) or "4-bit" in precision or "nf4" in precision
 
 
+def _weights_line(identity: dict | None) -> str:
+    if not identity:
+        return "not recorded"
+    sha = identity.get("weights_sha256") or identity.get("revision")
+    return f"{identity.get('source', 'unknown')}" + (f" (`{sha[:12]}`)" if sha else "")
+
+
+def report_matches(output_dir: Path) -> bool:
+    """Whether eval/ holds a report of the adapter in ``output_dir`` (its weights' sha256 recorded in
+    report.json): a re-run of training into a folder with an old eval/ must not publish old numbers."""
+    from train.identity import file_sha256
+
+    report = _read_json(output_dir / "eval" / "report.json") or {}
+    weights = output_dir / "adapter_model.safetensors"
+    recorded = (report.get("adapter") or {}).get("sha256")
+    return bool(recorded) and weights.is_file() and recorded == file_sha256(weights)
+
+
 def _eval_section(output_dir: Path) -> tuple[str | None, list[str]]:
-    """eval/report.md, with its headings nested under the card's and its relative links rebased."""
+    """eval/report.md, with its headings nested under the card's and its relative links rebased; none
+    when the report belongs to other weights than the adapter's."""
     report = output_dir / "eval" / "report.md"
     if not report.is_file():
+        return None, []
+    if not report_matches(output_dir):
+        print(
+            f"note: {output_dir}/eval is not a report of this adapter (sha256 differs); left out of the card"
+        )
         return None, []
     text = report.read_text(encoding="utf-8").strip()
 
@@ -240,6 +264,7 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
         pushed=repo_id is not None,
         details=[
             ("Base model", f"[{base_model}](https://huggingface.co/{base_model})"),
+            ("Base weights used", _weights_line(info.get("base_weights"))),
             ("Method", f"{method_name} ({method}) with TRL"),
             (
                 "Adapter",

@@ -138,4 +138,7 @@ def add_eval(out: Path) -> None:
         "The full answers are in [samples.md](samples.md).\n"
     )
     (out / "eval" / "samples.md").write_text("# Samples\n")
-    (out / "eval" / "report.json").write_text(json.dumps({"win_rate": 0.6, "prompts": 20}))
+    from train.identity import file_sha256
+
+    weights = file_sha256(out / "adapter_model.safetensors")  # the report belongs to these weights
+    (out / "eval" / "report.json").write_text(json.dumps({"adapter": {"sha256": weights}, "prompts": 20}))

@@ -86,6 +86,16 @@ def test_evaluation_section_iff_report(run):
     assert text.count("eval/win_rate.png") == 1
 
 
+def test_a_report_of_other_weights_is_refused(run, capsys):
+    """Training again into a folder with an old eval/: the old numbers must not reach the card."""
+    add_eval(run)
+    weights = run / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" retrained")
+    text = render_card(run).text
+    assert "## Evaluation" not in text and "Tuned wins" not in text
+    assert "not a report of this adapter" in capsys.readouterr().out
+
+
 def test_report_headings_shift_under_the_card(run):
     add_eval(run)
     (run / "eval" / "report.md").write_text(

@@ -15,6 +15,9 @@ import pytest
 import torch
 
 from train import evaluate
+from train.evaluate import answers as answering
+from train.evaluate.inputs import order_pairs, pick_samples
+from train.evaluate.preference import preference_accuracy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,6 +73,7 @@ def setup(tmp_path_factory, tiny_phi_dir):
                 "rejected": better,
                 "tree_id": f"t{k}",
                 "prompt_id": f"p{k}",
+                "parent_id": f"p{k}",
                 "chosen_id": f"c{k}",
                 "rejected_id": f"r{k}",
                 "lang": "en",
@@ -113,8 +117,8 @@ def setup(tmp_path_factory, tiny_phi_dir):
     peft_model.eval()
     peft_model.save_pretrained(root / "adapter")
     (root / "adapter" / "recipe.yaml").write_text(
-        "method: grpo\nreward_funcs: [preference, ends_with_eos, not_empty, concision]\n"
-        "reward_weights: [4.0, 1.0, 0.5, 0.25]\n"
+        "method: grpo\nreward_funcs: [not_empty, concision]\nreward_weights: [0.5, 0.25]\n"
+        "max_completion_length: 5\ntemperature: 1.0\n"
     )
     expected = {}
     for pair in pairs:
@@ -127,7 +131,7 @@ def setup(tmp_path_factory, tiny_phi_dir):
                 r: reference_logprob(peft_model, tokenizer, pair["prompt"], pair[r])
                 for r in ("chosen", "rejected")
             }
-        expected[pair["prompt_id"]] = {
+        expected[pair["parent_id"]] = {
             "base": base["chosen"] - base["rejected"],
             "tuned": tuned["chosen"] - tuned["rejected"],
         }
@@ -142,34 +146,49 @@ def setup(tmp_path_factory, tiny_phi_dir):
 
 
 @pytest.fixture(scope="module")
-def evaluated(setup):
+def judge_dir(tmp_path_factory, smollm2_dir) -> Path:
+    """A reward model whose preference is known by construction: no layers, and a score head that
+    reads the embedding of the answer's last token, set so that an answer ending in " good" scores
+    high and one ending in " bad" low (its tokenizer has no chat template: question and answer go in
+    as a text pair, as for Open Assistant's DeBERTa judges)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    tokenizer.chat_template = None
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=0,
+        num_attention_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    model = LlamaForSequenceClassification(config)
+    good, bad = (tokenizer(w, add_special_tokens=False)["input_ids"][-1] for w in (" good", " bad"))
+    with torch.no_grad():
+        model.model.embed_tokens.weight.zero_()
+        model.model.embed_tokens.weight[good, 0] = 1.0
+        model.model.embed_tokens.weight[bad, 0] = -1.0
+        model.score.weight.zero_()
+        model.score.weight[0, 0] = 1.0
+    path = tmp_path_factory.mktemp("judge")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def evaluated(setup, judge_dir):
     out = setup["root"] / "adapter" / "eval"
     code = evaluate.main(
-        [
-            "--adapter",
-            str(setup["adapter"]),
-            "--pairs",
-            str(setup["pairs_file"]),
-            "--output-dir",
-            str(out),
-            "--max-new-tokens",
-            "6",
-            "--temperature",
-            "0",
-            "--batch-size",
-            "3",
-            "--samples",
-            "2",
-        ]
-    )
+        ["--adapter", str(setup["adapter"]), "--pairs", str(setup["pairs_file"]), "--output-dir", str(out),
+         "--judge", str(judge_dir), "--num-generations", "2", "--batch-size", "3", "--samples", "2"]
+    )  # fmt: skip
     assert code == 0
     return out, json.loads((out / "report.json").read_text())
 
 
 def estimates(node, path=""):
-    """Every {"mean", "ci95", "n"} in a report, with where it is."""
+    """Every interval estimate in a report ({"mean" or "rate", "ci95", "n"}), with where it is."""
     if isinstance(node, dict):
-        if {"mean", "ci95", "n"} <= node.keys():
+        if {"ci95", "n"} <= node.keys():
             yield path, node
         for key, value in node.items():
             yield from estimates(value, f"{path}.{key}")
@@ -182,100 +201,123 @@ def test_preference_accuracy_known_by_construction(setup, evaluated):
     _, report = evaluated
     preference = report["preference"]
     assert preference["n"] == len(TEXTS)
-    assert preference["base"]["accuracy"]["mean"] == 0.0
-    assert preference["tuned"]["accuracy"]["mean"] == 1.0
+    assert preference["base"]["accuracy"]["rate"] == 0.0
+    assert preference["tuned"]["accuracy"]["rate"] == 1.0
     assert preference["tuned_minus_base"]["accuracy"]["mean"] == 1.0
+    # every pair flipped to right: exact McNemar p = 2 / 2**4
+    assert preference["test"] == {
+        "better": 4,
+        "worse": 0,
+        "same": 0,
+        "n": 4,
+        "p_value": pytest.approx(2 / 16),
+    }
     # Batched, left-padded, mixed-adapter scoring agrees with one-sequence-at-a-time by hand.
     for pair in preference["pairs"]:
-        expected = setup["expected"][pair["prompt_id"]]
+        expected = setup["expected"][pair["parent_id"]]
         assert pair["base"]["margin"] == pytest.approx(expected["base"], abs=1e-4)
         assert pair["tuned"]["margin"] == pytest.approx(expected["tuned"], abs=1e-4)
 
 
-def test_report_schema_and_files(evaluated):
-    out, report = evaluated
-    assert {
-        "schema_version",
-        "seed",
-        "options",
-        "model",
-        "pairs",
-        "preference",
-        "generation",
-        "samples",
-        "runtime_s",
-    } <= report.keys()
-    generation = report["generation"]
-    assert generation["n"] == len(TEXTS)
-    # Rewards and weights as the adapter's recipe.yaml gives them; the total is their weighted sum.
-    assert generation["reward_funcs"] == ["preference", "ends_with_eos", "not_empty", "concision"]
-    assert (
-        generation["reward_weights"] == [4.0, 1.0, 0.5, 0.25] and generation["weights_from"] == "recipe.yaml"
-    )
-    for side in ("base", "tuned"):
-        assert set(generation[side]["reward"]) == set(generation["reward_funcs"])
-        assert {"total_reward", "answer_tokens", "ended_properly"} <= generation[side].keys()
-    versus = generation["tuned_vs_base"]
-    assert sum(versus[o]["mean"] for o in ("win", "tie", "loss")) == pytest.approx(1.0)
-    found = list(estimates(report))
-    assert len(found) > 20
-    for where, estimate in found:
-        low, high = estimate["ci95"]
-        assert low - 1e-12 <= estimate["mean"] <= high + 1e-12, where
-        assert estimate["n"] == len(TEXTS), where
+def test_report_belongs_to_its_adapter_and_reads_the_recipe(setup, evaluated):
+    from train.identity import file_sha256
 
+    out, report = evaluated
+    assert report["adapter"]["sha256"] == file_sha256(setup["adapter"] / "adapter_model.safetensors")
+    assert report["adapter"]["base"]["source"] == "local folder"
+    assert report["adapter"]["base"]["weights_sha256"]
+    # max new tokens and temperature from the adapter's recipe.yaml (5 and 1.0); k = 2 seeds
+    settings = report["settings"]
+    assert (settings["max_new_tokens"], settings["temperature"], settings["k"]) == (5, 1.0, 2)
+    assert "from the adapter's recipe" in settings["from_recipe"]
     rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == len(TEXTS)
-    assert all(row["base"]["tokens"] <= 6 and row["tuned"]["tokens"] <= 6 for row in rows)
     for row in rows:
         for side in ("base", "tuned"):
-            rewards = row[side]["rewards"]
-            assert rewards["total"] == pytest.approx(
-                sum(
-                    w * rewards[name]
-                    for name, w in zip(generation["reward_funcs"], generation["reward_weights"], strict=True)
-                )
-            )
-            assert rewards["not_empty"] == float(bool(row[side]["answer"]))
-    outcomes = [row["outcome"] for row in rows]
-    assert versus["win"]["mean"] == outcomes.count("win") / len(rows)
-
+            assert [a["seed"] for a in row[side]] == [42, 43]
+            assert all(a["tokens"] <= 5 for a in row[side])
+    # the training objective is its own section, never the headline
+    objective = report["training_objective"]
+    assert objective["reward_funcs"] == ["not_empty", "concision"]
     markdown = (out / "report.md").read_text()
-    assert markdown.startswith("### ") and "\n# " not in markdown and "\n## " not in markdown
-    assert "| Accuracy | 4 | 0% [0, 0] | 100% [100, 100] |" in markdown
+    assert (
+        markdown.index("Preference accuracy")
+        < markdown.index("independent judge")
+        < markdown.index("The training objective")
+    )
+    assert "| Accuracy | 4 | 0% [0, 49] | 100% [51, 100] |" in markdown
     assert "Small sample (n = 4)" in markdown
-    for link in ("margins.png", "rewards.png", "sample_1.png", "sample_2.png"):
-        assert f"]({link})" in markdown
-        assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [s["prompt_id"] for s in report["samples"]] == [
-        p["prompt_id"]
-        for p in evaluate.pick_samples(
-            [
-                {"prompt_id": f"p{k}", "prompt": t[0], "chosen": "", "rejected": ""}
-                for k, t in enumerate(TEXTS)
-            ],
-            2,
-        )
-    ]
-    samples = (out / "samples.md").read_text()
-    for sample in report["samples"]:
-        assert sample["prompt"] in samples
+    for found, estimate in estimates({k: v for k, v in report.items() if k != "samples"}):
+        value = estimate.get("rate", estimate.get("mean"))
+        low, high = estimate["ci95"]
+        assert low - 1e-9 <= value <= high + 1e-9, found
+    for link in ("margins.png", "judge.png"):
+        assert f"]({link})" in markdown and (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.parent.glob(".eval.*")), "temporary folders left behind"
 
 
+def test_judge_with_a_known_preference(judge_dir):
+    from assistant.generation import Answer
+    from train.scorer import Scorer
+
+    judge = Scorer(str(judge_dir))
+    pairs = [
+        {"prompt": f"Question {i}?", "chosen": f"Answer {i}, good", "rejected": f"Answer {i}, bad"}
+        for i in range(6)
+    ]
+    pairs[5] = {**pairs[5], "chosen": "It is bad", "rejected": "It is good"}  # people chose the bad one
+    accuracy = answering.judge_accuracy(judge, pairs)
+    assert (accuracy["k"], accuracy["n"]) == (5, 6)
+    answer = lambda text: Answer(text=text, ended=True, cut=False, tokens=3, adapter="x")  # noqa: E731
+    prompts = pairs[:4]
+    answers = {
+        "base": [[answer("so bad"), answer("so good")] for _ in prompts],
+        "tuned": [[answer("so good"), answer("so good")] for _ in prompts[:3]]
+        + [[answer("so bad"), answer("so bad")]],
+    }
+    verdicts = answering.judge_verdicts(judge, prompts, answers, seed=0)
+    test = verdicts["per_prompt"]["test"]
+    assert (test["better"], test["worse"], test["same"]) == (3, 1, 0)
+    assert test["p_value"] == pytest.approx(10 / 16)
+    assert verdicts["per_prompt"]["win"]["k"] == 3
+    assert (
+        verdicts["per_answer"]["n"] == 8 and verdicts["per_answer"]["win"]["k"] == 3
+    )  # sample j against sample j
+
+
+def test_multi_turn_pairs_are_scored_through_the_chat_template(setup, tmp_path):
+    from assistant.models import load_model
+
+    loaded = load_model(adapter=str(setup["untrained"]), device="cpu")
+    conversation = [
+        {"role": "user", "content": "Hi there."},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "What do bees make?"},
+    ]
+    pair = {**setup["pairs"][3], "prompt": conversation, "parent_id": "deep", "depth": 2}
+    first_turn = setup["pairs"][3]
+    result = preference_accuracy(loaded, [pair, first_turn], batch_size=4, max_length=1024, seed=0)
+    deep, flat = result["pairs"]
+    assert deep["parent_id"] == "deep"
+    assert deep["base"]["chosen"] != pytest.approx(flat["base"]["chosen"])  # the earlier turns count
+
+
 def test_untrained_adapter_ties_with_base(setup):
-    """A fresh LoRA (B = 0) is the base model: same margins, and greedy answers tie everywhere."""
+    """A fresh LoRA (B = 0) is the base model: same margins, and the same answers under one seed."""
+    from assistant.generation import GenerationSettings
     from assistant.models import load_model
 
     loaded = load_model(adapter=str(setup["untrained"]), device="cpu")
     pairs = setup["pairs"]
-    preference = evaluate.preference_accuracy(loaded, pairs, batch_size=5, max_length=1024, seed=0)
+    preference = preference_accuracy(loaded, pairs, batch_size=5, max_length=1024, seed=0)
     for pair in preference["pairs"]:
         assert pair["tuned"]["margin"] == pytest.approx(pair["base"]["margin"], abs=1e-5)
-    args = evaluate.EvalArguments(output_dir="unused", max_new_tokens=5, temperature=0.0, batch_size=4)
-    generation = evaluate.generation_quality(loaded, pairs, args, recipe={})
-    assert generation["tuned_vs_base"]["tie"]["mean"] == 1.0
-    assert all(row["base"]["answer"] == row["tuned"]["answer"] for row in generation["rows"])
+    assert preference["test"]["p_value"] == 1.0
+    settings = GenerationSettings(max_new_tokens=4, temperature=1.0, seed=3)
+    answers = answering.generate_answers(loaded, pairs, settings, k=2, batch_size=4)
+    assert [[a.text for a in row] for row in answers["base"]] == [
+        [a.text for a in row] for row in answers["tuned"]
+    ]
 
 
 def test_pairs_from_trees_the_adapter_was_trained_on_are_left_out(setup, tmp_path, capsys):
@@ -284,27 +326,15 @@ def test_pairs_from_trees_the_adapter_was_trained_on_are_left_out(setup, tmp_pat
     trained = [pair["tree_id"] for pair in setup["pairs"][:-2]]
     (adapter / "training_info.json").write_text(json.dumps({"train_tree_ids": trained}))
     out = tmp_path / "eval"
-    args = [
-        "--adapter",
-        str(adapter),
-        "--pairs",
-        str(setup["pairs_file"]),
-        "--output-dir",
-        str(out),
-        "--max-new-tokens",
-        "2",
-        "--temperature",
-        "0",
-        "--samples",
-        "1",
-    ]
+    args = ["--adapter", str(adapter), "--pairs", str(setup["pairs_file"]), "--output-dir", str(out),
+            "--max-new-tokens", "2", "--num-generations", "1", "--samples", "1"]  # fmt: skip
     assert evaluate.main(args) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["pairs"]["n"] == 2 and report["pairs"]["left_out_trained_trees"] == len(trained)
-    assert {p["prompt_id"] for p in report["preference"]["pairs"]} == {
-        p["prompt_id"] for p in setup["pairs"][-2:]
+    assert {p["parent_id"] for p in report["preference"]["pairs"]} == {
+        p["parent_id"] for p in setup["pairs"][-2:]
     }
-    assert f"left out: {len(trained)} pairs" in (out / "report.md").read_text()
+    assert f"{len(trained)} such pairs were left out" in (out / "report.md").read_text()
 
     everything = [pair["tree_id"] for pair in setup["pairs"]]
     (adapter / "training_info.json").write_text(json.dumps({"train_tree_ids": everything}))
@@ -317,100 +347,58 @@ def test_pairs_from_trees_the_adapter_was_trained_on_are_left_out(setup, tmp_pat
     assert not (tmp_path / "none").exists()
 
 
-def test_reward_weights_from_recipe_else_training_default():
-    assert evaluate.reward_setup({"reward_funcs": ["not_empty", "concision"]}) == (
-        ["not_empty", "concision"],
-        [1.0, 1.0],
-        "recipe.yaml, equal weights",
-    )
-    names, weights, source = evaluate.reward_setup({})
-    from train.config import TrainArguments
+def test_a_stale_report_stays_out_of_the_card(setup, evaluated, tmp_path):
+    """Re-training into a folder with an old eval/ must not publish the old numbers."""
+    from model_card import report_matches
 
-    assert names == TrainArguments().reward_funcs and weights == [1.0] * len(names)
-    with pytest.raises(evaluate.EvalError, match="2 reward_weights for 1 reward_funcs"):
-        evaluate.reward_setup({"reward_funcs": ["not_empty"], "reward_weights": [1, 2]})
+    folder = tmp_path / "run"
+    shutil.copytree(setup["adapter"], folder)  # with the eval/ the evaluated fixture wrote into it
+    assert report_matches(folder)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\1")  # other weights: a new training run
+    assert not report_matches(folder)
 
 
 def test_sample_selection_is_a_fixed_rule():
     pairs = [
-        {
-            "prompt": f"question {k}",
-            "chosen": "a",
-            "rejected": "b",
-            "prompt_id": f"id-{k}",
-            "chosen_id": f"c{k}",
-            "rejected_id": f"r{k}",
-        }
+        {"prompt": f"question {k}", "chosen": "a", "rejected": "b", "parent_id": f"id-{k}", "chosen_id": f"c{k}",
+         "rejected_id": f"r{k}"}
         for k in range(30)
-    ]
+    ]  # fmt: skip
     pairs.append({**pairs[3], "chosen_id": "other", "rejected_id": "other-r"})  # a second pair of prompt 3
-    by_hash = sorted({p["prompt_id"] for p in pairs}, key=lambda i: hashlib.sha256(i.encode()).hexdigest())
-    picked = [p["prompt_id"] for p in evaluate.pick_samples(pairs, 5)]
+    by_hash = sorted({p["parent_id"] for p in pairs}, key=lambda i: hashlib.sha256(i.encode()).hexdigest())
+    picked = [p["parent_id"] for p in pick_samples(pairs, 5)]
     assert picked == by_hash[:5]
     shuffled = pairs[:]
     random.Random(1).shuffle(shuffled)
-    assert [p["prompt_id"] for p in evaluate.pick_samples(shuffled, 5)] == picked
-    assert [p["prompt_id"] for p in evaluate.pick_samples(shuffled, 3)] == picked[:3]
-    assert evaluate.order_pairs(shuffled) == evaluate.order_pairs(pairs)
+    assert [p["parent_id"] for p in pick_samples(shuffled, 5)] == picked
+    assert [p["parent_id"] for p in pick_samples(shuffled, 3)] == picked[:3]
+    assert order_pairs(shuffled) == order_pairs(pairs)
 
 
-def test_bootstrap():
-    values = [1.0, 0.0, 1.0, 1.0, float("nan"), 0.0, 1.0]
-    estimate = evaluate.bootstrap(values, seed=3)
-    assert estimate["n"] == 6 and estimate["mean"] == pytest.approx(4 / 6)
-    assert 0 <= estimate["ci95"][0] < estimate["mean"] < estimate["ci95"][1] <= 1
-    assert evaluate.bootstrap(values, seed=3) == estimate
-    assert evaluate.bootstrap([2.0] * 5, seed=0) == {"mean": 2.0, "ci95": [2.0, 2.0], "n": 5}
-    assert evaluate.bootstrap([], seed=0)["n"] == 0
-
-
-def vote(vote: str, left_is: str) -> dict:
-    right_is = "base" if left_is == "tuned" else "tuned"
-    return {
-        "time": "2025-01-01T00:00:00",
-        "prompt": "hi",
-        "vote": vote,
-        "left_is": left_is,
-        "left": {"model": left_is, "answer": "x"},
-        "right": {"model": right_is, "answer": "y"},
-        "settings": {"temperature": 0.7},
-    }
-
-
-def test_votes_summary(tmp_path, capsys):
-    # Tuned wins 6 (left tuned voted left, or left base voted right), ties 1, loses 3.
-    votes = (
-        [vote("left", "tuned")] * 4
-        + [vote("right", "base")] * 2
-        + [vote("tie", "base")]
-        + [vote("right", "tuned")] * 2
-        + [vote("left", "base")]
-    )
-    votes_file = write_jsonl(tmp_path / "votes.jsonl", votes)
+def test_votes_give_the_leaderboard(tmp_path, capsys):
+    votes = [
+        {
+            "type": "vote",
+            "id": str(i),
+            "mode": "anonymous",
+            "model_a": "tuned",
+            "model_b": "base",
+            "winner": w,
+        }
+        for i, w in enumerate(["a"] * 6 + ["b"] * 2 + ["tie"])
+    ]
     out = tmp_path / "report"
-    (out).mkdir()
-    (out / "report.json").write_text("{}")
-    (out / "stale.png").write_bytes(b"old")  # an earlier report's file: the new report replaces the folder
-
-    assert evaluate.main(["--votes", str(votes_file), "--output-dir", str(out)]) == 0
-    report = json.loads((out / "report.json").read_text())["votes"]
-    assert report["n"] == 10
-    assert report["counts"] == {"win": 6, "tie": 1, "loss": 3}
-    assert [report[o]["mean"] for o in ("win", "tie", "loss")] == pytest.approx([0.6, 0.1, 0.3])
-    for o in ("win", "tie", "loss"):
-        assert report[o]["ci95"][0] <= report[o]["mean"] <= report[o]["ci95"][1]
-        assert report[o]["n"] == 10
-    assert "| share | 10 | 60% [" in (out / "report.md").read_text()
-    assert not (out / "stale.png").exists()
-    assert "votes (n=10)" in capsys.readouterr().out
-
-    # A bad line: a one-line error naming it, and the report already there stays as it was.
-    before = (out / "report.json").read_bytes()
-    write_jsonl(votes_file, votes[:2] + [{"vote": "maybe", "left_is": "base"}])
-    assert evaluate.main(["--votes", str(votes_file), "--output-dir", str(out)]) == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and f"{votes_file}:3" in error and "'vote'" in error
-    assert (out / "report.json").read_bytes() == before
+    assert (
+        evaluate.main(
+            ["--votes", str(write_jsonl(tmp_path / "votes.jsonl", votes)), "--output-dir", str(out)]
+        )
+        == 0
+    )
+    board = json.loads((out / "report.json").read_text())["leaderboard"]
+    ratings = {m["model"]: m for m in board["models"]}
+    assert ratings["tuned"]["rating"] > ratings["base"]["rating"]
+    assert "tuned" in (out / "leaderboard.md").read_text()
 
 
 @pytest.mark.parametrize(

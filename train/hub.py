@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from model_card import CardError, render_card, write_card
+from model_card import CardError, render_card, report_matches, write_card
 
 # What a reader of the repo needs; trainer checkpoints, optimizer states and the pairs stay home.
 ALLOW_PATTERNS = [
@@ -89,7 +89,8 @@ def push_to_hub(
             repo_id=repo_id,
             folder_path=output_dir,
             allow_patterns=ALLOW_PATTERNS,
-            ignore_patterns=IGNORE_PATTERNS,
+            # a report of other weights (an old eval/ after re-training) is never published
+            ignore_patterns=IGNORE_PATTERNS + ([] if report_matches(output_dir) else ["eval/*"]),
             commit_message=commit_message or f"Upload {output_dir.name}: adapter, tokenizer, model card",
         )
     except LocalTokenNotFoundError:

@@ -13,7 +13,8 @@ rewards with ``reward_funcs: [name, ...]`` and weighs them with TRL's ``reward_w
 - ``not_empty``: 1 when the answer has any text.
 - ``concision``: 1 up to the chosen reply's length in words, falling linearly to 0 at twice that.
 - ``reward_model``: the score of a sequence-classification reward model the recipe names
-  (``reward_model_name_or_path``, e.g. OpenAssistant/reward-model-deberta-v3-large-v2).
+  (``reward_model_name_or_path``: OpenAssistant/reward-model-deberta-v3-large-v2, or one trained on the
+  training pairs with ``method: reward``, the classic pairs -> reward model -> policy route).
 """
 
 from __future__ import annotations
@@ -118,46 +119,16 @@ def concision(completions, chosen, **kwargs) -> list[float]:
 # An external reward model (optional)
 
 
-def make_reward_model(name_or_path: str, batch_size: int = 8, device: str | None = None) -> Callable:
-    """A reward function scoring (prompt, answer) with a sequence-classification model's first logit.
+def make_reward_model(name_or_path: str, device: str | None = None) -> Callable:
+    """A reward function scoring (conversation, answer) with a sequence-classification reward model:
+    a Hub id or folder, or a reward LoRA trained by ``python -m train`` with ``method: reward``."""
+    from train.scorer import scorer
 
-    A tokenizer with a chat template gets the conversation through it; one without (like Open
-    Assistant's DeBERTa reward models) gets the question and the answer as a text pair, the way those
-    models were trained.
-    """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    model = scorer(name_or_path, device)
 
-    from assistant.models import resolve_base
-
-    path = resolve_base(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config.pad_token_id = tokenizer.pad_token_id
-
-    @torch.inference_mode()
     def reward_model(prompts, completions, **kwargs) -> list[float]:
-        questions = [prompt_text(p) for p in prompts]
-        answers = [answer(c) for c in completions]
-        scores: list[float] = []
-        for start in range(0, len(answers), batch_size):
-            q, a = questions[start : start + batch_size], answers[start : start + batch_size]
-            if tokenizer.chat_template:
-                texts = [
-                    tokenizer.apply_chat_template(
-                        [{"role": "user", "content": x}, {"role": "assistant", "content": y}], tokenize=False
-                    )
-                    for x, y in zip(q, a, strict=False)
-                ]
-                batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-            else:
-                batch = tokenizer(q, a, padding=True, truncation=True, return_tensors="pt")
-            logits = model(**batch.to(device)).logits
-            scores.extend(logits[:, 0].float().cpu().tolist())
-        return scores
+        conversations = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
+        return model.score(conversations, [answer(c) for c in completions])
 
     return reward_model
 

@@ -1,0 +1,137 @@
+"""The method study: which way of tuning SmolLM2-135M-Instruct on Open Assistant preferences helps?
+
+    python -m study.run                      # everything: data, judge, every candidate, the table
+    python -m study.run --only dpo           # one candidate (trained and evaluated), then the table
+    python -m study.run --step table         # only re-write the table from the finished runs
+
+Every candidate is a recipe in recipes/study/, trained on the same training pairs (the English Open
+Assistant pairs of the oasst1 validation split and the oasst2 sample, at every depth) and evaluated by
+``python -m train.evaluate`` on the same held-out pairs (25% of trees by id hash: no tree shared with
+training), with the same judge (recipes/judge-hh-rlhf.yaml, trained on HH-RLHF only) and the same
+generation settings. Finished steps are skipped, so a killed study resumes. Results: study/results.json,
+study/README.md (the table) and study/plots/; adapters and reports in outputs/study/<name>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+SOURCES = [SHARED / "oasst1-validation-en.jsonl", SHARED / "oasst2_sample.trees.jsonl"]
+DATA = Path("data/study")
+EVAL_FRACTION = 0.25  # >= 100 held-out pairs (145), none from a training tree
+JUDGE = Path("demo/judge-hh-rlhf")
+RUNS = Path("outputs/study")
+RESULTS = Path("study")
+# Policies, in the table's order; reward-model-oasst is the reward model grpo-reward-model needs.
+CANDIDATES = ("grpo-baseline", "grpo-tuned", "grpo-reward-model", "dpo")
+NEEDS = {"grpo-reward-model": "reward-model-oasst"}
+EVAL_OPTIONS = [
+    "--num-generations",
+    "3",
+    "--max-new-tokens",
+    "64",
+    "--temperature",
+    "0.7",
+    "--batch-size",
+    "16",
+]
+
+
+def sh(command: list[str]) -> dict:
+    """Run a command to the end; its wall-clock and its peak resident memory (from the kernel)."""
+    print("+", " ".join(command), flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"error: {' '.join(command)} failed (exit {os.waitstatus_to_exitcode(status)})")
+    return {"wall_s": round(time.perf_counter() - start, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+
+
+def build_data() -> None:
+    if (ROOT / DATA / "stats.json").exists():
+        return
+    sh([sys.executable, "-m", "train.data", "--source", *map(str, SOURCES), "--depth", "all",
+        "--eval_fraction", str(EVAL_FRACTION), "--output-dir", str(DATA)])  # fmt: skip
+
+
+def train(name: str, recipe: Path, output: Path) -> None:
+    if (ROOT / output / "training_info.json").exists():
+        return
+    usage = sh([sys.executable, "-m", "train", "--config", str(recipe)])
+    (ROOT / output / "run.json").write_text(json.dumps(usage, indent=2) + "\n")
+
+
+def evaluate(name: str) -> None:
+    from model_card import report_matches
+
+    if report_matches(ROOT / RUNS / name):
+        return
+    sh([sys.executable, "-m", "train.evaluate", "--adapter", str(RUNS / name), "--pairs", str(DATA / "eval.jsonl"),
+        "--judge", str(JUDGE), *EVAL_OPTIONS, "--output-dir", str(RUNS / name / "eval")])  # fmt: skip
+
+
+def check_reward_models() -> dict:
+    """Held-out accuracy of the judge (on HH-RLHF and on the Open Assistant pairs) and of the study's
+    own reward model (Open Assistant): how much each can be trusted."""
+    from train.data import load_pairs
+    from train.evaluate.answers import judge_accuracy
+    from train.scorer import Scorer
+
+    path = ROOT / RESULTS / "reward_models.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    held_out = load_pairs(ROOT / DATA / "eval.jsonl")
+    checks = {}
+    for name, folder in (("judge-hh-rlhf", JUDGE), ("reward-model-oasst", RUNS / "reward-model-oasst")):
+        if not (ROOT / folder / "adapter_config.json").exists():
+            continue
+        scorer = Scorer(str(ROOT / folder))
+        checks[name] = {"open_assistant_held_out": judge_accuracy(scorer, held_out)}
+        if name == "judge-hh-rlhf":
+            checks[name]["hh_rlhf_held_out"] = judge_accuracy(
+                scorer, load_pairs(ROOT / "data/hh-rlhf/eval.jsonl")[:300]
+            )
+    path.write_text(json.dumps(checks, indent=2) + "\n")
+    return checks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
+    recipes = sorted(p.stem for p in (ROOT / "recipes/study").glob("*.yaml"))
+    parser.add_argument(
+        "--only", choices=recipes, action="append", help="recipes to run, in order (default: all)"
+    )
+    parser.add_argument("--step", choices=("all", "train", "evaluate", "table"), default="all")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    names = args.only or list(CANDIDATES)
+    if args.step in ("all", "train"):
+        build_data()
+        for name in names:
+            if name in NEEDS:
+                train(NEEDS[name], Path(f"recipes/study/{NEEDS[name]}.yaml"), RUNS / NEEDS[name])
+            train(name, Path(f"recipes/study/{name}.yaml"), RUNS / name)
+    if args.step in ("all", "evaluate"):
+        train("judge-hh-rlhf", Path("recipes/judge-hh-rlhf.yaml"), JUDGE)
+        for name in names:
+            if name in CANDIDATES:
+                evaluate(name)
+    if args.step in ("all", "table"):
+        from study.table import write_table
+
+        write_table(CANDIDATES, RUNS, RESULTS, check_reward_models())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

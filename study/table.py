@@ -1,0 +1,169 @@
+"""The study's table and plot, written from the finished runs' own files (report.json of
+``python -m train.evaluate``, training_info.json of ``python -m train``, run.json of ``study.run``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from train.evaluate.stats import fmt, fmt_p
+
+OBJECTIVE = {
+    "grpo": "reward",
+    "dpo": "rewards/margins",
+}  # what each method's training log calls its objective
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def row(name: str, runs: Path) -> dict | None:
+    report = _read(runs / name / "eval" / "report.json")
+    if "preference" not in report:
+        return None
+    info, usage = _read(runs / name / "training_info.json"), _read(runs / name / "run.json")
+    p, j, a = report["preference"], report.get("judge_verdicts") or {}, report["answers"]
+    method = info.get("method", "?")
+    trend = (info.get("trends") or {}).get(OBJECTIVE.get(method, ""), {})
+    return {
+        "name": name,
+        "method": method,
+        "adapter_sha256": report["adapter"]["sha256"],
+        "pairs": p["n"],
+        "preference": {
+            "base": p["base"]["accuracy"],
+            "tuned": p["tuned"]["accuracy"],
+            "difference": p["tuned_minus_base"]["accuracy"],
+            "test": p["test"],
+        },
+        "judge": {"per_prompt": j.get("per_prompt"), "difference": j.get("tuned_minus_base")},
+        "objective": {
+            "name": OBJECTIVE.get(method),
+            "first_tenth": trend.get("first_tenth_mean"),
+            "last_tenth": trend.get("last_tenth_mean"),
+        },
+        "answer_tokens": {side: a[side]["answer_tokens"] for side in ("base", "tuned")},
+        "ended_properly": {side: a[side]["ended_properly"] for side in ("base", "tuned")},
+        "train_runtime_s": info.get("train_runtime_s"),
+        "steps": info.get("global_step"),
+        "peak_rss_mb": usage.get("peak_rss_mb"),
+    }
+
+
+def _cells(r: dict) -> list[str]:
+    p, j = r["preference"], r["judge"]["per_prompt"]
+    objective = r["objective"]
+    trained = (
+        f"{objective['name']} {objective['first_tenth']:.3f} → {objective['last_tenth']:.3f}"
+        if objective["first_tenth"] is not None
+        else "n/a"
+    )
+    return [
+        f"`{r['name']}`",
+        f"{fmt(p['base'], percent=True)} → {fmt(p['tuned'], percent=True)}",
+        f"+{p['test']['better']} / −{p['test']['worse']}, p = {fmt_p(p['test']['p_value'])}",
+        fmt(j["win"], percent=True) if j else "n/a",
+        f"+{j['test']['better']} / −{j['test']['worse']}, p = {fmt_p(j['test']['p_value'])}" if j else "n/a",
+        trained,
+        f"{r['answer_tokens']['base']['mean']:.0f} → {r['answer_tokens']['tuned']['mean']:.0f}",
+        f"{100 * r['ended_properly']['base']['mean']:.0f}% → {100 * r['ended_properly']['tuned']['mean']:.0f}%",
+        f"{r['train_runtime_s'] / 60:.0f} min, {r['steps']} steps" if r["train_runtime_s"] else "n/a",
+        f"{r['peak_rss_mb'] / 1024:.1f} GB" if r["peak_rss_mb"] else "n/a",
+    ]
+
+
+HEADER = [
+    "candidate",
+    "preference accuracy, base → tuned",
+    "pairs flipped right / wrong, McNemar",
+    "judge: tuned wins (per prompt)",
+    "judge: prompts better / worse, sign test",
+    "training objective, first → last tenth",
+    "answer tokens",
+    "ended by itself",
+    "training time",
+    "peak memory",
+]
+
+
+def table_markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.6 * len(rows) + 1.8), sharey=True)
+    names = [r["name"] for r in rows]
+    for y, r in enumerate(rows):
+        d = r["preference"]["difference"]
+        left.errorbar(
+            d["mean"], y, xerr=[[d["mean"] - d["ci95"][0]], [d["ci95"][1] - d["mean"]]], fmt="o", capsize=4
+        )
+        j = r["judge"]["per_prompt"]
+        if j:
+            w = j["win"]
+            right.errorbar(
+                w["rate"],
+                y,
+                xerr=[[w["rate"] - w["ci95"][0]], [w["ci95"][1] - w["rate"]]],
+                fmt="o",
+                capsize=4,
+            )
+    left.axvline(0, color="black", linewidth=0.8)
+    right.axvline(0.5, color="black", linewidth=0.8)
+    left.set_yticks(range(len(names)), names)
+    left.set_xlabel("preference accuracy: tuned − base (95% BCa)")
+    right.set_xlabel("judge: share of prompts where tuned wins (95% Wilson)")
+    left.invert_yaxis()
+    fig.suptitle(f"Method study on {rows[0]['pairs']} held-out Open Assistant pairs")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_table(candidates, runs: Path, results: Path, reward_models: dict) -> list[dict]:
+    from assistant.atomic import write_text
+
+    rows = [r for r in (row(name, runs) for name in candidates) if r]
+    write_text(
+        results / "results.json",
+        json.dumps({"candidates": rows, "reward_models": reward_models}, indent=2) + "\n",
+    )
+    if not rows:
+        return rows
+    plot(rows, results / "plots" / "study.png")
+    checks = [
+        f"- `{name}`: "
+        + "; ".join(
+            f"{where.replace('_', ' ')} {fmt(rate, percent=True)} (n = {rate['n']})"
+            for where, rate in c.items()
+        )
+        for name, c in reward_models.items()
+    ]
+    text = "\n".join(
+        [
+            "# Method study: results",
+            "",
+            "Written by `python -m study.run` from the runs' own files (`results.json` has every figure).",
+            f"{rows[0]['pairs']} held-out pairs, none from a training tree; rates with Wilson 95% intervals; "
+            "paired exact tests of tuned against base on the same pairs / prompts.",
+            "",
+            table_markdown(rows),
+            "![Study](plots/study.png)",
+            "",
+            "Held-out accuracy of the reward models (how often each prefers the human-chosen reply):",
+            "",
+            *checks,
+            "",
+        ]
+    )
+    write_text(results / "README.md", text)
+    return rows

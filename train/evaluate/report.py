@@ -1,0 +1,60 @@
+"""report.md and samples.md, rendered from report.json (report_template.md, like the model card's)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from train.evaluate.stats import fmt, fmt_p
+
+TEMPLATE = Path(__file__).with_name("report_template.md")
+SMALL_SAMPLE = 30  # below this many pairs the report says its intervals are not to be trusted
+
+
+def render_report(report: dict) -> str:
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    env.filters.update(
+        pct=lambda e: fmt(e, percent=True), num=lambda e, digits=2: fmt(e, digits), pvalue=fmt_p
+    )
+    text = env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(
+        r=report,
+        p=report["preference"],
+        j=report.get("judge_verdicts"),
+        a=report.get("answers"),
+        t=report.get("training_objective"),
+        small_sample=SMALL_SAMPLE,
+    )
+    return text.rstrip() + "\n"
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n\n".join(f"**{m['role']}:** {m['content']}" for m in prompt)
+
+
+def render_samples(report: dict) -> str:
+    """samples.md: each sample's prompt, then the base and tuned answers side by side (an HTML table)."""
+    lines = [
+        "### Side-by-side samples",
+        "",
+        f"Base `{report['adapter']['base']['id']}` and tuned (+ `{report['adapter']['name']}`), the first "
+        "answer of each (same seed and settings); the first held-out prompts in sha256 order.",
+        "",
+    ]
+    cell = lambda text: html.escape(text or "(empty)").replace("\n", "<br>")  # noqa: E731
+    for index, sample in enumerate(report["samples"], 1):
+        judged = "" if sample.get("judge") is None else " (judge {:.2f})"
+        lines += [
+            f"#### Sample {index}",
+            "",
+            "> " + "\n> ".join(_prompt_text(sample["prompt"]).splitlines() or [""]),
+            "",
+            f"<table><tr><th>Base{judged.format(sample['judge']['base']) if judged else ''}</th>"
+            f"<th>Tuned{judged.format(sample['judge']['tuned']) if judged else ''}</th></tr>",
+            f'<tr><td valign="top">{cell(sample["base"])}</td><td valign="top">{cell(sample["tuned"])}</td></tr></table>',
+            "",
+        ]
+    return "\n".join(lines)

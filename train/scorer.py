@@ -1,0 +1,82 @@
+"""Score answers with a sequence-classification reward model: GRPO's ``reward_model`` reward and the
+evaluation's judge are both this.
+
+A model is a Hub id or a folder of a full model, or an adapter folder written by
+``python -m train`` with ``method: reward`` (a LoRA and a score head over a base it names). A tokenizer
+with a chat template gets the whole conversation through it, as the reward models of this project
+were trained; one without (Open Assistant's DeBERTa reward models) gets the last question and the
+answer as a text pair, the way those models were trained.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import torch
+
+
+class Scorer:
+    def __init__(
+        self, name_or_path: str, device: str | None = None, batch_size: int = 8, max_length: int = 1024
+    ):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from assistant.models import resolve_base
+
+        self.name = name_or_path
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size, self.max_length = batch_size, max_length
+        config = Path(name_or_path) / "adapter_config.json"
+        if config.is_file():  # a reward LoRA from python -m train: its base, then the adapter on it
+            from peft import PeftModel
+
+            base = json.loads(config.read_text())["base_model_name_or_path"]
+            model = AutoModelForSequenceClassification.from_pretrained(resolve_base(base), num_labels=1)
+            model = PeftModel.from_pretrained(model, name_or_path)
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        else:
+            path = resolve_base(name_or_path)
+            model = AutoModelForSequenceClassification.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"  # the score head finds the last token by the pad id
+        model.config.pad_token_id = tokenizer.pad_token_id
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+
+    def _batch(self, conversations: list[list[dict]], answers: list[str]):
+        if self.tokenizer.chat_template:
+            texts = [
+                self.tokenizer.apply_chat_template(c + [{"role": "assistant", "content": a}], tokenize=False)
+                for c, a in zip(conversations, answers, strict=True)
+            ]
+            return self.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt",
+                add_special_tokens=False,
+            )  # fmt: skip
+        questions = [
+            next((m["content"] for m in reversed(c) if m["role"] == "user"), "") for c in conversations
+        ]
+        return self.tokenizer(
+            questions, answers, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+
+    @torch.inference_mode()
+    def score(self, conversations: list[list[dict]], answers: list[str]) -> list[float]:
+        """One score per (conversation so far, answer): the model's first logit."""
+        scores: list[float] = []
+        for start in range(0, len(answers), self.batch_size):
+            batch = self._batch(
+                conversations[start : start + self.batch_size], answers[start : start + self.batch_size]
+            )
+            scores += self.model(**batch.to(self.device)).logits[:, 0].float().cpu().tolist()
+        return scores
+
+
+@functools.cache
+def scorer(name_or_path: str, device: str | None = None) -> Scorer:
+    """One loaded copy per process (GRPO calls its reward every step)."""
+    return Scorer(name_or_path, device)
