@@ -1,7 +1,9 @@
 """python -m train on the tiny random Phi model: recipes, LoRA targets, GRPO and DPO steps, outputs, resume.
 
 The training runs start from the real Phi-2 recipes with overrides for the tiny model, so the recipe
-logic (4-bit and bf16 switched off on a CPU, Phi-2's target modules) is what runs.
+logic (4-bit and bf16 switched off on a CPU, Phi-2's target modules) is what runs. Nothing here asserts
+the devices of the machine it runs on: the runs ask for the CPU (use_cpu), and the choices that depend
+on a GPU are tested by simulating one with and without bf16.
 """
 
 import json
@@ -44,7 +46,20 @@ def tiny_overrides(tiny_phi_dir, pairs_file, output_dir, max_steps=2):
         "1e-3",
         "--gradient_accumulation_steps",
         "1",
+        "--use_cpu",
+        "true",
     ]
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def simulate_gpu(monkeypatch, bf16: bool):
+    """After parsing (TrainingArguments would set a device up): a CUDA machine, with or without bf16."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
 
 
 GRPO_SMALL = [
@@ -88,12 +103,12 @@ def lora_count(model, targets, r):
         ("cpu-demo", "GRPOConfig", "grpo"),
     ],
 )
-def test_recipes_parse(name, config_class, method):
+def test_recipes_parse(name, config_class, method, no_gpu):
     parsed = parse_args(["--config", str(RECIPES / f"{name}.yaml")])
     assert type(parsed.training).__name__ == config_class
     assert parsed.train.method == method
     assert parsed.model.use_peft and parsed.model.lora_r == 16 and parsed.model.lora_alpha == 32
-    assert parsed.training.bf16 is False  # this machine has no GPU: switched off before TRL sees it
+    assert parsed.training.bf16 is False  # no GPU: switched off before TrainingArguments refuses it
     if name.startswith("phi2"):
         model, training = parsed.model, parsed.training
         assert model.model_name_or_path == "microsoft/phi-2"
@@ -125,7 +140,7 @@ def test_bad_recipe_is_one_line_error(tmp_path, capsys):
     assert "missing.yaml" in capsys.readouterr().err
 
 
-def test_one_recipe_adapts_to_a_cpu():
+def test_one_recipe_adapts_to_a_cpu(no_gpu):
     from train.train import adapt_to_device
 
     parsed = parse_args(["--config", str(RECIPES / "phi2-grpo-qlora.yaml")])
@@ -138,6 +153,29 @@ def test_one_recipe_adapts_to_a_cpu():
     parsed = parse_args(["--config", str(RECIPES / "phi2-grpo-qlora.yaml"), "--quantize_on_cpu", "true"])
     _, precision, _ = adapt_to_device(parsed.train, parsed.training, parsed.model, parsed.mixed_precision)
     assert parsed.model.load_in_4bit and precision == "4-bit NF4 base, float32 compute"
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_one_recipe_adapts_to_a_gpu(bf16, monkeypatch):
+    """With CUDA the recipe runs as written: 4-bit NF4 base, bf16; a GPU without bf16 (a T4) gets fp16."""
+    from train.train import adapt_to_device, mixed_precision_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    parsed = parse_args(["--config", str(RECIPES / "phi2-grpo-qlora.yaml")])
+    simulate_gpu(monkeypatch, bf16)
+    parsed.training.bf16, parsed.training.fp16 = mixed_precision_for(parsed.mixed_precision)
+    device, precision, notes = adapt_to_device(
+        parsed.train, parsed.training, parsed.model, parsed.mixed_precision
+    )
+    assert device == "cuda" and parsed.model.load_in_4bit
+    if bf16:
+        assert (parsed.training.bf16, parsed.training.fp16, notes) == (True, False, [])
+        assert precision == "4-bit NF4 base, bfloat16 compute"
+    else:
+        assert (parsed.training.bf16, parsed.training.fp16) == (False, True)
+        assert precision == "4-bit NF4 base, float16 compute" and "fp16" in notes[0]
+    # use_cpu asks for the CPU path on a GPU machine too
+    assert mixed_precision_for("bf16", use_cpu=True) == (False, False)
 
 
 def test_target_modules_that_match_nothing_are_an_error(tiny_phi_dir):
@@ -294,7 +332,8 @@ def test_rerun_resumes_from_the_last_checkpoint(grpo_run, tmp_path):
     records = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
     # One record per step, nothing lost or doubled (train() summaries are separate records).
     assert [r["step"] for r in records if "reward" in r] == [1, 2, 3]
-    assert [r["step"] for r in records if "train_runtime" in r] == [2, 3]
+    # The file follows the log_history restored from checkpoint-2, saved before the first run's summary.
+    assert [r["step"] for r in records if "train_runtime" in r] == [3]
 
 
 def test_dpo_steps_on_pairs_built_from_the_real_sample(tmp_path, tiny_phi_dir, sample_path):

@@ -1,21 +1,28 @@
-"""Write every logging step's metrics (TRL's logs) to OUTPUT_DIR/metrics.jsonl, one JSON object a line."""
+"""Write every logging step's metrics (TRL's logs) to OUTPUT_DIR/metrics.jsonl, one JSON object a line.
+
+The file follows the Trainer's own ``log_history``: on a resume the Trainer restores it from the
+checkpoint's ``trainer_state.json``, so the file is rewritten from it and holds exactly the steps the
+resumed run continues from. Whatever the killed run logged after that checkpoint (a line cut by the
+kill included) goes, and every step appears once.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl; a last line without its newline was cut by a kill and is left out."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().split("\n")[:-1]  # the piece after the last newline is never a whole line
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def _clean(value):
@@ -25,6 +32,13 @@ def _clean(value):
     return value
 
 
+def _record(step: int, logs: dict) -> str:
+    return (
+        json.dumps({"step": step, "epoch": logs.get("epoch"), **{k: _clean(v) for k, v in logs.items()}})
+        + "\n"
+    )
+
+
 class MetricsJsonlCallback(TrainerCallback):
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -32,20 +46,14 @@ class MetricsJsonlCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        # A resumed run starts again at the checkpoint's step: drop what the killed run logged after it,
-        # so the file holds one record per step. Rewritten atomically.
-        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= state.global_step]
+        from train.outputs import write_atomic
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".metrics.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(_record(r["step"], r) for r in state.log_history))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        record = {"step": state.global_step, "epoch": state.epoch, **{k: _clean(v) for k, v in logs.items()}}
         # Appending one line at a time: a kill loses at most the line being written.
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(_record(state.global_step, logs))

@@ -11,25 +11,28 @@ metrics.jsonl, plots) and our model card, and push when asked.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import fields
-from enum import Enum
 from pathlib import Path
 from typing import NamedTuple
 
-from train.config import MethodArguments, TrainArguments
-
-
-class ConfigError(ValueError):
-    """The recipe or the command line asks for something that cannot work; the message says what."""
-
+from train import outputs
+from train.config import (
+    ConfigError,
+    GroupArguments,
+    MethodArguments,
+    TrainArguments,
+    check_group_sizes,
+    check_keys,
+    check_pairs,
+    check_rewards,
+    check_values,
+    lists_of_one,
+)
+from train.outputs import metric_trends  # noqa: F401  (tests/_helpers_card imports it from here)
 
 # ----------------------------------------------------------------------------------------------
 # Parsing
@@ -37,69 +40,113 @@ class ConfigError(ValueError):
 
 class Parsed(NamedTuple):
     train: TrainArguments
-    training: object  # trl.GRPOConfig or trl.DPOConfig
+    training: object  # trl.GRPOConfig, trl.DPOConfig or trl.RewardConfig
     model: object  # trl.ModelConfig
     keys: list[str]  # keys set by the recipe file and the command line, in order
-    mixed_precision: str | None  # "bf16"/"fp16" as asked for, before a CPU switched it off
+    mixed_precision: str | None  # "bf16"/"fp16" as asked for, before the machine changed it
 
 
 def parse_args(argv: list[str] | None = None) -> Parsed:
-    """Our arguments and TRL's from a recipe file and ``--key value`` overrides.
+    """Our arguments and TRL's from a recipe file and ``--key value`` overrides, checked.
 
     The method decides which TRL config class the recipe's keys belong to, so a first TrlParser pass
-    reads only ``method`` (and the mixed precision asked for); the second parses everything and
-    rejects keys no class knows. Without CUDA, bf16/fp16 are overridden to false before the second
-    pass: TrainingArguments refuses them there, and bf16 autocast on a CPU is ~5x slower anyway.
+    reads only ``method``, the mixed precision asked for and GRPO's batch sizes; then every key and
+    value is checked (train.config) and the second pass parses everything. The machine's precision is
+    decided before the second pass: TrainingArguments refuses bf16 without CUDA, and fp16 where a GPU
+    has no bf16.
     """
-    import torch
-    from trl import DPOConfig, GRPOConfig, ModelConfig, RewardConfig, TrlParser
+    import yaml
+    from trl import DPOConfig, GRPOConfig, ModelConfig, RewardConfig
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    first, _ = TrlParser(MethodArguments, add_help=False, prog="python -m train").parse_args_and_config(
+    recipe, where = {}, "the recipe"
+    if "--config" in argv:
+        where = argv[argv.index("--config") + 1]
+        with open(where) as f:
+            recipe = yaml.safe_load(f)
+        if not isinstance(recipe, dict):
+            raise ConfigError(f"{where} must hold one YAML mapping of key: value lines")
+    check_values(recipe, (MethodArguments, GroupArguments), where)
+    first, group, _ = _parser((MethodArguments, GroupArguments), add_help=False).parse_args_and_config(
         argv, return_remaining_strings=True
     )
     config_class = {"grpo": GRPOConfig, "dpo": DPOConfig, "reward": RewardConfig}[first.method]
+    classes = (TrainArguments, config_class, ModelConfig)
+    recipe_keys, command_line_keys = [k for k in recipe if k != "env"], _command_line_keys(argv, classes)
+    check_keys(recipe_keys, classes, where)
+    check_keys(command_line_keys, classes, "the command line")
+    check_values(recipe, classes, where)
+    if first.method == "grpo":
+        defaults = {f.name: f.default for f in fields(GRPOConfig)}
+        check_group_sizes(group, defaults, int(os.environ.get("WORLD_SIZE", "1")))
     # TRL turns bf16 on when neither is set.
     asked = (
         "fp16" if first.fp16 else "bf16" if first.bf16 or (first.bf16 is None and not first.fp16) else None
     )
-    keys = _explicit_keys(argv)
-    if not torch.cuda.is_available():
-        argv += ["--bf16", "false", "--fp16", "false"]
-    parser = TrlParser((TrainArguments, config_class, ModelConfig), prog="python -m train")
-    train_args, training_args, model_args = parser.parse_args_and_config(argv)
+    bf16, fp16 = mixed_precision_for(asked, first.use_cpu)
+    argv += ["--bf16", str(bf16).lower(), "--fp16", str(fp16).lower()]
+    train_args, training_args, model_args = _parser(classes).parse_args_and_config(argv)
+    lists_of_one(train_args, training_args, model_args)
+    if train_args.method == "grpo":
+        check_rewards(train_args, training_args.reward_weights)
+    check_pairs(train_args)
+    keys = list(dict.fromkeys(recipe_keys + command_line_keys))
     return Parsed(train_args, training_args, model_args, keys, asked)
 
 
-def _explicit_keys(argv: list[str]) -> list[str]:
-    """Keys the recipe file and the command line set, in that order (for the resolved recipe)."""
-    import yaml
+def _parser(classes, **kwargs):
+    """TRL's parser, with argparse's usage-and-exit on a bad value turned into one ConfigError line."""
+    from trl import TrlParser
 
+    class Parser(TrlParser):
+        def error(self, message):
+            raise ConfigError(f"{message} (python -m train --help lists the options)")
+
+    return Parser(classes, prog="python -m train", **kwargs)
+
+
+def _command_line_keys(argv: list[str], classes) -> list[str]:
+    """The option names given as --key on the command line (``--no_key`` switches a true flag off)."""
+    known = {f.name for cls in classes for f in fields(cls)}
     keys = []
-    if "--config" in argv:
-        with open(argv[argv.index("--config") + 1]) as f:
-            keys += [k for k in yaml.safe_load(f) if k != "env"]
     for token in argv:
         if token.startswith("--") and token != "--config":
             key = token[2:].split("=", 1)[0].replace("-", "_")
-            key = key[3:] if key.startswith("no_") and key not in keys else key
-            keys.append(key)
-    return list(dict.fromkeys(keys))
+            keys.append(key[3:] if key.startswith("no_") and key not in known else key)
+    return keys
 
 
 # ----------------------------------------------------------------------------------------------
 # Adapting one recipe to the machine
 
 
+def mixed_precision_for(asked: str | None, use_cpu: bool = False) -> tuple[bool, bool]:
+    """(bf16, fp16) for this machine: as asked on a GPU that has it, fp16 on a GPU without bf16 (a T4),
+    neither on a CPU (bf16 autocast there is ~5x slower)."""
+    import torch
+
+    if use_cpu or not torch.cuda.is_available():
+        return False, False
+    if asked == "bf16" and not torch.cuda.is_bf16_supported():
+        return False, True
+    return asked == "bf16", asked == "fp16"
+
+
 def adapt_to_device(
     train_args, training_args, model_args, mixed_precision=None
 ) -> tuple[str, str, list[str]]:
-    """GPU: the recipe as written. CPU: fp32 (bf16 autocast is ~5x slower there), 4-bit only if asked."""
+    """GPU: the recipe as written (fp16 for bf16 where the GPU lacks it). CPU: fp32, 4-bit only if asked."""
     import torch
 
     notes = []
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not training_args.use_cpu:
         device = "cuda"
+        if mixed_precision == "bf16" and training_args.fp16:  # mixed_precision_for found no bf16
+            notes.append(
+                "GPU without bf16: fp16 mixed precision instead (Phi-2's attention can overflow in fp16)"
+            )
+            if model_args.dtype == "bfloat16":
+                model_args.dtype = "float16"
     else:
         device = "cpu"
         training_args.bf16 = training_args.fp16 = False  # parse_args has done it already
@@ -116,8 +163,8 @@ def adapt_to_device(
         precision = f"4-bit {model_args.bnb_4bit_quant_type.upper()} base, {compute} compute"
     elif model_args.load_in_8bit:
         precision = "8-bit base"
-    elif training_args.bf16:
-        precision = f"{model_args.dtype or 'auto'} weights, bf16 mixed precision"
+    elif training_args.bf16 or training_args.fp16:
+        precision = f"{model_args.dtype or 'auto'} weights, {'bf16' if training_args.bf16 else 'fp16'} mixed precision"
     else:
         precision = model_args.dtype or "auto"
     return device, precision, notes
@@ -196,13 +243,9 @@ def to_dataset(pairs: list[dict], method: str):
 # Model
 
 
-def load_tokenizer_and_model(
-    model_args, device: str, trust_remote_code: bool = False, load: bool = True, method: str = "grpo"
-):
-    """The tokenizer (with the shared chat template) and the base model, quantized when the recipe says;
-    for a reward model, the base with a one-score head."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-    from trl import get_quantization_config
+def load_tokenizer(model_args, trust_remote_code: bool = False):
+    """The tokenizer (with the shared chat template), and where the base is: (tokenizer, path, revision)."""
+    from transformers import AutoTokenizer
 
     from assistant.models import ModelLoadError, resolve_base
     from assistant.prompt import ensure_chat_template
@@ -211,8 +254,7 @@ def load_tokenizer_and_model(
     if not name:
         raise ConfigError("model_name_or_path is not set: name a Hub model id or a local folder")
     path = resolve_base(name, model_args.model_revision)
-    local = Path(path).is_dir()
-    revision = None if local else model_args.model_revision
+    revision = None if Path(path).is_dir() else model_args.model_revision
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             path, revision=revision, trust_remote_code=trust_remote_code
@@ -221,9 +263,44 @@ def load_tokenizer_and_model(
         raise ModelLoadError(f"cannot load the tokenizer of {name!r}: {str(error).splitlines()[0]}") from None
     ensure_chat_template(tokenizer)
     tokenizer.padding_side = "left"  # generation pads prompts on the left
-    if not load:
-        return tokenizer, None
+    return tokenizer, path, revision
 
+
+def _model_class(method: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    # A reward model is the base with a one-score head.
+    return (
+        (AutoModelForSequenceClassification, {"num_labels": 1})
+        if method == "reward"
+        else (AutoModelForCausalLM, {})
+    )
+
+
+def empty_model(model_args, path, revision, trust_remote_code: bool = False, method: str = "grpo"):
+    """The architecture with no weights (meta device): enough to check LoRA targets before loading."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    model_class, extra = _model_class(method)
+    for key, value in extra.items():
+        setattr(config, key, value)
+    with init_empty_weights():
+        model = model_class.from_config(config, trust_remote_code=trust_remote_code)
+    model.config._name_or_path = model_args.model_name_or_path
+    return model
+
+
+def load_model(
+    model_args, path, revision, tokenizer, device: str, trust_remote_code: bool = False, method="grpo"
+):
+    """The base model, quantized when the recipe says; for a reward model, with a one-score head."""
+    from trl import get_quantization_config
+
+    from assistant.models import ModelLoadError
+
+    name = model_args.model_name_or_path
     kwargs = {
         "revision": revision,
         "dtype": model_args.dtype,
@@ -236,12 +313,9 @@ def load_tokenizer_and_model(
 
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": PartialState().local_process_index if device == "cuda" else "cpu"}
-    if method == "reward":
-        model_class, kwargs["num_labels"] = AutoModelForSequenceClassification, 1
-    else:
-        model_class = AutoModelForCausalLM
+    model_class, extra = _model_class(method)
     try:
-        model = model_class.from_pretrained(path, **kwargs)
+        model = model_class.from_pretrained(path, **kwargs, **extra)
     except OSError as error:
         raise ModelLoadError(f"cannot load base model {name!r}: {str(error).splitlines()[0]}") from None
     if model.config.pad_token_id is None:  # a score head reads the last non-pad token
@@ -249,7 +323,7 @@ def load_tokenizer_and_model(
     # The adapter must name the base by the id the recipe gave, never a local cache path.
     model.config._name_or_path = name
     model.name_or_path = name
-    return tokenizer, model
+    return model
 
 
 def check_target_modules(model, targets) -> list[str] | str | None:
@@ -283,96 +357,6 @@ def check_target_modules(model, targets) -> list[str] | str | None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Outputs
-
-
-def _yaml_value(value):
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, (list, tuple, set)):
-        return [_yaml_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _yaml_value(v) for k, v in value.items()}
-    return value
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; these files are meant to be shared
-    os.replace(tmp, path)
-
-
-def resolved_recipe(keys, requested: dict, *configs) -> str:
-    """The recipe as run: the file's keys and the overrides, with the values used; the rest is default."""
-    import peft
-    import transformers
-    import trl
-    import yaml
-
-    values = {}
-    for config in configs:
-        for f in fields(config):
-            if f.name in keys or f.name in requested:
-                values[f.name] = _yaml_value(requested.get(f.name, getattr(config, f.name)))
-    ordered = {k: values[k] for k in keys if k in values} | values
-    header = (
-        "# The recipe this run used: the recipe file's keys and command-line overrides, with the values\n"
-        "# actually used on this machine. Every other option is the default of "
-        f"trl {trl.__version__}, transformers {transformers.__version__}, peft {peft.__version__}.\n"
-        "# Re-run with: python -m train --config recipe.yaml\n"
-    )
-    return header + yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True)
-
-
-TREND_KEYS = (
-    "reward",
-    "reward_std",
-    "kl",
-    "loss",
-    "completions/mean_length",
-    "completions/clipped_ratio",
-    "rewards/margins",
-    "rewards/accuracies",
-)
-
-
-def metric_trends(metrics: list[dict]) -> dict:
-    """Means over the first and the last tenth of the logged steps, and over each pass through the pairs.
-
-    One logged GRPO step is one or two prompts, so single first/last values mostly say which prompt
-    came up; each pass sees the same prompts, so pass means compare like with like.
-    """
-    steps = [r for r in metrics if "train_runtime" not in r]
-    keys = [k for k in TREND_KEYS if any(k in r for r in steps)]
-    keys += sorted({k for r in steps for k in r if k.startswith("rewards/") and k.endswith("/mean")})
-    tenth = max(1, len(steps) // 10)
-    trends = {}
-    for key in keys:
-        rows = [r for r in steps if isinstance(r.get(key), (int, float))]
-        if not rows:
-            continue
-        passes: dict[int, list[float]] = {}
-        for r in rows:
-            passes.setdefault(math.ceil((r.get("epoch") or 0) - 1e-9), []).append(r[key])
-        trends[key] = {
-            "first_tenth_mean": sum(r[key] for r in rows[:tenth]) / len(rows[:tenth]),
-            "last_tenth_mean": sum(r[key] for r in rows[-tenth:]) / len(rows[-tenth:]),
-            "pass_means": [sum(v) / len(v) for v in passes.values()],
-            "steps_per_tenth": tenth,
-        }
-    return trends
-
-
-def final_metrics(metrics: list[dict]) -> dict:
-    steps = [r for r in metrics if "train_runtime" not in r]
-    summary = next((r for r in reversed(metrics) if "train_runtime" in r), {})
-    last = {k: v for k, v in (steps[-1] if steps else {}).items() if k not in ("step", "epoch")}
-    return {**last, **{k: v for k, v in summary.items() if k not in ("step", "epoch")}}
-
-
-# ----------------------------------------------------------------------------------------------
 # The run
 
 
@@ -395,6 +379,7 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
 
     ``model`` replaces loading ``model_name_or_path`` (the benchmark passes a random Phi-2-sized one).
     """
+    from accelerate import PartialState
     from trl import get_peft_config
 
     train_args, training_args, model_args = parsed.train, parsed.training, parsed.model
@@ -405,13 +390,19 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
         raise ConfigError("use_peft is false: this project trains LoRA adapters; set use_peft: true")
     if train_args.method == "reward":
         model_args.lora_task_type = "SEQ_CLS"  # PEFT then trains the new score head too
-    tokenizer, loaded = load_tokenizer_and_model(
-        model_args, device, training_args.trust_remote_code, load=model is None, method=train_args.method
-    )
-    model = model if model is not None else loaded
-    pairs, pair_counts = load_train_pairs(train_args, tokenizer)
+    trust = training_args.trust_remote_code
+    tokenizer, path, revision = load_tokenizer(model_args, trust)
+    # The main process builds a missing pairs file; the others then read it.
+    with PartialState().main_process_first():
+        pairs, pair_counts = load_train_pairs(train_args, tokenizer)
     print(f"pairs: {pair_counts['used']} used of {pair_counts['in_file']} in {train_args.pairs_file}")
-    model_args.lora_target_modules = check_target_modules(model, model_args.lora_target_modules)
+    # Checked on the empty architecture, so a wrong name stops the run before any weights load.
+    skeleton = (
+        model if model is not None else empty_model(model_args, path, revision, trust, train_args.method)
+    )
+    model_args.lora_target_modules = check_target_modules(skeleton, model_args.lora_target_modules)
+    if model is None:
+        model = load_model(model_args, path, revision, tokenizer, device, trust, train_args.method)
     peft_config = get_peft_config(model_args)
     dataset = to_dataset(pairs, train_args.method)
 
@@ -421,11 +412,6 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
 
         from train.rewards import get_reward_funcs
 
-        if training_args.reward_weights and len(training_args.reward_weights) != len(train_args.reward_funcs):
-            raise ConfigError(
-                f"reward_weights has {len(training_args.reward_weights)} values for "
-                f"{len(train_args.reward_funcs)} reward_funcs ({', '.join(train_args.reward_funcs)})"
-            )
         eos_ids = model.generation_config.eos_token_id
         eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids or [])
         reward_funcs = get_reward_funcs(
@@ -481,15 +467,16 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
 
 
 def run(parsed: Parsed):
-    """Train as ``parsed`` says and write the output folder; return the trainer."""
-    import torch
-    from transformers.trainer_utils import get_last_checkpoint
+    """Train as ``parsed`` says and write the output folder; return the trainer.
 
-    from train.callbacks import MetricsJsonlCallback, read_metrics
-    from train.identity import base_identity
-    from train.plots import plot_metrics
+    Resumes from the last complete checkpoint in output_dir, or says the run there is finished and
+    changes nothing (see train.outputs for how the folder tells). On several processes every rank
+    trains and calls save_model (ZeRO-3 and FSDP gather the weights from all of them, as open-r1 does);
+    the main process alone writes the rest of the folder, the card and the push.
+    """
+    from train.callbacks import MetricsJsonlCallback
 
-    train_args, training_args, model_args = parsed.train, parsed.training, parsed.model
+    train_args, training_args = parsed.train, parsed.training
     started = time.time()
     output_dir = Path(training_args.output_dir)
     requested = {"push_to_hub": training_args.push_to_hub}
@@ -504,64 +491,34 @@ def run(parsed: Parsed):
         raise ConfigError("push_to_hub is set but hub_model_id is not: name the Hub repo (owner/name)")
 
     built = build_trainer(parsed, callbacks=[MetricsJsonlCallback(output_dir / "metrics.jsonl")])
-    trainer, tokenizer = built.trainer, built.tokenizer
+    trainer = built.trainer
+    is_main = trainer.accelerator.is_main_process
     checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and train_args.resume and output_dir.is_dir():
-        checkpoint = get_last_checkpoint(str(output_dir))
+    if checkpoint is None and train_args.resume:
+        # The steps the Trainer will plan for this recipe, computed by the Trainer itself.
+        planned = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
+        done = outputs.finished_steps(output_dir)
+        if done is not None and done >= planned:
+            if is_main:
+                print(
+                    f"already finished: {output_dir} holds a finished run of {done} steps, nothing changed "
+                    "(--resume false starts over; a larger max_steps trains on)"
+                )
+            return trainer
+        checkpoint = outputs.last_checkpoint(output_dir)
+        if is_main:
+            outputs.remove_incomplete_checkpoints(output_dir)
+    elif checkpoint is None and is_main:
+        outputs.start_over(output_dir)
     if checkpoint:
         print(f"resuming from {checkpoint}")
     result = trainer.train(resume_from_checkpoint=checkpoint)
 
-    if trainer.accelerator.is_main_process:
-        trainer.save_model(str(output_dir))
-        tokenizer.save_pretrained(str(output_dir))
-        config_class = type(training_args)
-        write_atomic(
-            output_dir / "recipe.yaml",
-            resolved_recipe(parsed.keys, requested, train_args, training_args, model_args),
-        )
-        stats = Path(train_args.pairs_file).parent / "stats.json"
-        if stats.exists():
-            shutil.copyfile(stats, output_dir / "data_stats.json")
-        info = {
-            "method": train_args.method,
-            "description": train_args.description,
-            "base_model": model_args.model_name_or_path,
-            "base_weights": base_identity(model_args.model_name_or_path, model_args.model_revision),
-            "trainable_params": built.trainable,
-            "total_params": built.total,
-            "target_modules": built.targets,
-            "lora": {
-                "r": model_args.lora_r,
-                "alpha": model_args.lora_alpha,
-                "dropout": model_args.lora_dropout,
-            },
-            "global_step": trainer.state.global_step,
-            "train_runtime_s": round(time.time() - started, 1),
-            "resumed_from": str(checkpoint) if checkpoint else None,
-            "device": built.device
-            if built.device == "cpu"
-            else f"{built.device} x{trainer.accelerator.num_processes}",
-            "precision": built.precision,
-            "notes": built.notes,
-            "train_pairs": built.pair_counts["used"],
-            "pair_counts": built.pair_counts,
-            "pairs_file": str(train_args.pairs_file),
-            "train_tree_ids": built.train_tree_ids,
-            "reward_weights": built.reward_weights,
-            "final_metrics": final_metrics(read_metrics(output_dir / "metrics.jsonl")) | dict(result.metrics),
-            "trends": metric_trends(read_metrics(output_dir / "metrics.jsonl")),
-            "config_class": config_class.__name__,
-            "versions": {m.__name__: m.__version__ for m in _libraries()},
-            "torch_threads": torch.get_num_threads(),
-        }
-        write_atomic(output_dir / "training_info.json", json.dumps(info, indent=2) + "\n")
-        plot_metrics(output_dir)
-
-        # Last: TRL and PEFT write their own README.md on save; ours replaces it.
-        from model_card import write_card
-
-        write_card(output_dir)
+    if is_main:  # until the end is written, no training_info.json describes an adapter it did not make
+        (output_dir / outputs.INFO).unlink(missing_ok=True)
+    trainer.save_model(str(output_dir))
+    if is_main:
+        outputs.write_run_folder(output_dir, parsed, built, trainer, result, checkpoint, started, requested)
         if push:
             from train.hub import push_to_hub
 
@@ -569,15 +526,6 @@ def run(parsed: Parsed):
     if hasattr(trainer, "end"):
         trainer.end()
     return trainer
-
-
-def _libraries():
-    import peft
-    import torch
-    import transformers
-    import trl
-
-    return (trl, transformers, peft, torch)
 
 
 def main(argv: list[str] | None = None) -> int:
