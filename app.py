@@ -20,7 +20,7 @@ import gradio as gr
 
 from assistant.arena import CHOICES, Arena, utc_now
 from assistant.generation import RequestError
-from assistant.models import ModelLoadError, load_for_serving
+from assistant.models import ModelLoadError, default_device, load_for_serving
 from assistant.prompt import DEFAULT_SYSTEM, content_text, normalize_history
 from assistant.service import DEFAULTS, Assistant, Limits
 from assistant.store import Store
@@ -333,6 +333,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if default_device() == "cpu":
+        # PEFT imports bitsandbytes whenever it is installed, and its import compiles kernels with
+        # torch.compile: 2-4 s of a CPU start for a library that only 4-bit bases use (GPU only here).
+        sys.modules.setdefault("bitsandbytes", None)
     try:
         limits = Limits.from_env()
         loaded = load_for_serving(args.base_model, args.adapters, args.revision)
