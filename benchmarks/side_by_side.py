@@ -25,7 +25,8 @@ import torch
 from serving_common import PROMPT, THREADS_HELP, load_smollm2_with_lora, machine, median, timed, write
 from tqdm import tqdm
 
-from assistant.generation import BASE, Assistant, GenerationSettings, Limits, Prepared, generate
+from assistant.generation import BASE, GenerationSettings, generate
+from assistant.service import Assistant, Limits, Prepared
 
 
 def rss_mb() -> float:

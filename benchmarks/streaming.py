@@ -21,7 +21,8 @@ import torch
 from serving_common import PROMPT, THREADS_HELP, load_smollm2_with_lora, machine, median, timed, write
 from tqdm import tqdm
 
-from assistant.generation import Assistant, GenerationSettings, Limits, Prepared
+from assistant.generation import GenerationSettings
+from assistant.service import Assistant, Limits, Prepared
 
 
 def main() -> None:
