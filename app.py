@@ -77,7 +77,9 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
     @gpu
     def chat(message, history, model, system, temperature, top_p, max_new_tokens, seed):
         try:
-            prepared = assistant.prepare(message, history, system, settings(temperature, top_p, max_new_tokens, seed))
+            prepared = assistant.prepare(
+                message, history, system, settings(temperature, top_p, max_new_tokens, seed)
+            )
             if prepared.notice:
                 gr.Warning(prepared.notice)
             with closing(assistant.chat(prepared, model)) as answers:  # closed on stop: generation stops
@@ -108,7 +110,11 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
         """Both chat panes: the battle's turns, and the turn being answered."""
         turns = list(battle.turns) + ([partial] if partial else [])
         return tuple(
-            [m for t in turns for m in ({"role": "user", "content": t["prompt"]}, {"role": "assistant", "content": t[s]})]
+            [
+                m
+                for t in turns
+                for m in ({"role": "user", "content": t["prompt"]}, {"role": "assistant", "content": t[s]})
+            ]
             for s in ("a", "b")
         )
 
@@ -147,8 +153,7 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
         try:
             battle = arena.get(battle_id)
             prompt = battle.turns[-1]["prompt"] if battle.turns else ""
-            for a, b in streamed(battle, arena.regenerate(battle_id), prompt):
-                yield a, b
+            yield from streamed(battle, arena.regenerate(battle_id), prompt)
             yield panes(battle)
         except Exception as error:
             raise user_error(error, "regenerate") from None
@@ -191,8 +196,14 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
         except Exception as error:
             raise user_error(error, "the battle") from None
         name_a, name_b = battle.names()
-        return {"battle_id": battle.id, "turn": len(battle.turns), "answer_a": a.text, "answer_b": b.text,
-                "model_a": name_a, "model_b": name_b}
+        return {
+            "battle_id": battle.id,
+            "turn": len(battle.turns),
+            "answer_a": a.text,
+            "answer_b": b.text,
+            "model_a": name_a,
+            "model_b": name_b,
+        }
 
     def vote_api(battle_id: str, choice: str) -> dict:
         """Vote on a battle: choice is a, b, tie or both_bad. Returns the revealed names and where the
@@ -201,8 +212,13 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
             record = arena.vote(battle_id, choice)
         except Exception as error:
             raise user_error(error, "the vote") from None
-        return {"model_a": record["model_a"], "model_b": record["model_b"], "winner": choice,
-                "stored_in": store.where, "problem": store.problem}
+        return {
+            "model_a": record["model_a"],
+            "model_b": record["model_b"],
+            "winner": choice,
+            "stored_in": store.where,
+            "problem": store.problem,
+        }
 
     def leaderboard_api() -> dict:
         """Bradley-Terry ratings with bootstrap 95% intervals and vote counts, from the anonymous votes."""
@@ -222,7 +238,9 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
     ) -> tuple[str, str]:
         """The base's and the first adapter's answers to one prompt, same settings and seed, one batch."""
         try:
-            prepared = assistant.prepare(prompt, [], system, settings(temperature, top_p, max_new_tokens, seed))
+            prepared = assistant.prepare(
+                prompt, [], system, settings(temperature, top_p, max_new_tokens, seed)
+            )
             *_, (base, tuned_answer) = assistant.compare(prepared)
         except Exception as error:
             raise user_error(error, "compare") from None
@@ -237,12 +255,20 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
             + (f" {store.problem}" if store.problem else "")
         )
         with gr.Accordion("Settings", open=False):
-            system = gr.Textbox(DEFAULT_SYSTEM, label="System prompt", lines=2, placeholder="none (as in training)")
+            system = gr.Textbox(
+                DEFAULT_SYSTEM, label="System prompt", lines=2, placeholder="none (as in training)"
+            )
             with gr.Row():
-                temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05, label="Temperature (0 = greedy)")
+                temperature = gr.Slider(
+                    0, 2, value=DEFAULTS.temperature, step=0.05, label="Temperature (0 = greedy)"
+                )
                 top_p = gr.Slider(0.05, 1, value=DEFAULTS.top_p, step=0.05, label="Top-p")
                 max_new_tokens = gr.Slider(
-                    1, limits.max_new_tokens, value=assistant.default_max_new_tokens, step=1, label="Max new tokens"
+                    1,
+                    limits.max_new_tokens,
+                    value=assistant.default_max_new_tokens,
+                    step=1,
+                    label="Max new tokens",
                 )
                 seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0)
         controls = [system, temperature, top_p, max_new_tokens, seed]
@@ -257,7 +283,9 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
             with gr.Row(equal_height=True):
                 pane_a = gr.Chatbot(label="Model A", height=380, elem_id="pane-a")
                 pane_b = gr.Chatbot(label="Model B", height=380, elem_id="pane-b")
-            status_box = gr.Markdown("Anonymous battle: the names are hidden until you vote.", elem_id="battle-status")
+            status_box = gr.Markdown(
+                "Anonymous battle: the names are hidden until you vote.", elem_id="battle-status"
+            )
             with gr.Row():
                 prompt = gr.Textbox(show_label=False, placeholder="Ask both models", scale=5)
                 send = gr.Button("Send", variant="primary", scale=1)
@@ -302,7 +330,12 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
                 [status_box, board, warned],
                 api_visibility="private",
             )
-        fresh.click(new_battle, [mode, model_a, model_b], [battle_id, pane_a, pane_b, status_box], api_visibility="private")
+        fresh.click(
+            new_battle,
+            [mode, model_a, model_b],
+            [battle_id, pane_a, pane_b, status_box],
+            api_visibility="private",
+        )
         base_vs_tuned.click(
             lambda: (NAMED, assistant.base_name, tuned, *new_battle(NAMED, assistant.base_name, tuned)),
             None,

@@ -83,8 +83,15 @@ def like(index: int, model: str) -> None:
     history = st.session_state.messages[: index + 1]
     store.append(
         "feedback",
-        {"type": "feedback", "id": uuid.uuid4().hex, "time": utc_now(), "model": model,
-         "liked": liked == 1, "answer": history[-1]["content"], "conversation": history},
+        {
+            "type": "feedback",
+            "id": uuid.uuid4().hex,
+            "time": utc_now(),
+            "model": model,
+            "liked": liked == 1,
+            "answer": history[-1]["content"],
+            "conversation": history,
+        },
     )
 
 
@@ -94,7 +101,9 @@ if view == "Chat":
         with st.chat_message(message["role"]):
             st.markdown(message["content"])
             if message["role"] == "assistant":
-                st.feedback("thumbs", key=f"feedback-{i}", on_change=like, args=(i, message.get("model", model)))
+                st.feedback(
+                    "thumbs", key=f"feedback-{i}", on_change=like, args=(i, message.get("model", model))
+                )
     prompt = st.chat_input("Ask something", key="chat", submit_mode="stop")
     if prompt is not None:
         with st.chat_message("user"):
@@ -115,13 +124,17 @@ if view == "Chat":
                     with closing(assistant.chat(prepared, model)) as answers:
                         with placeholder.container():
                             st.write_stream(deltas(answers, shown))
-                    placeholder.markdown(shown[0] or "_(no answer)_")  # the final text, in case it was cut back
+                    placeholder.markdown(
+                        shown[0] or "_(no answer)_"
+                    )  # the final text, in case it was cut back
                 except RequestError as error:
                     st.error(str(error))
                 except Exception as error:  # this session sees it; the app keeps serving
                     st.error(f"generation failed: {error}")
                 finally:
-                    st.session_state.messages.append({"role": "assistant", "content": shown[0], "model": model})
+                    st.session_state.messages.append(
+                        {"role": "assistant", "content": shown[0], "model": model}
+                    )
 
 elif view == "Arena":
     named = st.toggle("Named battle (pick the two models)")
@@ -140,10 +153,12 @@ elif view == "Arena":
     if battle is not None:
         name_a, name_b = battle.names()
         columns = st.columns(2)
-        for column, title in zip(columns, (f"Model A: {name_a or 'hidden'}", f"Model B: {name_b or 'hidden'}")):
+        for column, title in zip(
+            columns, (f"Model A: {name_a or 'hidden'}", f"Model B: {name_b or 'hidden'}"), strict=False
+        ):
             column.subheader(title)
         for turn in battle.turns:
-            for column, side in zip(columns, "ab"):
+            for column, side in zip(columns, "ab", strict=False):
                 column.chat_message("user").markdown(turn["prompt"])
                 column.chat_message("assistant").markdown(turn[side])
         if prompt is not None:
@@ -154,14 +169,14 @@ elif view == "Arena":
             try:
                 with closing(arena.ask(battle.id, prompt, system, settings)) as answers:
                     for pair in answers:
-                        for box, answer in zip(boxes, pair):
+                        for box, answer in zip(boxes, pair, strict=False):
                             box.markdown(answer.text)
             except RequestError as error:
                 st.error(str(error))
             except Exception as error:
                 st.error(f"generation failed: {error}")
         buttons = st.columns(len(CHOICES) + 2)
-        for column, (key, label) in zip(buttons, CHOICES.items()):
+        for column, (key, label) in zip(buttons, CHOICES.items(), strict=False):
             if column.button(label, key=f"vote-{key}", disabled=battle.winner is not None):
                 try:
                     arena.vote(battle.id, key)
@@ -179,7 +194,9 @@ elif view == "Arena":
             st.session_state.battle = None
             st.rerun()
         if battle.winner is not None:
-            st.success(f"A was {battle.model_a}, B was {battle.model_b}. Your vote: {CHOICES[battle.winner]}.")
+            st.success(
+                f"A was {battle.model_a}, B was {battle.model_b}. Your vote: {CHOICES[battle.winner]}."
+            )
     else:
         st.write("Ask something: two models answer side by side, their names hidden until you vote.")
 

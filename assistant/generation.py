@@ -15,12 +15,14 @@ import queue
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
+
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from assistant.prompt import tokenizer_lock, turn_stops
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
@@ -208,50 +210,6 @@ class _StopWhen(StoppingCriteria):
         return torch.tensor(self.streamer.done, dtype=torch.bool, device=input_ids.device)
 
 
-_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def tokenizer_lock(tokenizer) -> threading.Lock:
-    """One lock per tokenizer. A fast tokenizer keeps its padding and truncation settings as state that
-    each call sets, so two threads tokenizing at once (one padding a batch, one counting a prompt) can
-    pad each other's calls; every tokenizer call in the apps holds this lock."""
-    with _GATES_MUTEX:
-        lock = _LOCKS.get(tokenizer)
-        if lock is None:
-            lock = _LOCKS[tokenizer] = threading.Lock()
-        return lock
-
-
-_MARK_USER, _MARK_ANSWER, _MARK_NEXT = "q9xUSERq9x", "q9xANSWERq9x", "q9xNEXTq9x"
-
-
-def turn_stops(tokenizer) -> tuple[set[int], tuple[str, ...]]:
-    """What ends an answer in this tokenizer's chat template: the special token ids the template puts
-    after an assistant message and before the next user message (ChatML's ``<|im_end|>`` and
-    ``<|im_start|>``; Phi-2's EOS), and the plain-text user-turn marker where it is not a special token
-    (Phi-2's ``Instruct:``), found by rendering a two-turn conversation."""
-    cached = getattr(tokenizer, "_assistant_turn_stops", None)
-    if cached is not None:
-        return cached
-    messages = [
-        {"role": "user", "content": _MARK_USER},
-        {"role": "assistant", "content": _MARK_ANSWER},
-        {"role": "user", "content": _MARK_NEXT},
-    ]
-    with tokenizer_lock(tokenizer):
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
-        between = rendered.split(_MARK_ANSWER, 1)[1].split(_MARK_NEXT, 1)[0]
-        ids = tokenizer(between, add_special_tokens=False)["input_ids"]
-        special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
-    stop_ids = {i for i in ids if i in special}
-    plain = tokenizer.decode([i for i in ids if i not in special], skip_special_tokens=True)
-    # "\nInstruct: " -> "Instruct:"; a role word alone ("user") is no marker: it cuts real answers.
-    marker = plain.strip()
-    texts = (marker,) if marker and not marker.isalpha() else ()
-    tokenizer._assistant_turn_stops = stops = (stop_ids, texts)
-    return stops
-
-
 def eos_ids(loaded) -> set[int]:
     """Every token id that ends an answer: the generation config's, the tokenizer's, the template's."""
     ids = loaded.model.generation_config.eos_token_id
@@ -270,7 +228,8 @@ def _encode(loaded, conversations: Sequence[list[dict]]):
     tokenizer = loaded.tokenizer
     with tokenizer_lock(tokenizer):
         texts = [
-            tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
+            tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            for c in conversations
         ]
         # Left padding keeps every row's last prompt token next to its first generated one.
         tokenizer.padding_side = "left"

@@ -202,9 +202,7 @@ def precision_plan(device: str, quantize: bool, model_type: str | None = None) -
     if quantize:
         from transformers import BitsAndBytesConfig
 
-        config = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=half
-        )
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=half)
         kwargs = {"quantization_config": config, "dtype": half, "device_map": {"": device}}
         return kwargs, f"4-bit NF4, {half_name} compute"
     if device == "cpu" or (not bf16 and model_type == "phi"):
@@ -287,7 +285,9 @@ def load_model(
         kwargs, precision = precision_plan(device, quantize, model_type)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot load base model {short_name(base)!r}: {str(error).splitlines()[0]}") from None
+        raise ModelLoadError(
+            f"cannot load base model {short_name(base)!r}: {str(error).splitlines()[0]}"
+        ) from None
     if not quantize:
         model.to(device)
     shown: dict[str, str] = {}

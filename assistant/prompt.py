@@ -8,6 +8,8 @@ every later consumer (TRL, the evaluation, the apps) renders prompts through
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any
 
 PHI2_CHAT_TEMPLATE = (
@@ -109,3 +111,48 @@ def fit_to_context(tokenizer, messages: list[dict], max_input_tokens: int) -> tu
             cut += 1
         past, dropped = past[cut:], dropped + cut
     return system + past + latest, dropped
+
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_MUTEX = threading.Lock()
+
+
+def tokenizer_lock(tokenizer) -> threading.Lock:
+    """One lock per tokenizer. A fast tokenizer keeps its padding and truncation settings as state that
+    each call sets, so two threads tokenizing at once (one padding a batch, one counting a prompt) can
+    pad each other's calls; every tokenizer call in the apps holds this lock."""
+    with _LOCKS_MUTEX:
+        lock = _LOCKS.get(tokenizer)
+        if lock is None:
+            lock = _LOCKS[tokenizer] = threading.Lock()
+        return lock
+
+
+_MARK_USER, _MARK_ANSWER, _MARK_NEXT = "q9xUSERq9x", "q9xANSWERq9x", "q9xNEXTq9x"
+
+
+def turn_stops(tokenizer) -> tuple[set[int], tuple[str, ...]]:
+    """What ends an answer in this tokenizer's chat template: the special token ids the template puts
+    after an assistant message and before the next user message (ChatML's ``<|im_end|>`` and
+    ``<|im_start|>``; Phi-2's EOS), and the plain-text user-turn marker where it is not a special token
+    (Phi-2's ``Instruct:``), found by rendering a two-turn conversation."""
+    cached = getattr(tokenizer, "_assistant_turn_stops", None)
+    if cached is not None:
+        return cached
+    messages = [
+        {"role": "user", "content": _MARK_USER},
+        {"role": "assistant", "content": _MARK_ANSWER},
+        {"role": "user", "content": _MARK_NEXT},
+    ]
+    with tokenizer_lock(tokenizer):
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+        between = rendered.split(_MARK_ANSWER, 1)[1].split(_MARK_NEXT, 1)[0]
+        ids = tokenizer(between, add_special_tokens=False)["input_ids"]
+        special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    stop_ids = {i for i in ids if i in special}
+    plain = tokenizer.decode([i for i in ids if i not in special], skip_special_tokens=True)
+    # "\nInstruct: " -> "Instruct:"; a role word alone ("user") is no marker: it cuts real answers.
+    marker = plain.strip()
+    texts = (marker,) if marker and not marker.isalpha() else ()
+    tokenizer._assistant_turn_stops = stops = (stop_ids, texts)
+    return stops

@@ -54,7 +54,9 @@ def start(offline: bool, data_dir: str, timeout: float = 300) -> dict:
     try:
         while time.perf_counter() - began < timeout:
             if process.poll() is not None:
-                raise RuntimeError(f"app.py exited with {process.returncode}: {process.stdout.read()[-2000:]}")
+                raise RuntimeError(
+                    f"app.py exited with {process.returncode}: {process.stdout.read()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as reply:
                     if reply.status == 200:
@@ -88,13 +90,17 @@ def main() -> None:
             runs[name].append(start(name.startswith("HF_HUB_OFFLINE=1"), data_dir))
     result = {
         "median_s": {name: median([r["seconds"] for r in rs]) for name, rs in runs.items()},
-        "alarming_lines": {name: sorted({line for r in rs for line in r["alarming_lines"]}) for name, rs in runs.items()},
+        "alarming_lines": {
+            name: sorted({line for r in rs for line in r["alarming_lines"]}) for name, rs in runs.items()
+        },
         "serving_line": {name: rs[-1]["serving_line"] for name, rs in runs.items()},
         "runs": runs,
         "goal": "under 15 s, no line that looks like an error",
         "machine": info,
     }
-    result["goal_met"] = all(v < 15 for v in result["median_s"].values()) and not any(result["alarming_lines"].values())
+    result["goal_met"] = all(v < 15 for v in result["median_s"].values()) and not any(
+        result["alarming_lines"].values()
+    )
     rows = "\n".join(
         f"| {name} | {result['median_s'][name]:.1f} s | {', '.join(str(r['seconds']) for r in rs)} "
         f"| {len(result['alarming_lines'][name])} |"

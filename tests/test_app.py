@@ -30,7 +30,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def loaded(smollm2_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("adapters")
-    adapters = [make_random_lora(smollm2_dir, folder / name, seed) for seed, name in enumerate(["tuned-a", "tuned-b"])]
+    adapters = [
+        make_random_lora(smollm2_dir, folder / name, seed) for seed, name in enumerate(["tuned-a", "tuned-b"])
+    ]
     return load_model(str(smollm2_dir), [str(a) for a in adapters])
 
 
@@ -47,7 +49,9 @@ def launch(loaded, store):
     from app import build_demo
 
     demo = build_demo(loaded, Limits(max_new_tokens=64), store, rng=random.Random(0))
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    _, url, _ = demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True
+    )
     return demo, url
 
 
@@ -137,7 +141,9 @@ def test_stopping_a_chat_stops_the_generation_on_the_server(url, loaded):
         hook.remove()
 
 
-def test_an_anonymous_battle_hides_the_names_until_the_vote_which_reaches_the_dataset_repo(url, core, store, hub):
+def test_an_anonymous_battle_hides_the_names_until_the_vote_which_reaches_the_dataset_repo(
+    url, core, store, hub
+):
     client = Client(url, verbose=False)
     first = battle(client, "Name a fruit.")
     assert first["model_a"] is None and first["model_b"] is None and first["turn"] == 1
@@ -163,14 +169,23 @@ def test_an_anonymous_battle_hides_the_names_until_the_vote_which_reaches_the_da
         client.predict("", "a", api_name="/vote")
 
     record = next(v for v in local_votes(store) if v["battle"] == first["battle_id"])
-    assert (record["model_a"], record["model_b"], record["winner"], record["mode"]) == (a, b, "b", "anonymous")
+    assert (record["model_a"], record["model_b"], record["winner"], record["mode"]) == (
+        a,
+        b,
+        "b",
+        "anonymous",
+    )
     assert [t["prompt"] for t in record["turns"]] == ["Name a fruit.", "And a vegetable?"]
     assert record["settings"] == {"max_new_tokens": 12, "temperature": 0.0, "top_p": 1.0, "seed": 0}
     text = json.dumps(record)
     assert str(store.folder.parent) not in text and "/tmp/" not in text and "/root/" not in text
 
     store.push_now()
-    pushed = [json.loads(line) for f in hub.repos[REPO].commits[-1]["files"].values() for line in f.decode().splitlines()]
+    pushed = [
+        json.loads(line)
+        for f in hub.repos[REPO].commits[-1]["files"].values()
+        for line in f.decode().splitlines()
+    ]
     assert record in pushed
     board = client.predict(api_name="/leaderboard")
     assert {r["model"] for r in board["models"]} >= {a, b} and board["votes"] >= 1
@@ -260,7 +275,9 @@ def test_eight_clients_at_once_get_their_own_answers_and_every_vote_lands_once(u
     assert len({v["battle"] for v in new}) == 4
     store.push_now()
     pushed = [
-        json.loads(line) for f in hub.repos[REPO].commits[-1]["files"].values() for line in f.decode().splitlines()
+        json.loads(line)
+        for f in hub.repos[REPO].commits[-1]["files"].values()
+        for line in f.decode().splitlines()
     ]
     ids = [v["id"] for v in pushed if v.get("type") == "vote"]
     assert len(ids) == len(set(ids)) and {v["id"] for v in new} <= set(ids)

@@ -21,7 +21,9 @@ SAMPLED = GenerationSettings(max_new_tokens=10, temperature=0.9, top_p=0.95, see
 
 @pytest.fixture(scope="module")
 def loaded(smollm2_dir, tmp_path_factory):
-    return load_model(str(smollm2_dir), str(make_random_lora(smollm2_dir, tmp_path_factory.mktemp("x") / "tuned")))
+    return load_model(
+        str(smollm2_dir), str(make_random_lora(smollm2_dir, tmp_path_factory.mktemp("x") / "tuned"))
+    )
 
 
 @pytest.fixture
@@ -36,7 +38,9 @@ def test_regenerate_answers_the_last_turn_again_with_the_next_seed(arena):
     *_, (a2, b2) = arena.regenerate(battle.id)
     assert len(battle.turns) == 1 and battle.turns[0]["a"] == a2.text
     # Sampling draws for both rows of a batch at once, so the reference is the same pair run alone.
-    prepared = arena.assistant.prepare("Tell me a story.", [], None, GenerationSettings(10, 0.9, 0.95, seed=6))
+    prepared = arena.assistant.prepare(
+        "Tell me a story.", [], None, GenerationSettings(10, 0.9, 0.95, seed=6)
+    )
     *_, (ra, rb) = arena.assistant.side_by_side([prepared] * 2, [battle.model_a, battle.model_b])
     assert (a2.text, b2.text) == (ra.text, rb.text) != (a.text, b.text)
 
@@ -75,12 +79,23 @@ def test_a_50_turn_history_from_the_browser_is_trimmed_and_answered(loaded):
     history = []
     for n in range(50):
         history += [
-            {"role": "user", "content": [{"type": "text", "text": f"Question {n} about cats?"}], "metadata": None},
-            {"role": "assistant", "content": [{"type": "text", "text": f"Answer {n}: cats purr."}], "options": None},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": f"Question {n} about cats?"}],
+                "metadata": None,
+            },
+            {
+                "role": "assistant",
+                "content": [{"type": "text", "text": f"Answer {n}: cats purr."}],
+                "options": None,
+            },
         ]
     prepared = assistant.prepare("And dogs?", history, settings=GenerationSettings(8, temperature=0))
     assert prepared.dropped > 50 and "oldest" in prepared.notice
-    assert prepared.messages[-1]["content"] == "And dogs?" and prepared.messages[-2]["content"] == "Answer 49: cats purr."
+    assert (
+        prepared.messages[-1]["content"] == "And dogs?"
+        and prepared.messages[-2]["content"] == "Answer 49: cats purr."
+    )
     assert [a.text for a in assistant.chat(prepared)][-1]
     with pytest.raises(RequestError, match="list of"):
         assistant.prepare("hi", history="not a list")
@@ -91,7 +106,11 @@ def test_an_offline_start_serves_every_demo_adapter_and_says_why(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     loaded = models.load_for_serving()
     assert "HF_HUB_OFFLINE is set" in loaded.reason
-    assert set(loaded.adapters) == {p.rsplit("/", 1)[-1] for p in models.demo_adapters()} >= {"smollm2-grpo-demo"}
+    assert (
+        set(loaded.adapters)
+        == {p.rsplit("/", 1)[-1] for p in models.demo_adapters()}
+        >= {"smollm2-grpo-demo"}
+    )
     text = loaded.describe()
     assert f"Serving the base HuggingFaceTB/SmolLM2-135M-Instruct and {len(loaded.adapters)} adapter" in text
     assert str(models.PROJECT_ROOT) not in text and "cpu in fp32" in text

@@ -42,13 +42,17 @@ def url(smollm2_dir, tmp_path_factory, store):
     from app import build_demo
 
     folder = tmp_path_factory.mktemp("adapters")
-    adapters = [str(make_random_lora(smollm2_dir, folder / n, s)) for s, n in enumerate(["tuned-a", "tuned-b"])]
+    adapters = [
+        str(make_random_lora(smollm2_dir, folder / n, s)) for s, n in enumerate(["tuned-a", "tuned-b"])
+    ]
     loaded = load_model(str(smollm2_dir), adapters)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo = build_demo(loaded, Limits(max_new_tokens=24), store, rng=random.Random(0))
-    _, local_url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    _, local_url, _ = demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True
+    )
     yield local_url
     demo.close()
 
@@ -109,7 +113,10 @@ def test_a_whole_battle_streams_hides_the_names_reveals_them_on_the_vote_and_mov
     assert bot_a.last.inner_text() and bot_a.last.inner_text() != bot_b.last.inner_text()
     assert "names are hidden" in status.inner_text()
     for name in ("tuned-a", "tuned-b", "SmolLM2-135M-Instruct"):  # in the header and pickers, not the battle
-        assert name not in status.inner_text() and name not in page.locator("#pane-a, #pane-b").all_inner_texts()[0]
+        assert (
+            name not in status.inner_text()
+            and name not in page.locator("#pane-a, #pane-b").all_inner_texts()[0]
+        )
     shot(page, tmp_path, "arena.png")
 
     page.get_by_role("button", name="A is better").click()
@@ -117,7 +124,9 @@ def test_a_whole_battle_streams_hides_the_names_reveals_them_on_the_vote_and_mov
     (record,) = [json.loads(line) for line in store.files["votes"].read_text().splitlines()]
     assert f"A was {record['model_a']}, B was {record['model_b']}." in status.inner_text()
     page.get_by_role("tab", name="Leaderboard").click()
-    page.get_by_text(f"| {record['model_a']} |", exact=False).or_(board.get_by_text(record["model_a"])).first.wait_for()
+    page.get_by_text(f"| {record['model_a']} |", exact=False).or_(
+        board.get_by_text(record["model_a"])
+    ).first.wait_for()
     text = board.inner_text()
     assert record["model_a"] in text and record["model_b"] in text and "1 anonymous votes" in text
     shot(page, tmp_path, "leaderboard.png")

@@ -199,7 +199,9 @@ def test_tokenizer_calls_from_many_threads_give_what_each_gives_alone(loaded):
         except Exception as error:  # a failure in a thread must fail the test
             errors.append(repr(error))
 
-    threads = [threading.Thread(target=guarded, args=(pad, b, e)) for b, e in zip(batches, expected, strict=True)]
+    threads = [
+        threading.Thread(target=guarded, args=(pad, b, e)) for b, e in zip(batches, expected, strict=True)
+    ]
     threads += [threading.Thread(target=guarded, args=(count,)) for _ in range(2)]
     for t in threads:
         t.start()

@@ -30,7 +30,9 @@ def data_dir(tmp_path_factory):
 def env(smollm2_dir, adapter_dir, data_dir):
     saved = {k: os.environ.get(k) for k in KEYS}
     os.environ.update(
-        ASSISTANT_BASE_MODEL=str(smollm2_dir), ASSISTANT_ADAPTERS=str(adapter_dir), ASSISTANT_DATA_DIR=str(data_dir)
+        ASSISTANT_BASE_MODEL=str(smollm2_dir),
+        ASSISTANT_ADAPTERS=str(adapter_dir),
+        ASSISTANT_DATA_DIR=str(data_dir),
     )
     yield
     for key, value in saved.items():
@@ -72,7 +74,10 @@ def test_chat_turns_stream_into_the_history_from_the_chosen_model(env, core):
     assert at.chat_message[1].markdown[0].value == first
 
     at.chat_input(key="chat").set_value("And of Spain?").run()
-    history = [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": first}]
+    history = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": first},
+    ]
     second = alone(core, "And of Spain?", "tuned", history)
     assert [m.name for m in at.chat_message] == ["user", "assistant"] * 2
     assert at.chat_message[3].markdown[0].value == second

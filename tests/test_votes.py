@@ -36,7 +36,10 @@ def test_ratings_follow_the_true_strengths_with_intervals_that_narrow_as_votes_g
     small, large = leaderboard(votes(30), resamples=200), leaderboard(votes(600), resamples=200)
     assert [r["model"] for r in large["models"]] == ["strong", "middle", "weak"]
     assert all(r["low"] <= r["rating"] <= r["high"] for r in large["models"])
-    width = {b: {r["model"]: r["high"] - r["low"] for r in board["models"]} for b, board in (("s", small), ("l", large))}
+    width = {
+        b: {r["model"]: r["high"] - r["low"] for r in board["models"]}
+        for b, board in (("s", small), ("l", large))
+    }
     assert all(width["l"][m] < width["s"][m] for m in strength)
     assert sum(r["votes"] for r in large["models"]) == 2 * 600
     assert leaderboard(votes(30), seed=3, resamples=50) != leaderboard(votes(30), seed=4, resamples=50)
@@ -139,7 +142,9 @@ def test_an_unreachable_feedback_repo_keeps_the_votes_local_and_says_why(hub, tm
 
     from assistant.store import Store
 
-    store = Store(tmp_path / "data", f"{USER}/feedback", api=HfApi(endpoint="http://127.0.0.1:9", token=TOKEN))
+    store = Store(
+        tmp_path / "data", f"{USER}/feedback", api=HfApi(endpoint="http://127.0.0.1:9", token=TOKEN)
+    )
     assert store.scheduler is None and store.where == "this server"
     assert "kept on this server only" in store.problem and "\n" not in store.problem
     store.append("votes", vote("x", "y", "a", n=1))
