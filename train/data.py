@@ -581,19 +581,20 @@ def pairs_from_messages(
 ) -> tuple[list[dict], dict]:
     """All candidate pairs of a normalised message table (rules 1-4), best first, and the counting stats."""
     roots = messages.filter(pc.is_null(messages["parent_id"]))
-    # The groups: the initial prompts, or (depth "all") every prompter message, with their replies.
-    heads = roots if depth == "first" else messages.filter(pc.equal(messages["role"], "prompter"))
-    replies = messages.filter(pc.is_in(messages["parent_id"], heads["message_id"])).select(
-        ["message_id", "parent_id", "text", "role", "deleted", "review_result", "rank", "likes"]
-    )
+    # The groups: the initial prompts, or (depth "all") every prompter message someone answered.
+    if depth == "first":
+        heads = roots
+    else:
+        answered = pc.unique(messages["parent_id"]).drop_null()
+        is_head = pc.and_(pc.equal(messages["role"], "prompter"), pc.is_in(messages["message_id"], answered))
+        heads = messages.filter(pc.or_(is_head, pc.is_null(messages["parent_id"])))
+    reply_columns = ["message_id", "parent_id", "text", "role", "deleted", "review_result", "rank", "likes"]
     replies_of = defaultdict(list)
-    for reply in replies.to_pylist():
+    for reply in _rows(messages.filter(pc.is_in(messages["parent_id"], heads["message_id"])), reply_columns):
         replies_of[reply["parent_id"]].append(reply)
     # A deeper group's prompt is its conversation: every message from the initial prompt down.
     context_columns = ["message_id", "parent_id", "text", "role", "deleted", "review_result"]
-    by_id = (
-        {} if depth == "first" else {m["message_id"]: m for m in messages.select(context_columns).to_pylist()}
-    )
+    by_id = {} if depth == "first" else {m["message_id"]: m for m in _rows(messages, context_columns)}
 
     trees_skipped: Counter = Counter()
     groups_skipped: Counter = Counter()
@@ -626,7 +627,7 @@ def pairs_from_messages(
             live_roots[prompt["message_id"]] = prompt
 
     candidates, root_reason, paired_roots = [], {}, set()
-    head_rows = root_rows if depth == "first" else heads.select(context_columns).to_pylist()
+    head_rows = root_rows if depth == "first" else [by_id[i] for i in heads["message_id"].to_pylist()]
     for head in tqdm(
         head_rows,
         desc="groups",
@@ -635,8 +636,6 @@ def pairs_from_messages(
         disable=True if len(head_rows) < PROGRESS_TREES else None,  # None: only on a terminal
     ):
         is_root = head["parent_id"] is None
-        if not is_root and head["message_id"] not in replies_of:
-            continue  # a message nobody answered is no group
         path = [head] if is_root else _conversation(head, by_id)
         root = live_roots.get(path[0]["message_id"]) if path else None
         if root is None:
@@ -680,6 +679,14 @@ def pairs_from_messages(
         "messages_skipped": dict(sorted(messages_skipped.items())),
     }
     return candidates, stats
+
+
+def _rows(table: pa.Table, columns: list[str]) -> list[dict]:
+    """Rows as dicts, built column by column (several times faster than ``Table.to_pylist``)."""
+    return [
+        dict(zip(columns, values, strict=True))
+        for values in zip(*(table[c].to_pylist() for c in columns), strict=True)
+    ]
 
 
 def _tree_skip(prompt: dict, wanted: tuple | None, states: set | None) -> str | None:
