@@ -1,0 +1,71 @@
+"""The offline judge's route: HH-RLHF dialogues -> pairs -> `python -m train` with method reward ->
+a reward LoRA that train.scorer loads and scores with, on real data and a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from train import hh_rlhf
+
+HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-helpful"
+
+
+def test_a_dialogue_becomes_prompt_chosen_rejected():
+    line = {
+        "chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: A fruit?\n\nAssistant: An apple.",
+        "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: A fruit?\n\nAssistant: No.",
+    }
+    pair, why = hh_rlhf.pair_from_line(line)
+    assert why is None
+    assert pair["prompt"] == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "A fruit?"},
+    ]
+    assert (pair["chosen"], pair["rejected"], pair["depth"]) == ("An apple.", "No.", 2)
+    other = {**line, "rejected": "\n\nHuman: Bye\n\nAssistant: No."}
+    assert hh_rlhf.pair_from_line(other) == (None, "different_prompts")
+    assert hh_rlhf.pair_from_line({**line, "rejected": line["chosen"]}) == (None, "identical_answers")
+    assert hh_rlhf.pair_from_line({"chosen": "no turns"}) == (None, "malformed")
+
+
+def test_the_real_helpfulness_files():
+    if not HH.exists():
+        pytest.skip(f"HH-RLHF not found at {HH}")
+    assert hh_rlhf.is_hh_rlhf(HH) and not hh_rlhf.is_hh_rlhf(HH.parent / "oasst1-validation-en.jsonl")
+    train, held_out, stats = hh_rlhf.build_pairs(HH)
+    assert len(train) + len(held_out) + sum(stats["skipped"].values()) == 6240
+    assert 0.08 < len(held_out) / (len(train) + len(held_out)) < 0.12
+    assert not {p["tree_id"] for p in train} & {p["tree_id"] for p in held_out}
+    again, _, _ = hh_rlhf.build_pairs(HH, limit=100)
+    assert again == train[:100]  # a fixed hash order: limits never reshuffle
+
+
+def test_reward_recipe_trains_a_judge_that_scores(tmp_path, tiny_phi_dir):
+    from train.scorer import Scorer
+    from train.train import main
+
+    if not HH.exists():
+        pytest.skip(f"HH-RLHF not found at {HH}")
+    recipe = tmp_path / "judge.yaml"
+    recipe.write_text(
+        f"method: reward\nmodel_name_or_path: {tiny_phi_dir}\nuse_peft: true\nlora_r: 4\nlora_alpha: 8\n"
+        f"lora_target_modules: [q_proj, v_proj]\npairs_file: {tmp_path / 'hh' / 'train.jsonl'}\n"
+        f"dataset_source: {HH}\ndataset_limit: 16\nmax_length: 256\nmax_prompt_tokens: 128\n"
+        f"per_device_train_batch_size: 4\nmax_steps: 2\nlearning_rate: 1.0e-3\nlogging_steps: 1\n"
+        f"save_strategy: 'no'\nreport_to: none\nbf16: false\noutput_dir: {tmp_path / 'judge'}\n"
+    )
+    assert main(["--config", str(recipe)]) == 0
+    out = tmp_path / "judge"
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_CLS"
+    assert "score" in (config.get("modules_to_save") or [])  # the new head is saved with the LoRA
+    assert json.loads((out / "training_info.json").read_text())["method"] == "reward"
+    scores = Scorer(str(out)).score(
+        [[{"role": "user", "content": "Hi?"}]] * 2, ["Hello, how can I help?", "No."]
+    )
+    assert len(scores) == 2 and all(math.isfinite(s) for s in scores) and scores[0] != scores[1]
