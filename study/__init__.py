@@ -1,0 +1,1 @@
+"""The method study: python -m study.run (see study/run.py)."""
