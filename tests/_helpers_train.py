@@ -1,4 +1,5 @@
-"""Small real things the training tests build: a hand-made pairs file and a tiny reward model."""
+"""Small real things the training tests build: a hand-made pairs file, a tiny reward model, and the
+overrides that run a recipe on the tiny Phi model for a couple of steps on the CPU."""
 
 from __future__ import annotations
 
@@ -69,3 +70,31 @@ def make_tiny_classifier(path: Path, tokenizer_dir: Path) -> Path:
     tokenizer.save_pretrained(path)
     (path / "chat_template.jinja").unlink(missing_ok=True)
     return path
+
+
+def tiny_overrides(tiny_phi_dir, pairs_file, output_dir, max_steps=2) -> list[str]:
+    """A recipe's run shrunk to the tiny model: LoRA r=4, a step or two, on the CPU on any machine."""
+    return [
+        "--model_name_or_path",
+        str(tiny_phi_dir),
+        "--pairs_file",
+        str(pairs_file),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        str(max_steps),
+        "--save_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--learning_rate",
+        "1e-3",
+        "--gradient_accumulation_steps",
+        "1",
+        "--use_cpu",
+        "true",
+    ]

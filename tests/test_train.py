@@ -16,39 +16,12 @@ import yaml
 from safetensors.torch import load_file
 
 from assistant.prompt import PHI2_CHAT_TEMPLATE
-from tests._helpers_train import make_tiny_classifier, write_pairs_file
+from tests._helpers_train import make_tiny_classifier, tiny_overrides, write_pairs_file
 from train.train import ConfigError, check_target_modules, main, parse_args, run
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
 PHI2_TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
-
-
-def tiny_overrides(tiny_phi_dir, pairs_file, output_dir, max_steps=2):
-    return [
-        "--model_name_or_path",
-        str(tiny_phi_dir),
-        "--pairs_file",
-        str(pairs_file),
-        "--output_dir",
-        str(output_dir),
-        "--max_steps",
-        str(max_steps),
-        "--save_steps",
-        "2",
-        "--logging_steps",
-        "1",
-        "--lora_r",
-        "4",
-        "--lora_alpha",
-        "8",
-        "--learning_rate",
-        "1e-3",
-        "--gradient_accumulation_steps",
-        "1",
-        "--use_cpu",
-        "true",
-    ]
 
 
 @pytest.fixture

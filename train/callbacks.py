@@ -44,8 +44,11 @@ class MetricsJsonlCallback(TrainerCallback):
         self.path = Path(path)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
+        if state.is_world_process_zero:
+            self.write_history(state)
+
+    def write_history(self, state) -> None:
+        """The file as the Trainer's log_history has it (empty on a fresh start), written whole."""
         from train.outputs import write_atomic
 
         self.path.parent.mkdir(parents=True, exist_ok=True)

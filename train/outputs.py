@@ -54,6 +54,24 @@ def last_checkpoint(output_dir: Path) -> str | None:
     return str(complete[-1]) if complete else None
 
 
+def checkpoint_step(checkpoint: str | Path) -> int:
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    return json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text())["global_step"]
+
+
+def load_checkpoint(trainer, checkpoint: str | Path) -> None:
+    """The adapter (with a reward model's score head) and the Trainer's state of ``checkpoint``, without
+    training: what the Trainer restores on a resume."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    set_peft_model_state_dict(trainer.model, load_file(Path(checkpoint) / "adapter_model.safetensors"))
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+
+
 def remove_incomplete_checkpoints(output_dir: Path) -> None:
     for _, folder, complete in _checkpoints(output_dir):
         if not complete:
@@ -169,7 +187,7 @@ def final_metrics(metrics: list[dict]) -> dict:
 
 
 def write_run_folder(
-    output_dir: Path, parsed, built, trainer, result, checkpoint, started, requested
+    output_dir: Path, parsed, built, trainer, train_metrics, checkpoint, started, requested
 ) -> None:
     """Everything but the adapter, on the main process, after the final save_model; the card last."""
     import torch
@@ -212,7 +230,7 @@ def write_run_folder(
         "pairs_file": str(train_args.pairs_file),
         "train_tree_ids": built.train_tree_ids,
         "reward_weights": built.reward_weights,
-        "final_metrics": final_metrics(metrics) | dict(result.metrics),
+        "final_metrics": final_metrics(metrics) | dict(train_metrics),
         "trends": metric_trends(metrics),
         "config_class": type(training_args).__name__,
         "versions": {m.__name__: m.__version__ for m in _libraries()},

@@ -490,13 +490,14 @@ def run(parsed: Parsed):
     if push and not repo_id:
         raise ConfigError("push_to_hub is set but hub_model_id is not: name the Hub repo (owner/name)")
 
-    built = build_trainer(parsed, callbacks=[MetricsJsonlCallback(output_dir / "metrics.jsonl")])
+    metrics_log = MetricsJsonlCallback(output_dir / "metrics.jsonl")
+    built = build_trainer(parsed, callbacks=[metrics_log])
     trainer = built.trainer
     is_main = trainer.accelerator.is_main_process
+    # The steps the Trainer plans for this recipe, computed by the Trainer itself.
+    planned = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and train_args.resume:
-        # The steps the Trainer will plan for this recipe, computed by the Trainer itself.
-        planned = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
         done = outputs.finished_steps(output_dir)
         if done is not None and done >= planned:
             if is_main:
@@ -512,13 +513,23 @@ def run(parsed: Parsed):
         outputs.start_over(output_dir)
     if checkpoint:
         print(f"resuming from {checkpoint}")
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    if checkpoint and outputs.checkpoint_step(checkpoint) >= planned:
+        # Killed after its last save: nothing is left to train (resumed, the Trainer would take one
+        # step more), only the end to write.
+        outputs.load_checkpoint(trainer, checkpoint)
+        if is_main:
+            metrics_log.write_history(trainer.state)
+        train_metrics = {}
+    else:
+        train_metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
 
     if is_main:  # until the end is written, no training_info.json describes an adapter it did not make
         (output_dir / outputs.INFO).unlink(missing_ok=True)
     trainer.save_model(str(output_dir))
     if is_main:
-        outputs.write_run_folder(output_dir, parsed, built, trainer, result, checkpoint, started, requested)
+        outputs.write_run_folder(
+            output_dir, parsed, built, trainer, train_metrics, checkpoint, started, requested
+        )
         if push:
             from train.hub import push_to_hub
 
