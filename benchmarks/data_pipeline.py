@@ -31,9 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from train.data import DataArguments, run
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from train.data import DataArguments, run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "data_pipeline.json"
 LANGS = ["en", "es", "ru", "de", "zh", "fr", "pt-BR", "ca", "uk", "it", "ja", "pl"]

@@ -38,7 +38,6 @@ from dataclasses import fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 SAMPLE = ROOT.parent / "shared" / "data" / "oasst2_sample.trees.jsonl"
 PAIRS = ROOT / "data" / "sample-en" / "train.jsonl"
