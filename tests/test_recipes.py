@@ -110,7 +110,7 @@ def test_bad_recipe_is_one_line_naming_the_key(case, tmp_path, weightless, capsy
             "to 2",
         ),
         (
-            {"per_device_train_batch_size": 2, "generation_batch_size": 6, "num_generations": 4},
+            {"per_device_train_batch_size": 3, "generation_batch_size": 6, "num_generations": 4},
             1,
             "size to 12",
         ),

@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> Parsed:
     classes = (TrainArguments, config_class, ModelConfig)
     recipe_keys, command_line_keys = [k for k in recipe if k != "env"], _command_line_keys(argv, classes)
     check_keys(recipe_keys, classes, where)
-    check_keys(command_line_keys, classes, "the command line")
+    check_keys(command_line_keys, classes, "the command line arguments")
     check_values(recipe, classes, where)
     if first.method == "grpo":
         defaults = {f.name: f.default for f in fields(GRPOConfig)}
