@@ -512,6 +512,13 @@ def test_output_dir_that_is_a_file(tmp_path, capsys):
     assert "cannot create the output folder" in capsys.readouterr().err
 
 
+def test_output_dir_with_other_files_is_refused(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep me")
+    assert main(["--source", str(MINI_TREES_FILE), "--output-dir", str(tmp_path)]) == 2
+    assert "holds other files (mine.txt)" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
 def test_cli_process_exit_code_without_traceback(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(

@@ -1,6 +1,7 @@
 """Open Assistant conversations -> preference pairs (prompt, chosen, rejected).
 
     python -m train.data --source OpenAssistant/oasst1 --output-dir data/pairs [--languages en] [--limit 1000]
+    python -m train.data --source A B --depth all --output-dir data/pairs   # several sources, every turn
 
 Sources, detected automatically (`read_messages`):
   * an existing path is local: a file, or a folder searched recursively for ``*.parquet``, ``*.jsonl``
@@ -11,39 +12,46 @@ Sources, detected automatically (`read_messages`):
   * otherwise an ``owner/name`` string is a Hub dataset id, loaded with ``datasets.load_dataset``.
 Every source is normalised into one flat table of messages (`MESSAGE_SCHEMA`) and trees are rebuilt
 from ``parent_id`` links, so the flat and the trees form of the same data give the same pairs by
-construction. In trees exports ``message_tree_id`` is null on inner messages: it is taken from the tree.
+construction. In trees exports ``message_tree_id`` and ``tree_state`` are set on the tree, not on its
+messages: they are taken from the tree. Several sources are read as one; a tree in more than one is
+taken whole from the first (oasst2 contains oasst1), so no tree is counted twice.
 
-Rules, per conversation tree (one initial prompt):
-  1. The prompt must be a live ``prompter`` message: not deleted, not failed review (``review_result``
-     false; null means "not reviewed yet" and is kept), in one of ``languages`` ("en" also matches
-     "en-GB"; "all" turns the filter off), and ``min_prompt_chars <= len(text.strip()) <= max_prompt_chars``.
-  2. Its direct replies are eligible when they are ``assistant`` messages, not deleted, not failed
-     review, and ``min_reply_chars <= len(text.strip()) <= max_reply_chars``. Deeper messages are unused.
+Rules, per conversation tree (one initial prompt) and per group (a prompter message and its replies):
+  1. The tree must be in one of ``tree_states`` (default ``ready_for_export``; "all" keeps every tree; a
+     source without the field is kept) and its initial prompt a live ``prompter`` message: not deleted,
+     not failed review (``review_result`` false; null means "not reviewed yet" and is kept), in one of
+     ``languages`` ("en" also matches "en-GB"; "all" turns the filter off).
+  2. Groups: with ``depth`` "first", the initial prompt's replies only, the prompt being its text; with
+     "all", every prompter message's replies at any depth, the prompt being the conversation from the
+     initial prompt down to that message as ``[{"role": "user"|"assistant", "content"}]``. Every message
+     on that path must be live ("conversation_removed" otherwise), and the last one must satisfy
+     ``min_prompt_chars <= len(text.strip()) <= max_prompt_chars``. Replies are eligible when they are
+     ``assistant`` messages, not deleted, not failed review, and within the reply length limits.
   3. Preference, mixing rank and likes in one defensible way:
        - if at least two eligible replies carry an explicit ``rank`` (0 = best), rank decides, among the
          ranked replies only: rankers compared those and nothing else, so an unranked reply has no
          place in their order and its likes are not comparable to a rank (rule "rank");
        - otherwise likes (the "+1" emoji count) decide among all eligible replies, if the most liked
          has strictly more likes than the least liked (rule "likes");
-       - otherwise no preference can be determined and the tree is skipped ("no_preference").
+       - otherwise no preference can be determined and the group is skipped ("no_preference").
      Dropping a reply (deleted, failed review, length) keeps the order of the others intact, so the
      rank rule still holds on what remains. Chosen = the best, rejected = the worst; ties inside one
      side are broken by likes (rank rule) and then by message id, so input order never matters.
   4. Quality order, used to keep the top ``limit`` pairs (deterministic, total):
        rank pairs before likes pairs (an explicit comparison by a ranker beats counted reactions),
        then the larger gap first (worst rank - best rank, or best likes - worst likes: a clearer
-       preference), then more compared replies, then tree id, then prompt id.
+       preference), then more compared replies, then tree id, depth and message ids.
   5. Held out for evaluation: every tree of the source's held-out split (``validation``, ``valid``,
      ``val``, ``test``, ``eval``) when it has one; else the trees whose id hashes (sha1) below
      ``eval_fraction``. A tree's assignment depends on its id only, so it never moves when data is
      added, and held-out trees never give training pairs. Held-out pairs are sorted by the same
      quality order and cut to ``eval_limit`` if given.
-Every tree that gives no pair is counted once in ``stats["trees_skipped"]`` by its reason; every direct
-reply of a tree that passed the prompt checks and was dropped is counted in ``stats["messages_skipped"]``.
+``stats.json`` counts every tree by state (``trees_by_state``), every tree that gives no pair once by
+its reason (``trees_skipped``: the reason of its first turn), every group that gives no pair
+(``groups_skipped``) and every reply of a considered group that was dropped (``messages_skipped``).
 
-Outputs (written atomically: temp files in the output folder, then ``os.replace``): ``train.jsonl``,
-``eval.jsonl`` (one pair a line: prompt, chosen, rejected, tree_id, prompt_id, chosen_id, rejected_id,
-lang, chosen_rank, rejected_rank, chosen_likes, rejected_likes, rule) and ``stats.json``.
+Outputs, replaced together or not at all (the output folder is swapped in whole): ``train.jsonl``,
+``eval.jsonl`` (one pair a line: ``PAIR_KEYS``) and ``stats.json``.
 """
 
 from __future__ import annotations
@@ -54,7 +62,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 import zlib
 from collections import Counter, defaultdict
@@ -843,37 +850,32 @@ def _summary(pairs: list[dict]) -> dict:
 # Writing and reading pair files
 
 
+PAIR_FILES = ("train.jsonl", "eval.jsonl", "stats.json")
+
+
 def write_pairs(
     output_dir: str | os.PathLike, train: list[dict], evaluation: list[dict], stats: dict
 ) -> None:
-    """Write train.jsonl, eval.jsonl and stats.json atomically: all to temp files first, then replace."""
+    """Write train.jsonl, eval.jsonl and stats.json together or not at all: the folder is replaced whole,
+    so it must hold nothing else (a reader never sees new pairs beside old stats)."""
+    from assistant.atomic import replace_folder
+
     out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: cannot create the output folder (a file is in the way)")
+    others = sorted(p.name for p in out.iterdir() if p.name not in PAIR_FILES) if out.is_dir() else []
+    if others:
+        raise DataError(f"{out}: holds other files ({', '.join(others[:3])}); give a new or empty folder")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        with replace_folder(out) as tmp:
+            for name, rows in (("train.jsonl", train), ("eval.jsonl", evaluation)):
+                with open(tmp / name, "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in rows)
+            (tmp / "stats.json").write_text(
+                json.dumps(stats, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+            )
     except OSError as e:
-        raise DataError(f"{out}: cannot create the output folder ({_first_line(e)})") from None
-    outputs = [
-        ("train.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in train)),
-        ("eval.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in evaluation)),
-        ("stats.json", json.dumps(stats, ensure_ascii=False, indent=2) + "\n"),
-    ]
-    temps = []
-    try:
-        for name, text in outputs:
-            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
-            temps.append(tmp)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-        for (name, _), tmp in zip(outputs, temps, strict=True):  # stats.json last: it marks a finished run
-            os.replace(tmp, out / name)
-    except BaseException as e:
-        for tmp in temps:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise DataError(f"{out}: cannot write ({_first_line(e)})") from None
-        raise
+        raise DataError(f"{out}: cannot write ({_first_line(e)})") from None
 
 
 def _is_prompt(prompt) -> bool:
