@@ -118,14 +118,13 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
             for s in ("a", "b")
         )
 
-    def status(battle, warned=True) -> str:
+    def status(battle) -> str:
         name_a, name_b = battle.names()
         if battle.winner is not None:
-            text = (
+            return (
                 f"**A was {name_a}, B was {name_b}.** Your vote: {CHOICES[battle.winner]}. "
                 f"Saved on {store.where}. Start a new battle to go on."
             )
-            return text + (f"\n\n{store.problem}" if store.problem and not warned else "")
         if name_a:
             return f"Named battle: A is **{name_a}**, B is **{name_b}**."
         return "Anonymous battle: the names are hidden until you vote."

@@ -158,12 +158,15 @@ def leaderboard(votes: list[dict], seed: int = 0, resamples: int = 1000) -> dict
     rows = []
     if models:
         point = _fit(models, cells.sum(axis=0))
+        # Resampling votes is resampling their kinds (pair and outcome) with the kinds' frequencies:
+        # one multinomial draw per resample, however many votes there are.
+        kinds, inverse = np.unique(cells.reshape(len(rated), -1), axis=0, return_inverse=True)
+        share = np.bincount(inverse.reshape(-1), minlength=len(kinds)) / len(rated)
+        kinds = kinds.reshape(len(kinds), len(models), len(models))
         rng = np.random.default_rng(seed)
         samples = np.array(
             [
-                _fit(
-                    models, np.tensordot(rng.multinomial(len(rated), [1 / len(rated)] * len(rated)), cells, 1)
-                )
+                _fit(models, np.tensordot(rng.multinomial(len(rated), share), kinds, 1))
                 for _ in range(resamples)
             ]
         ).reshape(resamples, len(models))
