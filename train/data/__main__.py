@@ -1,0 +1,5 @@
+import sys
+
+from train.data import main
+
+sys.exit(main())
