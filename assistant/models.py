@@ -176,10 +176,15 @@ def short_name(name_or_path: str) -> str:
 
 
 def demo_adapters() -> list[str]:
-    """Every folder under demo/ that holds an adapter (the method study's GRPO and DPO demos)."""
+    """Every folder under demo/ that holds a chat adapter (the method study's GRPO and DPO demos); the
+    offline judge there is a reward model (task type SEQ_CLS), not something to chat with."""
     if not DEMO_DIR.is_dir():
         return []
-    return [str(p.parent) for p in sorted(DEMO_DIR.glob("*/adapter_config.json"))]
+    return [
+        str(p.parent)
+        for p in sorted(DEMO_DIR.glob("*/adapter_config.json"))
+        if json.loads(p.read_text()).get("task_type", "CAUSAL_LM") == "CAUSAL_LM"
+    ]
 
 
 def default_device() -> str:
