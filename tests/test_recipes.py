@@ -128,3 +128,19 @@ def test_group_sizes_say_what_to_change_for_any_process_count(sizes, processes, 
 )
 def test_group_sizes_that_fit_pass(sizes, processes):
     check_group_sizes(GroupArguments(**sizes), GRPO_DEFAULTS, processes)
+
+
+def test_group_sizes_use_the_process_count_of_the_launch(tmp_path, weightless, monkeypatch, capsys):
+    """accelerate launch / torchrun tell each rank WORLD_SIZE: 2 ranks x 1 completion cannot hold groups of 4."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = [
+        "--config",
+        str(RECIPES / "phi2-grpo-qlora.yaml"),
+        *tiny_overrides(weightless, write_pairs_file(tmp_path / "pairs"), tmp_path / "out"),
+        "--per_device_train_batch_size",
+        "1",
+        "--num_generations",
+        "4",
+    ]
+    err = error_of(argv, capsys)
+    assert "1 x 2 processes x 1 steps = 2" in err and "set per_device_train_batch_size to 2" in err

@@ -149,6 +149,14 @@ def test_one_recipe_adapts_to_a_gpu(bf16, monkeypatch):
         assert precision == "4-bit NF4 base, float16 compute" and "fp16" in notes[0]
     # use_cpu asks for the CPU path on a GPU machine too
     assert mixed_precision_for("bf16", use_cpu=True) == (False, False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    parsed = parse_args(["--config", str(RECIPES / "phi2-grpo-qlora.yaml"), "--use_cpu", "true"])
+    simulate_gpu(monkeypatch, bf16)
+    device, precision, notes = adapt_to_device(
+        parsed.train, parsed.training, parsed.model, parsed.mixed_precision
+    )
+    assert (device, precision, parsed.model.load_in_4bit) == ("cpu", "float32", False)
+    assert notes and all(n.startswith("use_cpu: ") for n in notes)
 
 
 def test_target_modules_that_match_nothing_are_an_error(tiny_phi_dir):
@@ -249,7 +257,11 @@ def test_grpo_steps_train_lora_only(grpo_run, tiny_phi_dir):
     used = [json.loads(line)["tree_id"] for line in Path(info["pairs_file"]).read_text().splitlines()]
     assert info["train_tree_ids"] == sorted(set(used[: info["train_pairs"]]))
     assert info["base_model"] == str(tiny_phi_dir)
-    assert "no GPU: base loaded in fp32, not quantized (set quantize_on_cpu to keep 4-bit)" in info["notes"]
+    # "no GPU: ..." here, "use_cpu: ..." on a GPU machine
+    assert any(
+        n.endswith(": base loaded in fp32, not quantized (set quantize_on_cpu to keep 4-bit)")
+        for n in info["notes"]
+    )
     assert info["reward_weights"] == {
         "preference": 4.0,
         "ends_with_eos": 1.0,

@@ -1,18 +1,20 @@
-"""Fine-tune a causal LM with LoRA on Open Assistant preference pairs, with GRPO or DPO (TRL).
+"""Fine-tune a causal LM with LoRA on Open Assistant preference pairs, with GRPO, DPO or a reward model (TRL).
 
     python -m train --config recipes/cpu-demo.yaml [--key value ...]
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m train --config recipes/phi2-grpo-qlora.yaml
 
-Reads top to bottom: parse the recipe, adapt it to the machine, load pairs, tokenizer and model, check
-the LoRA targets, build TRL's trainer, train (resuming from the last checkpoint in output_dir), then
-write the output folder (adapter, tokenizer + chat template, resolved recipe, training_info.json,
-metrics.jsonl, plots) and our model card, and push when asked.
+Reads top to bottom: parse and check the recipe (train.config), adapt it to the machine, load the
+pairs (built once, by the main process, when missing), the tokenizer, check the LoRA targets on the
+empty architecture and load the model (train.model), build TRL's trainer, then train, resuming from
+the last complete checkpoint in output_dir or leaving a finished run alone, and write the output folder
+(train.outputs: adapter, tokenizer, recipe.yaml, training_info.json, metrics.jsonl, plots, our card)
+and push when asked. About 450 lines because it is the whole entry in the order it runs; the parts
+that stand alone live in those three modules.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from dataclasses import fields
@@ -32,6 +34,7 @@ from train.config import (
     check_values,
     lists_of_one,
 )
+from train.model import check_target_modules, empty_model, load_model, load_tokenizer
 from train.outputs import metric_trends  # noqa: F401  (tests/_helpers_card imports it from here)
 
 # ----------------------------------------------------------------------------------------------
@@ -148,16 +151,16 @@ def adapt_to_device(
             if model_args.dtype == "bfloat16":
                 model_args.dtype = "float16"
     else:
-        device = "cpu"
+        device, why = "cpu", "use_cpu" if torch.cuda.is_available() else "no GPU"
         training_args.bf16 = training_args.fp16 = False  # parse_args has done it already
         if mixed_precision:
-            notes.append(f"no GPU: {mixed_precision} mixed precision off")
+            notes.append(f"{why}: {mixed_precision} mixed precision off")
         if model_args.dtype not in (None, "float32", "auto"):
-            notes.append(f"no GPU: weights in float32 instead of {model_args.dtype}")
+            notes.append(f"{why}: weights in float32 instead of {model_args.dtype}")
         model_args.dtype = "float32"
         if (model_args.load_in_4bit or model_args.load_in_8bit) and not train_args.quantize_on_cpu:
             model_args.load_in_4bit = model_args.load_in_8bit = False
-            notes.append("no GPU: base loaded in fp32, not quantized (set quantize_on_cpu to keep 4-bit)")
+            notes.append(f"{why}: base loaded in fp32, not quantized (set quantize_on_cpu to keep 4-bit)")
     if model_args.load_in_4bit:
         compute = model_args.dtype if model_args.dtype not in (None, "auto") else "float32"
         precision = f"4-bit {model_args.bnb_4bit_quant_type.upper()} base, {compute} compute"
@@ -237,123 +240,6 @@ def to_dataset(pairs: list[dict], method: str):
         rows["chosen"] = [p["chosen"] for p in pairs]
         rows["rejected"] = [p["rejected"] for p in pairs]
     return Dataset.from_dict(rows)
-
-
-# ----------------------------------------------------------------------------------------------
-# Model
-
-
-def load_tokenizer(model_args, trust_remote_code: bool = False):
-    """The tokenizer (with the shared chat template), and where the base is: (tokenizer, path, revision)."""
-    from transformers import AutoTokenizer
-
-    from assistant.models import ModelLoadError, resolve_base
-    from assistant.prompt import ensure_chat_template
-
-    name = model_args.model_name_or_path
-    if not name:
-        raise ConfigError("model_name_or_path is not set: name a Hub model id or a local folder")
-    path = resolve_base(name, model_args.model_revision)
-    revision = None if Path(path).is_dir() else model_args.model_revision
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            path, revision=revision, trust_remote_code=trust_remote_code
-        )
-    except OSError as error:
-        raise ModelLoadError(f"cannot load the tokenizer of {name!r}: {str(error).splitlines()[0]}") from None
-    ensure_chat_template(tokenizer)
-    tokenizer.padding_side = "left"  # generation pads prompts on the left
-    return tokenizer, path, revision
-
-
-def _model_class(method: str):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    # A reward model is the base with a one-score head.
-    return (
-        (AutoModelForSequenceClassification, {"num_labels": 1})
-        if method == "reward"
-        else (AutoModelForCausalLM, {})
-    )
-
-
-def empty_model(model_args, path, revision, trust_remote_code: bool = False, method: str = "grpo"):
-    """The architecture with no weights (meta device): enough to check LoRA targets before loading."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-    model_class, extra = _model_class(method)
-    for key, value in extra.items():
-        setattr(config, key, value)
-    with init_empty_weights():
-        model = model_class.from_config(config, trust_remote_code=trust_remote_code)
-    model.config._name_or_path = model_args.model_name_or_path
-    return model
-
-
-def load_model(
-    model_args, path, revision, tokenizer, device: str, trust_remote_code: bool = False, method="grpo"
-):
-    """The base model, quantized when the recipe says; for a reward model, with a one-score head."""
-    from trl import get_quantization_config
-
-    from assistant.models import ModelLoadError
-
-    name = model_args.model_name_or_path
-    kwargs = {
-        "revision": revision,
-        "dtype": model_args.dtype,
-        "attn_implementation": model_args.attn_implementation,
-        "trust_remote_code": trust_remote_code,
-    }
-    quantization = get_quantization_config(model_args)
-    if quantization is not None:
-        from accelerate import PartialState
-
-        kwargs["quantization_config"] = quantization
-        kwargs["device_map"] = {"": PartialState().local_process_index if device == "cuda" else "cpu"}
-    model_class, extra = _model_class(method)
-    try:
-        model = model_class.from_pretrained(path, **kwargs, **extra)
-    except OSError as error:
-        raise ModelLoadError(f"cannot load base model {name!r}: {str(error).splitlines()[0]}") from None
-    if model.config.pad_token_id is None:  # a score head reads the last non-pad token
-        model.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
-    # The adapter must name the base by the id the recipe gave, never a local cache path.
-    model.config._name_or_path = name
-    model.name_or_path = name
-    return model
-
-
-def check_target_modules(model, targets) -> list[str] | str | None:
-    """Every configured LoRA target must match a module of the model: a typo or another architecture's
-    name (o_proj on Phi-2) would otherwise be silently left untrained."""
-    if targets is None or targets == "all-linear":
-        return targets
-    if isinstance(targets, str) and not re.fullmatch(r"[\w.]+", targets):
-        # A regular expression (PEFT's meaning of a string): it must match at least one module.
-        if not any(re.fullmatch(targets, n) for n, _ in model.named_modules()):
-            raise ConfigError(f"lora_target_modules regex {targets!r} matches no module of the model")
-        return targets
-    targets = [targets] if isinstance(targets, str) else list(targets)
-    names = [n for n, _ in model.named_modules()]
-    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
-    if missing:
-        import torch
-
-        linear = sorted(
-            {
-                n.rsplit(".", 1)[-1]
-                for n, m in model.named_modules()
-                if isinstance(m, torch.nn.Linear) or "Linear" in type(m).__name__
-            }
-        )
-        raise ConfigError(
-            f"lora_target_modules {', '.join(missing)} match no module of {model.config._name_or_path} "
-            f"({type(model).__name__}); its linear layers are: {', '.join(linear)}"
-        )
-    return targets
 
 
 # ----------------------------------------------------------------------------------------------

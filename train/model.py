@@ -1,0 +1,123 @@
+"""The base model of a run: its tokenizer (with the shared chat template), its empty architecture (to
+check the LoRA targets before any weight loads), and the model itself, quantized when the recipe says.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from train.config import ConfigError
+
+
+def load_tokenizer(model_args, trust_remote_code: bool = False):
+    """The tokenizer (with the shared chat template), and where the base is: (tokenizer, path, revision)."""
+    from transformers import AutoTokenizer
+
+    from assistant.models import ModelLoadError, resolve_base
+    from assistant.prompt import ensure_chat_template
+
+    name = model_args.model_name_or_path
+    if not name:
+        raise ConfigError("model_name_or_path is not set: name a Hub model id or a local folder")
+    path = resolve_base(name, model_args.model_revision)
+    revision = None if Path(path).is_dir() else model_args.model_revision
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except OSError as error:
+        raise ModelLoadError(f"cannot load the tokenizer of {name!r}: {str(error).splitlines()[0]}") from None
+    ensure_chat_template(tokenizer)
+    tokenizer.padding_side = "left"  # generation pads prompts on the left
+    return tokenizer, path, revision
+
+
+def _model_class(method: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    # A reward model is the base with a one-score head.
+    return (
+        (AutoModelForSequenceClassification, {"num_labels": 1})
+        if method == "reward"
+        else (AutoModelForCausalLM, {})
+    )
+
+
+def empty_model(model_args, path, revision, trust_remote_code: bool = False, method: str = "grpo"):
+    """The architecture with no weights (meta device): enough to check LoRA targets before loading."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    model_class, extra = _model_class(method)
+    for key, value in extra.items():
+        setattr(config, key, value)
+    with init_empty_weights():
+        model = model_class.from_config(config, trust_remote_code=trust_remote_code)
+    model.config._name_or_path = model_args.model_name_or_path
+    return model
+
+
+def load_model(
+    model_args, path, revision, tokenizer, device: str, trust_remote_code: bool = False, method="grpo"
+):
+    """The base model, quantized when the recipe says; for a reward model, with a one-score head."""
+    from trl import get_quantization_config
+
+    from assistant.models import ModelLoadError
+
+    name = model_args.model_name_or_path
+    kwargs = {
+        "revision": revision,
+        "dtype": model_args.dtype,
+        "attn_implementation": model_args.attn_implementation,
+        "trust_remote_code": trust_remote_code,
+    }
+    quantization = get_quantization_config(model_args)
+    if quantization is not None:
+        from accelerate import PartialState
+
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = {"": PartialState().local_process_index if device == "cuda" else "cpu"}
+    model_class, extra = _model_class(method)
+    try:
+        model = model_class.from_pretrained(path, **kwargs, **extra)
+    except OSError as error:
+        raise ModelLoadError(f"cannot load base model {name!r}: {str(error).splitlines()[0]}") from None
+    if model.config.pad_token_id is None:  # a score head reads the last non-pad token
+        model.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+    # The adapter must name the base by the id the recipe gave, never a local cache path.
+    model.config._name_or_path = name
+    model.name_or_path = name
+    return model
+
+
+def check_target_modules(model, targets) -> list[str] | str | None:
+    """Every configured LoRA target must match a module of the model: a typo or another architecture's
+    name (o_proj on Phi-2) would otherwise be silently left untrained."""
+    if targets is None or targets == "all-linear":
+        return targets
+    if isinstance(targets, str) and not re.fullmatch(r"[\w.]+", targets):
+        # A regular expression (PEFT's meaning of a string): it must match at least one module.
+        if not any(re.fullmatch(targets, n) for n, _ in model.named_modules()):
+            raise ConfigError(f"lora_target_modules regex {targets!r} matches no module of the model")
+        return targets
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    names = [n for n, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        import torch
+
+        linear = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear) or "Linear" in type(m).__name__
+            }
+        )
+        raise ConfigError(
+            f"lora_target_modules {', '.join(missing)} match no module of {model.config._name_or_path} "
+            f"({type(model).__name__}); its linear layers are: {', '.join(linear)}"
+        )
+    return targets
