@@ -1,8 +1,9 @@
 """The output folder of a run: which checkpoint to resume from, whether the run already finished, and the
 files written at the end (tokenizer, recipe.yaml, training_info.json, plots, our card).
 
-A kill can come at any moment, so every file is written whole (a temporary file, then a rename) and the
-folder tells its state by itself:
+A kill can come at any moment. The files written here are written whole (a temporary file, then a
+rename); the adapter the Trainer saves is not, and neither is a checkpoint, so the folder tells its
+state by itself:
 - a checkpoint is complete once the Trainer has written its ``trainer_state.json``, which it writes last;
   an incomplete one (killed while saving) is removed and the run resumes from the one before it;
 - ``training_info.json`` is removed before the final adapter is saved, written complete (the card is
