@@ -154,7 +154,7 @@ def _matches(value, tp) -> bool:
     if origin is typing.Literal:
         return value in args
     if origin is list:
-        return isinstance(value, list) and all(_matches(v, args[0]) for v in value) if args else True
+        return isinstance(value, list) and (not args or all(_matches(v, args[0]) for v in value))
     if tp is bool:
         return isinstance(value, bool)
     if tp is int:
