@@ -31,7 +31,10 @@ JUDGE = Path("demo/judge-hh-rlhf")
 RUNS = Path("outputs/study")
 RESULTS = Path("study")
 # Policies, in the table's order; reward-model-oasst is the reward model grpo-reward-model needs.
-CANDIDATES = ("grpo-baseline", "grpo-tuned", "grpo-reward-model", "dpo")
+# demo-v1 is the demo adapter committed before the study (recipes/cpu-demo.yaml, 60 steps on 20 pairs
+# of the oasst2 sample): GRPO as it was, taken from git as it was committed.
+CANDIDATES = ("demo-v1", "grpo-baseline", "grpo-tuned", "grpo-reward-model", "dpo")
+DEMO_V1 = ("ce38446", "demo/smollm2-grpo-demo")
 NEEDS = {"grpo-reward-model": "reward-model-oasst"}
 EVAL_OPTIONS = [
     "--num-generations",
@@ -80,6 +83,17 @@ def evaluate(name: str) -> None:
         "--judge", str(JUDGE), *EVAL_OPTIONS, "--output-dir", str(RUNS / name / "eval")])  # fmt: skip
 
 
+def restore_demo_v1() -> None:
+    """The pre-study demo adapter, from the commit that held it (its trained trees are left out)."""
+    target = ROOT / RUNS / "demo-v1"
+    if (target / "adapter_model.safetensors").exists():
+        return
+    commit, folder = DEMO_V1
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", commit, folder], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "--strip-components=2", "-C", str(target)], input=archive.stdout, check=True)
+
+
 def check_reward_models() -> dict:
     """Held-out accuracy of the judge (on HH-RLHF and on the Open Assistant pairs) and of the study's
     own reward model (Open Assistant): how much each can be trusted."""
@@ -107,7 +121,7 @@ def check_reward_models() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
-    recipes = sorted(p.stem for p in (ROOT / "recipes/study").glob("*.yaml"))
+    recipes = sorted(p.stem for p in (ROOT / "recipes/study").glob("*.yaml")) + ["demo-v1"]
     parser.add_argument(
         "--only", choices=recipes, action="append", help="recipes to run, in order (default: all)"
     )
@@ -118,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.step in ("all", "train"):
         build_data()
         for name in names:
+            if name == "demo-v1":
+                restore_demo_v1()
+                continue
             if name in NEEDS:
                 train(NEEDS[name], Path(f"recipes/study/{NEEDS[name]}.yaml"), RUNS / NEEDS[name])
             train(name, Path(f"recipes/study/{name}.yaml"), RUNS / name)
