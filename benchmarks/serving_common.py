@@ -6,14 +6,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from assistant.atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-sys.path.insert(0, str(ROOT))
 
 PROMPT = "Explain how a bicycle works, and why it stays upright when it moves."
 
@@ -76,12 +76,8 @@ def write(name: str, record: dict, markdown: str) -> None:
     """benchmarks/results/NAME.json and NAME.md (ending with the machine), each written whole."""
     record["machine"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     markdown = markdown.rstrip() + "\n\n" + machine_line(record["machine"]) + "\n"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    files = {RESULTS / f"{name}.json": json.dumps(record, indent=2) + "\n", RESULTS / f"{name}.md": markdown}
-    for path, text in files.items():
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    write_text(RESULTS / f"{name}.json", json.dumps(record, indent=2) + "\n")
+    write_text(RESULTS / f"{name}.md", markdown)
     print(markdown)
 
 

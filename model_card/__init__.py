@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -309,14 +308,6 @@ def write_card(output_dir: str | Path, repo_id: str | None = None) -> Path:
     """Render the card and write it to OUTPUT_DIR/README.md atomically; return that path."""
     output_dir = Path(output_dir)
     text = str(render_card(output_dir, repo_id))
-    target = output_dir / "README.md"
-    fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=".README.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text if text.endswith("\n") else text + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a card is for everyone to read
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    from assistant.atomic import write_text
+
+    return write_text(output_dir / "README.md", text if text.endswith("\n") else text + "\n")

@@ -8,10 +8,10 @@ GRPO runs get all four; a DPO run has no sampled completions, so it gets its imp
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -38,14 +38,12 @@ def _rolling(values: list[float], window: int) -> list[float]:
 
 
 def _save(fig, path: Path) -> Path:
-    # Written to a temp file and renamed: a reader never sees half a PNG.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    from assistant.atomic import write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, buffer.getvalue())  # a reader never sees half a PNG
 
 
 def _legend(*axes):
