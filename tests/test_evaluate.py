@@ -256,6 +256,27 @@ def test_report_belongs_to_its_adapter_and_reads_the_recipe(setup, evaluated):
     assert not list(out.parent.glob(".eval.*")), "temporary folders left behind"
 
 
+def test_the_base_side_is_kept_for_the_next_adapter(setup, judge_dir, tmp_path):
+    """A second adapter on the same base, pairs and settings reuses the base's half, and gets the same
+    base figures as computing it again would."""
+    common = ["--pairs", str(setup["pairs_file"]), "--judge", str(judge_dir), "--num-generations", "2",
+              "--max-new-tokens", "3", "--temperature", "1.0", "--base-cache", str(tmp_path / "cache")]  # fmt: skip
+    reports = []
+    for adapter, out in ((setup["adapter"], "a"), (setup["untrained"], "b"), (setup["untrained"], "c")):
+        extra = [] if out != "c" else ["--base-cache", str(tmp_path / "other-cache")]  # c: computed afresh
+        assert (
+            evaluate.main(["--adapter", str(adapter), *common, *extra, "--output-dir", str(tmp_path / out)])
+            == 0
+        )
+        reports.append(json.loads((tmp_path / out / "report.json").read_text()))
+    assert [r["base_from_cache"] for r in reports] == [False, True, False]
+    for key in ("preference",):
+        assert reports[1][key]["base"] == reports[0][key]["base"]
+        assert reports[1][key]["base"]["accuracy"] == reports[2][key]["base"]["accuracy"]
+    assert reports[1]["judge_verdicts"]["base"] == reports[2]["judge_verdicts"]["base"]
+    assert reports[1]["answers"]["base"] == reports[2]["answers"]["base"]
+
+
 def test_judge_with_a_known_preference(judge_dir):
     from assistant.generation import Answer
     from train.scorer import Scorer

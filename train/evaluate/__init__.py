@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from train.evaluate import base_cache
 from train.evaluate.inputs import (
     EvalArguments,
     EvalError,
@@ -102,17 +103,38 @@ def evaluate_adapter(args: EvalArguments, pairs: list[dict], excluded: int) -> t
         },
         "settings": {**asdict(settings), "k": args.num_generations, "from_recipe": from_recipe},
     }
-    report["preference"] = preference_accuracy(loaded, pairs, args.batch_size, args.max_length, args.seed)
-    answers = answering.generate_answers(loaded, prompts, settings, args.num_generations, args.batch_size)
+    judge_id = judge_identity(args.judge) if args.judge else None
+    key = base_cache.cache_key(
+        base=report["adapter"]["base"], pairs=[[p["prompt"], p["chosen"], p["rejected"]] for p in pairs],
+        settings={k: v for k, v in report["settings"].items() if k != "from_recipe"}, max_length=args.max_length, batch_size=args.batch_size, judge=judge_id,
+    )  # fmt: skip
+    cached = base_cache.load(args.base_cache, key) if args.base_cache else {}
+    report["base_from_cache"] = bool(cached)
+    report["preference"] = preference_accuracy(
+        loaded, pairs, args.batch_size, args.max_length, args.seed, base_scores=cached.get("preference")
+    )
+    answers = answering.generate_answers(
+        loaded, prompts, settings, args.num_generations, args.batch_size, base=cached.get("answers")
+    )
     report["answers"] = answering.describe(answers, args.seed)
     verdicts = None
     if args.judge:
         from train.scorer import Scorer
 
         judge = Scorer(args.judge, device=loaded.device)
-        report["judge"] = {**judge_identity(args.judge), "accuracy": answering.judge_accuracy(judge, pairs)}
-        verdicts = answering.judge_verdicts(judge, prompts, answers, args.seed)
+        accuracy = cached.get("judge_accuracy") or answering.judge_accuracy(judge, pairs)
+        report["judge"] = {**judge_id, "accuracy": accuracy}
+        verdicts = answering.judge_verdicts(
+            judge, prompts, answers, args.seed, base_scores=cached.get("judge")
+        )
         report["judge_verdicts"] = verdicts
+    if args.base_cache and not cached:
+        judged = (
+            {"judge": verdicts["scores"]["base"], "judge_accuracy": report["judge"]["accuracy"]}
+            if verdicts
+            else {}
+        )
+        base_cache.save(args.base_cache, key, report["preference"], answers["base"], judged)
     report["training_objective"] = answering.training_objective(loaded, prompts, answers, recipe, args.seed)
 
     rows = []

@@ -23,17 +23,23 @@ TIE_TOLERANCE = 1e-6  # scores closer than this are a tie (float noise, not a pr
 SIDES = ("base", "tuned")
 
 
-def generate_answers(loaded, prompts: list[dict], settings, k: int, batch_size: int) -> dict:
-    """``answers[side][i][j]``: the j-th answer (seed settings.seed + j) of ``side`` to prompt i."""
+def generate_answers(loaded, prompts: list[dict], settings, k: int, batch_size: int, base=None) -> dict:
+    """``answers[side][i][j]``: the j-th answer (seed settings.seed + j) of ``side`` to prompt i; the
+    base's from ``base`` when an earlier run on the same base, prompts and settings gave them."""
     from assistant.generation import BASE, generate, tuned_adapter
 
     conversations = [prompt_messages(p["prompt"]) for p in prompts]
     routes = {"base": BASE, "tuned": tuned_adapter(loaded)}
     answers = {side: [[] for _ in prompts] for side in SIDES}
-    with tqdm(total=2 * k * len(prompts), desc="answering (base and tuned)", unit=" answer") as bar:
+    sides = SIDES if base is None else ("tuned",)
+    if base is not None:
+        answers["base"] = base
+    with tqdm(
+        total=len(sides) * k * len(prompts), desc=f"answering ({', '.join(sides)})", unit=" answer"
+    ) as bar:
         for j in range(k):
             seeded = replace(settings, seed=settings.seed + j)
-            for side in SIDES:
+            for side in sides:
                 for start in range(0, len(prompts), batch_size):
                     rows = conversations[start : start + batch_size]
                     batch = generate(loaded, rows, [routes[side]] * len(rows), seeded, batch_size)
@@ -68,10 +74,10 @@ def judge_accuracy(judge, pairs: list[dict]) -> dict:
     return rate(np.greater(chosen, rejected))
 
 
-def judge_verdicts(judge, prompts: list[dict], answers: dict, seed: int) -> dict:
+def judge_verdicts(judge, prompts: list[dict], answers: dict, seed: int, base_scores=None) -> dict:
     """The judge's score of every answer; tuned against base per prompt (mean over the k answers)."""
-    scores = {}
-    for side in SIDES:
+    scores = {} if base_scores is None else {"base": base_scores}
+    for side in [s for s in SIDES if s not in scores]:
         flat = [(i, a) for i, row in enumerate(answers[side]) for a in row]
         conversations = [prompt_messages(prompts[i]["prompt"]) for i, _ in flat]
         values = judge.score(conversations, [a.text for _, a in flat])

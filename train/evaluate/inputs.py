@@ -33,6 +33,13 @@ class EvalArguments:
             "(e.g. demo/judge-hh-rlhf) or a Hub id (OpenAssistant/reward-model-deberta-v3-large-v2)."
         },
     )
+    base_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "Keep the base model's scores, answers and judge scores here, and reuse them for the "
+            "next adapter on the same base, pairs, settings and judge (a study: half the cost)."
+        },
+    )
     votes: str | None = field(default=None, metadata={"help": "Arena votes (JSONL) for the leaderboard."})
     limit: int | None = field(
         default=None, metadata={"help": "Evaluate only the first N pairs (sha256 order)."}

@@ -92,19 +92,29 @@ def mean_logprobs(
     return scores
 
 
-def preference_accuracy(loaded, pairs: list[dict], batch_size: int, max_length: int, seed: int) -> dict:
-    """Chosen vs rejected mean log-likelihood, base and tuned: per pair, and the summary."""
+def preference_accuracy(
+    loaded, pairs: list[dict], batch_size: int, max_length: int, seed: int, base_scores: list | None = None
+) -> dict:
+    """Chosen vs rejected mean log-likelihood, base and tuned: per pair, and the summary.
+
+    ``base_scores`` ([chosen, rejected] per pair, from an earlier run on the same base and pairs) skips
+    the base rows: the base does not change between the adapters of one study.
+    """
     tokenizer = loaded.tokenizer
     adapter = loaded.model.active_adapter
+    sides = [adapter] if base_scores else [BASE, adapter]
     rows, truncated = [], 0
     for pair in pairs:
         for reply in (pair["chosen"], pair["rejected"]):
             prompt_ids, reply_ids, cut = fit(*reply_tokens(tokenizer, pair["prompt"], reply), max_length)
             truncated += cut
-            rows += [(prompt_ids, reply_ids, BASE), (prompt_ids, reply_ids, adapter)]
+            rows += [(prompt_ids, reply_ids, side) for side in sides]
     scores = mean_logprobs(
         loaded.model, rows, tokenizer.pad_token_id, batch_size, loaded.device, desc="preference accuracy"
     )
+    if base_scores:  # interleave as if both had been scored here
+        scores = [x for (b_c, b_r), k in zip(base_scores, range(0, len(scores), 2), strict=True)
+                  for x in (b_c, scores[k], b_r, scores[k + 1])]  # fmt: skip
     per_pair = []
     for k, pair in enumerate(pairs):
         base_chosen, tuned_chosen, base_rejected, tuned_rejected = scores[4 * k : 4 * k + 4]
