@@ -36,16 +36,9 @@ RESULTS = Path("study")
 CANDIDATES = ("demo-v1", "grpo-baseline", "grpo-tuned", "grpo-reward-model", "dpo")
 DEMO_V1 = ("ce38446", "demo/smollm2-grpo-demo")
 NEEDS = {"grpo-reward-model": "reward-model-oasst"}
-EVAL_OPTIONS = [
-    "--num-generations",
-    "3",
-    "--max-new-tokens",
-    "64",
-    "--temperature",
-    "0.7",
-    "--batch-size",
-    "16",
-]
+# the same settings for every candidate; the base is evaluated once for all of them (--base-cache)
+EVAL_OPTIONS = "--num-generations 3 --max-new-tokens 64 --temperature 0.7 --batch-size 16".split()
+EVAL_OPTIONS += ["--base-cache", str(RUNS / "base-cache")]
 
 
 def sh(command: list[str]) -> dict:
