@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from train.evaluate import base_cache
@@ -84,9 +84,8 @@ def evaluate_adapter(args: EvalArguments, pairs: list[dict], excluded: int) -> t
     loaded = load_model(base=args.base, adapter=args.adapter, revision=args.revision, device=args.device)
     recipe = read_recipe(args.adapter, args.revision)
     max_new_tokens, temperature, from_recipe = generation_defaults(args, recipe)
-    settings = GenerationSettings(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=args.top_p, seed=args.seed
-    )
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=args.seed)
+    settings = settings if args.top_p is None else replace(settings, top_p=args.top_p)
     prompts = unique_prompts(pairs)
     report: dict = {
         "schema_version": SCHEMA_VERSION,

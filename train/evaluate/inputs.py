@@ -54,7 +54,9 @@ class EvalArguments:
     temperature: float | None = field(
         default=None, metadata={"help": "Sampling temperature, 0 = greedy (default: the recipe's, else 0.7)."}
     )
-    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling threshold, as in the apps."})
+    top_p: float | None = field(
+        default=None, metadata={"help": "Nucleus sampling threshold (default: the apps')."}
+    )
     batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass / generate call."})
     max_length: int = field(
         default=1024, metadata={"help": "Cap on prompt + reply tokens when scoring pairs."}
@@ -107,7 +109,7 @@ def check_args(args: EvalArguments) -> None:
         raise EvalError(f"--limit must be at least 1, got {args.limit}")
     if args.temperature is not None and not 0 <= args.temperature <= 2:
         raise EvalError(f"--temperature must be between 0 and 2, got {args.temperature}")
-    if not 0 < args.top_p <= 1:
+    if args.top_p is not None and not 0 < args.top_p <= 1:
         raise EvalError(f"--top-p must be above 0 and at most 1, got {args.top_p}")
     if args.device not in (None, "cpu", "cuda", "mps") and not str(args.device).startswith("cuda:"):
         raise EvalError(f"--device must be cpu, cuda, cuda:N or mps, got {args.device!r}")
