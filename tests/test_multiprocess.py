@@ -9,10 +9,12 @@ main process only, and DDP itself (a DPO adapter trained on 2 ranks x 1 pair equ
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -66,13 +68,26 @@ def tiny(tiny_phi_dir, pairs_file, output_dir):
     ]
 
 
-def launch(argv, env=None, timeout=600):
+def launch(argv, env=None, timeout=300):
+    """Run the launch; on a timeout kill all its ranks (its own session), not only the launcher."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-    done = subprocess.run(
-        [*LAUNCH, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    process = subprocess.Popen(
+        [*LAUNCH, *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return done.stdout + done.stderr
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the launch hung for {timeout} s:\n{stdout[-2000:]}{stderr[-3000:]}")
+    assert process.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    return stdout + stderr
 
 
 def test_grpo_on_two_processes_builds_saves_writes_and_pushes_once(tmp_path, tiny_phi_dir, sample_path):

@@ -391,7 +391,7 @@ def run(parsed: Parsed):
                     f"already finished: {output_dir} holds a finished run of {done} steps, nothing changed "
                     "(--resume false starts over; a larger max_steps trains on)"
                 )
-            return trainer
+            return _end(trainer)
         checkpoint = outputs.last_checkpoint(output_dir)
         if is_main:
             outputs.remove_incomplete_checkpoints(output_dir)
@@ -420,8 +420,17 @@ def run(parsed: Parsed):
             from train.hub import push_to_hub
 
             push_to_hub(output_dir, repo_id=repo_id, private=private)
+    return _end(trainer)
+
+
+def _end(trainer):
+    """Every rank waits for the main one to finish writing and pushing, then all leave the process group
+    together: a rank that exits while another still works can hang in gloo's shutdown. (A main process
+    that fails exits instead, and the launcher stops the others.)"""
+    trainer.accelerator.wait_for_everyone()
     if hasattr(trainer, "end"):
         trainer.end()
+    trainer.accelerator.end_training()
     return trainer
 
 
