@@ -85,6 +85,8 @@ def worker(method: str, steps: int, warmup: int, out: Path) -> None:
             "precision": built.precision,
         }
     (out / f"rank{result['rank']}.json").write_text(json.dumps(result))
+    built.trainer.accelerator.wait_for_everyone()  # then leave gloo together (see train.train._end)
+    built.trainer.accelerator.end_training()
 
 
 def measure(method: str, processes: int, steps: int, warmup: int) -> dict:
