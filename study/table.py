@@ -18,6 +18,15 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _metric_mean(path: Path, key: str) -> float | None:
+    """Mean of a logged metric over every step of a run (metrics.jsonl), None when never logged."""
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    return sum(values) / len(values) if values else None
+
+
 def row(name: str, runs: Path) -> dict | None:
     report = _read(runs / name / "eval" / "report.json")
     if "preference" not in report:
@@ -45,6 +54,8 @@ def row(name: str, runs: Path) -> dict | None:
         },
         "answer_tokens": {side: a[side]["answer_tokens"] for side in ("base", "tuned")},
         "ended_properly": {side: a[side]["ended_properly"] for side in ("base", "tuned")},
+        # a GRPO group whose answers all score the same teaches nothing
+        "frac_reward_zero_std": _metric_mean(runs / name / "metrics.jsonl", "frac_reward_zero_std"),
         "train_runtime_s": info.get("train_runtime_s"),
         "steps": info.get("global_step"),
         "peak_rss_mb": usage.get("peak_rss_mb"),
@@ -68,6 +79,7 @@ def _cells(r: dict) -> list[str]:
         trained,
         f"{r['answer_tokens']['base']['mean']:.0f} → {r['answer_tokens']['tuned']['mean']:.0f}",
         f"{100 * r['ended_properly']['base']['mean']:.0f}% → {100 * r['ended_properly']['tuned']['mean']:.0f}%",
+        "n/a" if r["frac_reward_zero_std"] is None else f"{r['frac_reward_zero_std']:.2f}",
         f"{r['train_runtime_s'] / 60:.0f} min, {r['steps']} steps" if r["train_runtime_s"] else "n/a",
         f"{r['peak_rss_mb'] / 1024:.1f} GB" if r["peak_rss_mb"] else "n/a",
     ]
@@ -82,6 +94,7 @@ HEADER = [
     "training objective, first → last tenth",
     "answer tokens",
     "ended by itself",
+    "GRPO groups with zero reward spread",
     "training time",
     "peak memory",
 ]
