@@ -49,10 +49,9 @@ class MetricsJsonlCallback(TrainerCallback):
 
     def write_history(self, state) -> None:
         """The file as the Trainer's log_history has it (empty on a fresh start), written whole."""
-        from train.outputs import write_atomic
+        from assistant.atomic import write_text
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, "".join(_record(r["step"], r) for r in state.log_history))
+        write_text(self.path, "".join(_record(r["step"], r) for r in state.log_history))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:

@@ -1,9 +1,8 @@
 """The output folder of a run: which checkpoint to resume from, whether the run already finished, and the
 files written at the end (tokenizer, recipe.yaml, training_info.json, plots, our card).
 
-A kill can come at any moment. The files written here are written whole (a temporary file, then a
-rename); the adapter the Trainer saves is not, and neither is a checkpoint, so the folder tells its
-state by itself:
+A kill can come at any moment. The files written here are written whole (assistant.atomic); the
+adapter the Trainer saves is not, and neither is a checkpoint, so the folder tells its state by itself:
 - a checkpoint is complete once the Trainer has written its ``trainer_state.json``, which it writes last;
   an incomplete one (killed while saving) is removed and the run resumes from the one before it;
 - ``training_info.json`` is removed before the final adapter is saved, written complete (the card is
@@ -16,13 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import fields
 from enum import Enum
 from pathlib import Path
+
+from assistant.atomic import write_text
 
 INFO = "training_info.json"
 
@@ -111,14 +110,6 @@ def _yaml_value(value):
     return value
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; these files are meant to be shared
-    os.replace(tmp, path)
-
-
 def resolved_recipe(keys, requested: dict, *configs) -> str:
     """The recipe as run: the file's keys and the overrides, with the values used; the rest is default."""
     import peft
@@ -200,13 +191,13 @@ def write_run_folder(
 
     train_args, training_args, model_args = parsed.train, parsed.training, parsed.model
     built.tokenizer.save_pretrained(str(output_dir))
-    write_atomic(
+    write_text(
         output_dir / "recipe.yaml",
         resolved_recipe(parsed.keys, requested, train_args, training_args, model_args),
     )
     stats = Path(train_args.pairs_file).parent / "stats.json"
     if stats.exists():
-        write_atomic(output_dir / "data_stats.json", stats.read_text())
+        write_text(output_dir / "data_stats.json", stats.read_text())
     metrics = read_metrics(output_dir / "metrics.jsonl")
     info = {
         "method": train_args.method,
@@ -237,11 +228,11 @@ def write_run_folder(
         "versions": {m.__name__: m.__version__ for m in _libraries()},
         "torch_threads": torch.get_num_threads(),
     }
-    write_atomic(output_dir / INFO, json.dumps(info, indent=2) + "\n")
+    write_text(output_dir / INFO, json.dumps(info, indent=2) + "\n")
     plot_metrics(output_dir)
     # TRL and PEFT write their own README.md on save; ours replaces it, rendered from the files above.
     print(f"card: {write_card(output_dir)}")
-    write_atomic(output_dir / INFO, json.dumps(info | {"finished": True}, indent=2) + "\n")
+    write_text(output_dir / INFO, json.dumps(info | {"finished": True}, indent=2) + "\n")
 
 
 def _libraries():
