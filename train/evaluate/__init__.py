@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from train.evaluate import answers as answering
 from train.evaluate import base_cache
 from train.evaluate.inputs import (
     EvalArguments,
@@ -78,8 +79,6 @@ def evaluate_adapter(args: EvalArguments, pairs: list[dict], excluded: int) -> t
     """Every measurement of one adapter against its base; (report, one row per prompt)."""
     from assistant.generation import GenerationSettings
     from assistant.models import load_model
-    from train.evaluate import answers as answering
-    from train.evaluate.preference import preference_accuracy
 
     loaded = load_model(base=args.base, adapter=args.adapter, revision=args.revision, device=args.device)
     recipe = read_recipe(args.adapter, args.revision)
@@ -102,11 +101,30 @@ def evaluate_adapter(args: EvalArguments, pairs: list[dict], excluded: int) -> t
         },
         "settings": {**asdict(settings), "k": args.num_generations, "from_recipe": from_recipe},
     }
+    answers = measure(args, loaded, pairs, prompts, settings, report)
+    report["training_objective"] = answering.training_objective(loaded, prompts, answers, recipe, args.seed)
+    rows = generation_rows(prompts, answers, report.get("judge_verdicts"), args.seed)
+    by_key = {row["parent_id"]: row for row in rows}
+    report["samples"] = [sample(pair, by_key[prompt_key(pair)]) for pair in pick_samples(pairs, args.samples)]
+    return report, rows
+
+
+def measure(
+    args: EvalArguments, loaded, pairs: list[dict], prompts: list[dict], settings, report: dict
+) -> dict:
+    """Preference accuracy, the answers and the judge's verdicts into ``report``; returns the answers.
+    The base's half comes from ``--base-cache`` when an earlier adapter left it there."""
+    from train.evaluate.preference import preference_accuracy
+
     judge_id = judge_identity(args.judge) if args.judge else None
     key = base_cache.cache_key(
-        base=report["adapter"]["base"], pairs=[[p["prompt"], p["chosen"], p["rejected"]] for p in pairs],
-        settings={k: v for k, v in report["settings"].items() if k != "from_recipe"}, max_length=args.max_length, batch_size=args.batch_size, judge=judge_id,
-    )  # fmt: skip
+        base=report["adapter"]["base"],
+        pairs=[[p["prompt"], p["chosen"], p["rejected"]] for p in pairs],
+        settings={k: v for k, v in report["settings"].items() if k != "from_recipe"},
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        judge=judge_id,
+    )
     cached = base_cache.load(args.base_cache, key) if args.base_cache else {}
     report["base_from_cache"] = bool(cached)
     report["preference"] = preference_accuracy(
@@ -116,7 +134,7 @@ def evaluate_adapter(args: EvalArguments, pairs: list[dict], excluded: int) -> t
         loaded, prompts, settings, args.num_generations, args.batch_size, base=cached.get("answers")
     )
     report["answers"] = answering.describe(answers, args.seed)
-    verdicts = None
+    judged = {}
     if args.judge:
         from train.scorer import Scorer
 
@@ -127,38 +145,35 @@ def evaluate_adapter(args: EvalArguments, pairs: list[dict], excluded: int) -> t
             judge, prompts, answers, args.seed, base_scores=cached.get("judge")
         )
         report["judge_verdicts"] = verdicts
+        judged = {"judge": verdicts["scores"]["base"], "judge_accuracy": accuracy}
     if args.base_cache and not cached:
-        judged = (
-            {"judge": verdicts["scores"]["base"], "judge_accuracy": report["judge"]["accuracy"]}
-            if verdicts
-            else {}
-        )
         base_cache.save(args.base_cache, key, report["preference"], answers["base"], judged)
-    report["training_objective"] = answering.training_objective(loaded, prompts, answers, recipe, args.seed)
+    return answers
 
+
+def generation_rows(prompts: list[dict], answers: dict, verdicts: dict | None, seed: int) -> list[dict]:
+    """generations.jsonl: every answer of both models to every prompt, with its seed and judge score."""
     rows = []
     for i, pair in enumerate(prompts):
         row = {"parent_id": prompt_key(pair), "prompt": pair["prompt"]}
         for side in answering.SIDES:
             row[side] = [
-                {"answer": a.text, "tokens": a.tokens, "ended": a.ended, "seed": args.seed + j}
+                {"answer": a.text, "tokens": a.tokens, "ended": a.ended, "seed": seed + j}
                 | ({"judge": verdicts["scores"][side][i][j]} if verdicts else {})
                 for j, a in enumerate(answers[side][i])
             ]
         rows.append(row)
-    by_key = {row["parent_id"]: row for row in rows}
-    report["samples"] = []
-    for pair in pick_samples(pairs, args.samples):
-        row = by_key[prompt_key(pair)]
-        first = {side: row[side][0] for side in answering.SIDES}  # each model's first answer (same seed)
-        report["samples"].append(
-            {
-                "prompt": pair["prompt"],
-                **{side: first[side]["answer"] for side in first},
-                "judge": {side: first[side]["judge"] for side in first} if verdicts else None,
-            }
-        )
-    return report, rows
+    return rows
+
+
+def sample(pair: dict, row: dict) -> dict:
+    """A side-by-side sample: each model's first answer (same seed), with the judge's scores."""
+    first = {side: row[side][0] for side in answering.SIDES}
+    return {
+        "prompt": pair["prompt"],
+        **{side: first[side]["answer"] for side in first},
+        "judge": {side: first[side]["judge"] for side in first} if "judge" in first["base"] else None,
+    }
 
 
 def write_outputs(out: Path, report: dict, rows: list[dict] | None) -> None:
