@@ -144,3 +144,9 @@ def test_group_sizes_use_the_process_count_of_the_launch(tmp_path, weightless, m
     ]
     err = error_of(argv, capsys)
     assert "1 x 2 processes x 1 steps = 2" in err and "set per_device_train_batch_size to 2" in err
+
+
+def test_help_still_prints_the_options(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--config", str(RECIPES / "cpu-demo.yaml"), "--help"])
+    assert done.value.code == 0 and "--num_generations" in capsys.readouterr().out

@@ -177,38 +177,6 @@ def test_target_modules_that_match_nothing_are_an_error(tiny_phi_dir):
         check_target_modules(model, r".*\.attn\.(o|out)_proj")
 
 
-def test_cli_rejects_unknown_targets_and_missing_pairs(tmp_path, tiny_phi_dir, capsys):
-    pairs = write_pairs_file(tmp_path / "pairs")
-    args = [
-        "--config",
-        str(RECIPES / "phi2-grpo-qlora.yaml"),
-        *tiny_overrides(tiny_phi_dir, pairs, tmp_path / "out"),
-        "--lora_target_modules",
-        "q_proj",
-        "o_proj",
-        "--num_generations",
-        "2",
-        "--per_device_train_batch_size",
-        "2",
-    ]
-    assert main(args) == 2
-    assert "o_proj" in capsys.readouterr().err
-    args = [
-        "--config",
-        str(RECIPES / "phi2-grpo-qlora.yaml"),
-        *tiny_overrides(tiny_phi_dir, tmp_path / "none" / "train.jsonl", tmp_path / "out"),
-        "--dataset_source",
-        "",
-        "--num_generations",
-        "2",
-        "--per_device_train_batch_size",
-        "2",
-    ]
-    assert main(args) == 2
-    assert "python -m train.data" in capsys.readouterr().err
-    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
-
-
 @pytest.fixture(scope="module")
 def grpo_run(tmp_path_factory, tiny_phi_dir):
     """Two GRPO steps on the tiny Phi model from the Phi-2 GRPO recipe, all rewards incl. a reward model."""

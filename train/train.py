@@ -113,7 +113,7 @@ def _command_line_keys(argv: list[str], classes) -> list[str]:
     known = {f.name for cls in classes for f in fields(cls)}
     keys = []
     for token in argv:
-        if token.startswith("--") and token != "--config":
+        if token.startswith("--") and token not in ("--config", "--help"):
             key = token[2:].split("=", 1)[0].replace("-", "_")
             keys.append(key[3:] if key.startswith("no_") and key not in known else key)
     return keys
