@@ -98,6 +98,8 @@ def check_target_modules(model, targets) -> list[str] | str | None:
     name (o_proj on Phi-2) would otherwise be silently left untrained."""
     if targets is None or targets == "all-linear":
         return targets
+    if isinstance(targets, list) and len(targets) == 1:  # the parser makes a YAML string a list of one
+        targets = targets[0]
     if isinstance(targets, str) and not re.fullmatch(r"[\w.]+", targets):
         # A regular expression (PEFT's meaning of a string): it must match at least one module.
         if not any(re.fullmatch(targets, n) for n, _ in model.named_modules()):
