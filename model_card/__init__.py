@@ -142,12 +142,24 @@ def _languages(stats: dict | None) -> list[str]:
     return codes or ["en"]
 
 
-def _dataset_id(stats: dict | None) -> str:
-    source = str((stats or {}).get("source") or "")
+def _dataset_ids(stats: dict | None) -> list[str]:
+    """The Hub datasets the pairs came from, one per source."""
+    sources = (stats or {}).get("sources") or [str((stats or {}).get("source") or "")]
+    return list(dict.fromkeys(_dataset_of(str(source)) for source in sources))
+
+
+def _dataset_of(source: str) -> str:
     if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists():
         return source  # a Hub dataset id
     # A local export: name the release it comes from (the card's data table names the file).
-    return "OpenAssistant/oasst2" if "oasst2" in Path(source).name.lower() else DATASET_ID
+    name = Path(source).name.lower()
+    if "hh-rlhf" in name:
+        return "Anthropic/hh-rlhf"
+    return "OpenAssistant/oasst2" if "oasst2" in name else DATASET_ID
+
+
+def _dataset_id(stats: dict | None) -> str:
+    return " + ".join(_dataset_ids(stats))
 
 
 def _used_4bit(recipe: dict, info: dict) -> bool:
@@ -243,10 +255,10 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
     data = ModelCardData(
         base_model=base_model,
         library_name="peft",
-        datasets=[_dataset_id(stats)],
+        datasets=_dataset_ids(stats),
         language=_languages(stats),
         license=info.get("license") or BASE_LICENSES.get(base_model, DEFAULT_LICENSE),
-        pipeline_tag="text-generation",
+        pipeline_tag="text-classification" if method == "reward" else "text-generation",
         tags=tags,
     )
     return ModelCard.from_template(
@@ -259,6 +271,9 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
         qlora=qlora,
         base_model=base_model,
         dataset_id=_dataset_id(stats),
+        dataset_links=" and ".join(
+            f"[{d}](https://huggingface.co/datasets/{d})" for d in _dataset_ids(stats)
+        ),
         adapter_ref=repo_id or name,
         pushed=repo_id is not None,
         details=[

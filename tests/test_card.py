@@ -126,7 +126,9 @@ def test_description_method_and_demo_base(run):
     (run / "training_info.json").write_text(json.dumps(info))
     (run / "recipe.yaml").write_text("method: dpo\nload_in_4bit: false\n")
     stats = json.loads((run / "data_stats.json").read_text())
-    (run / "data_stats.json").write_text(json.dumps({**stats, "source": "OpenAssistant/oasst1"}))
+    (run / "data_stats.json").write_text(
+        json.dumps({**stats, "source": "OpenAssistant/oasst1", "sources": ["OpenAssistant/oasst1"]})
+    )
     card = render_card(run)
     assert card.data.datasets == ["OpenAssistant/oasst1"]
     assert "> **CPU demo: SmolLM2-135M-Instruct, 3 steps on 43 pairs. Not the tuned Phi-2.**" in card.text
