@@ -167,15 +167,20 @@ def test_deeper_messages_are_never_used():
     assert not {"t01-f", "t01-f-a0", "t01-f-a1"} & used
 
 
+@pytest.mark.parametrize("depth", ["first", "all"])
 @pytest.mark.parametrize(
     "form", ["trees_gz", "trees_by_content", "flat_jsonl", "flat_parquet", "flat_folder"]
 )
-def test_every_form_gives_the_same_pairs_and_stats(mini_forms, form):
-    ref_train, ref_eval, ref_stats = build_pairs(mini_forms["trees"], languages=["all"], eval_fraction=0.5)
-    train, evaluation, stats = build_pairs(mini_forms[form], languages=["all"], eval_fraction=0.5)
+def test_every_form_gives_the_same_pairs_and_stats(mini_forms, form, depth):
+    options = {"languages": ["all"], "eval_fraction": 0.5, "depth": depth}
+    ref_train, ref_eval, ref_stats = build_pairs(mini_forms["trees"], **options)
+    train, evaluation, stats = build_pairs(mini_forms[form], **options)
     assert (train, evaluation) == (ref_train, ref_eval)
-    for key in ("messages", "trees", "candidates", "trees_skipped", "messages_skipped", "train", "eval"):
+    keys = ("messages", "trees", "trees_by_state", "candidates", "trees_skipped", "groups_skipped")
+    for key in (*keys, "messages_skipped", "train", "eval"):
         assert stats[key] == ref_stats[key], key
+    if depth == "all":  # the follow-up turn of t01 is there, as a conversation, in every form
+        assert any(isinstance(p["prompt"], list) and len(p["prompt"]) == 3 for p in train + evaluation)
 
 
 @pytest.mark.parametrize(
