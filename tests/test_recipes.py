@@ -56,7 +56,7 @@ CASES = {
     ),
     "weights of the wrong length": (
         ["--reward_weights", "1", "2"],
-        ["reward_weights has 2 values for 5 reward_funcs", "one weight per reward"],
+        ["reward_weights has 2 values for 3 reward_funcs", "one weight per reward"],
     ),
     "reward model with no model": (
         ["--reward_funcs", "reward_model", "--reward_weights", "1"],
