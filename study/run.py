@@ -3,6 +3,7 @@
     python -m study.run                      # everything: data, judge, every candidate, the table
     python -m study.run --only dpo           # one candidate (trained and evaluated), then the table
     python -m study.run --step table         # only re-write the table from the finished runs
+    python -m study.run --step demo          # the table, then the best candidates become the demo adapters
 
 Every candidate is a recipe in recipes/study/, trained on the same training pairs (the English Open
 Assistant pairs of the oasst1 validation split and the oasst2 sample, at every depth) and evaluated by
@@ -112,13 +113,57 @@ def check_reward_models() -> dict:
     return checks
 
 
+DEMOS = {"grpo": Path("demo/smollm2-grpo-demo"), "dpo": Path("demo/smollm2-dpo-demo")}
+DEMO_FILES = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
+              "chat_template.jinja", "special_tokens_map.json", "recipe.yaml", "training_info.json",
+              "metrics.jsonl", "data_stats.json", "plots", "eval")  # fmt: skip
+
+
+def evidence(row: dict) -> tuple[float, float]:
+    """How strongly a candidate beats its base on a measure it was not trained on: the smaller p-value
+    of its two paired tests where tuned did better (1 where it did not), then minus its judge win rate."""
+    tests = [row["preference"]["test"], (row["judge"]["per_prompt"] or {}).get("test")]
+    p = min([t["p_value"] for t in tests if t and t["better"] > t["worse"]], default=1.0)
+    judge = row["judge"]["per_prompt"]
+    return p, -(judge["win"]["rate"] if judge else 0.0)
+
+
+def promote(rows: list[dict]) -> dict:
+    """The demo adapters the apps serve: the GRPO candidate with the best evidence, and the DPO one if
+    its evidence is better still (a fixed rule, applied to the table, never a choice by hand)."""
+    import shutil
+
+    from model_card import write_card
+
+    by_method = {}
+    for row in sorted((r for r in rows if r["name"] != "demo-v1"), key=evidence):
+        by_method.setdefault(row["method"], row)
+    chosen = {"grpo": by_method.get("grpo")}
+    if by_method.get("dpo") and chosen["grpo"] and evidence(by_method["dpo"]) < evidence(chosen["grpo"]):
+        chosen["dpo"] = by_method["dpo"]
+    for method, row in chosen.items():
+        if row is None:
+            continue
+        source, target = ROOT / RUNS / row["name"], ROOT / DEMOS[method]
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        for name in DEMO_FILES:
+            if (source / name).is_dir():
+                shutil.copytree(source / name, target / name)
+            elif (source / name).exists():
+                shutil.copy2(source / name, target / name)
+        write_card(target)
+    return {method: row["name"] for method, row in chosen.items() if row}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
     recipes = sorted(p.stem for p in (ROOT / "recipes/study").glob("*.yaml")) + ["demo-v1"]
     parser.add_argument(
         "--only", choices=recipes, action="append", help="recipes to run, in order (default: all)"
     )
-    parser.add_argument("--step", choices=("all", "train", "evaluate", "table"), default="all")
+    parser.add_argument("--step", choices=("all", "train", "evaluate", "table", "demo"), default="all")
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     names = args.only or list(CANDIDATES)
@@ -136,10 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             if name in CANDIDATES:
                 evaluate(name)
-    if args.step in ("all", "table"):
+    if args.step in ("all", "table", "demo"):
         from study.table import write_table
 
-        write_table(CANDIDATES, RUNS, RESULTS, check_reward_models())
+        rows = write_table(CANDIDATES, RUNS, RESULTS, check_reward_models())
+        if args.step in ("all", "demo"):
+            print(f"demo adapters: {promote(rows)}")
     return 0
 
 
