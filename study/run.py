@@ -37,8 +37,12 @@ RESULTS = Path("study")
 CANDIDATES = ("demo-v1", "grpo-baseline", "grpo-tuned", "grpo-reward-model", "dpo")
 DEMO_V1 = ("ce38446", "demo/smollm2-grpo-demo")
 NEEDS = {"grpo-reward-model": "reward-model-oasst"}
-# the same settings for every candidate; the base is evaluated once for all of them (--base-cache)
-EVAL_OPTIONS = "--num-generations 3 --max-new-tokens 64 --temperature 0.7 --batch-size 16".split()
+# The same settings for every candidate; the base is evaluated once for all of them (--base-cache).
+# A CPU budget: 2 answers per prompt and model (the default is 3), at most 48 new tokens, pairs scored
+# up to 512 tokens (a long reply is cut, the same way for base and tuned).
+EVAL_OPTIONS = (
+    "--num-generations 2 --max-new-tokens 48 --max-length 512 --temperature 0.7 --batch-size 16".split()
+)
 EVAL_OPTIONS += ["--base-cache", str(RUNS / "base-cache")]
 
 
