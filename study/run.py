@@ -93,8 +93,8 @@ def restore_demo_v1() -> None:
 
 
 def check_reward_models() -> dict:
-    """Held-out accuracy of the judge (on HH-RLHF and on the Open Assistant pairs) and of the study's
-    own reward model (Open Assistant): how much each can be trusted."""
+    """Held-out accuracy of the judge on HH-RLHF (its accuracy on the Open Assistant pairs is in every
+    report) and of the study's own reward model on the Open Assistant pairs: how much each can be trusted."""
     from train.data import load_pairs
     from train.evaluate.answers import judge_accuracy
     from train.scorer import Scorer
@@ -102,18 +102,19 @@ def check_reward_models() -> dict:
     path = ROOT / RESULTS / "reward_models.json"
     if path.exists():
         return json.loads(path.read_text())
-    held_out = load_pairs(ROOT / DATA / "eval.jsonl")
     checks = {}
-    for name, folder in (("judge-hh-rlhf", JUDGE), ("reward-model-oasst", RUNS / "reward-model-oasst")):
-        if not (ROOT / folder / "adapter_config.json").exists():
-            continue
-        scorer = Scorer(str(ROOT / folder))
-        checks[name] = {"open_assistant_held_out": judge_accuracy(scorer, held_out)}
-        if name == "judge-hh-rlhf":
-            checks[name]["hh_rlhf_held_out"] = judge_accuracy(
-                scorer, load_pairs(ROOT / "data/hh-rlhf/eval.jsonl")[:300]
-            )
-    path.write_text(json.dumps(checks, indent=2) + "\n")
+    if (ROOT / JUDGE / "adapter_config.json").exists():
+        held_out = load_pairs(ROOT / "data/hh-rlhf/eval.jsonl")[:200]  # the first 200 in hash order
+        checks["judge-hh-rlhf"] = {"hh_rlhf_held_out": judge_accuracy(Scorer(str(ROOT / JUDGE)), held_out)}
+    model = ROOT / RUNS / "reward-model-oasst"
+    if (model / "adapter_config.json").exists():
+        held_out = load_pairs(ROOT / DATA / "eval.jsonl")
+        checks["reward-model-oasst"] = {
+            "open_assistant_held_out": judge_accuracy(Scorer(str(model)), held_out)
+        }
+    from assistant.atomic import write_text
+
+    write_text(path, json.dumps(checks, indent=2) + "\n")
     return checks
 
 
