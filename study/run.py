@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.step in ("all", "table", "demo"):
         from study.table import write_table
 
-        rows = write_table(CANDIDATES, RUNS, RESULTS, check_reward_models())
+        checks = ROOT / RESULTS / "reward_models.json"
+        reward_models = check_reward_models() if args.step == "all" or checks.exists() else {}
+        rows = write_table(CANDIDATES, RUNS, RESULTS, reward_models)
         if args.step in ("all", "demo"):
             print(f"demo adapters: {promote(rows)}")
     return 0
