@@ -46,7 +46,12 @@ def row(name: str, runs: Path) -> dict | None:
             "difference": p["tuned_minus_base"]["accuracy"],
             "test": p["test"],
         },
-        "judge": {"per_prompt": j.get("per_prompt"), "difference": j.get("tuned_minus_base")},
+        "judge": {
+            "per_prompt": j.get("per_prompt"),
+            "difference": j.get("tuned_minus_base"),
+            "accuracy": (report.get("judge") or {}).get("accuracy"),  # its own, on these held-out pairs
+        },
+        "settings": report["settings"],
         "objective": {
             "name": OBJECTIVE.get(method),
             "first_tenth": trend.get("first_tenth_mean"),
@@ -153,7 +158,11 @@ def write_table(candidates, runs: Path, results: Path, reward_models: dict) -> l
     if not rows:
         return rows
     plot(rows, results / "plots" / "study.png")
+    accuracy = next((r["judge"]["accuracy"] for r in rows if r["judge"]["accuracy"]), None)
+    settings = rows[0]["settings"]
     checks = [
+        f"- `judge-hh-rlhf` on these {rows[0]['pairs']} held-out Open Assistant pairs: {fmt(accuracy, percent=True)}"
+    ] * bool(accuracy) + [
         f"- `{name}`: "
         + "; ".join(
             f"{where.replace('_', ' ')} {fmt(rate, percent=True)} (n = {rate['n']})"
@@ -167,7 +176,9 @@ def write_table(candidates, runs: Path, results: Path, reward_models: dict) -> l
             "",
             "Written by `python -m study.run` from the runs' own files (`results.json` has every figure).",
             f"{rows[0]['pairs']} held-out pairs, none from a training tree; rates with Wilson 95% intervals; "
-            "paired exact tests of tuned against base on the same pairs / prompts.",
+            "paired exact tests of tuned against base on the same pairs / prompts. The judge's verdicts: "
+            f"{settings['k']} answers per prompt and model, temperature {settings['temperature']}, at most "
+            f"{settings['max_new_tokens']} new tokens.",
             "",
             table_markdown(rows),
             "![Study](plots/study.png)",
