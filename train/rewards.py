@@ -36,14 +36,6 @@ def completion_text(completion) -> str:
     )
 
 
-def prompt_text(prompt) -> str:
-    """The last user message of a prompt (a string or a list of messages)."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m.get("content") or "" for m in prompt if m.get("role") == "user"]
-    return users[-1] if users else ""
-
-
 def answer(completion) -> str:
     """What a user would be shown: the completion cut where it starts a new user turn (as the apps do)."""
     return cut_at_user_turn(completion_text(completion))[0].strip()

@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from assistant.models import short_name
 from train.evaluate import answers as answering
 from train.evaluate import base_cache
 from train.evaluate.inputs import (
@@ -50,17 +51,12 @@ __all__ = ["EvalArguments", "EvalError", "main", "run"]
 SCHEMA_VERSION = 2
 
 
-def shown_name(name: str) -> str:
-    """A path as given when relative, its last part when absolute: no server paths in a report."""
-    return Path(name).name if Path(name).is_absolute() else name
-
-
 def adapter_identity(adapter: str, revision: str | None, base: str) -> dict:
     from train.identity import base_identity, file_sha256
 
     weights = adapter_file(adapter, "adapter_model.safetensors", revision)
     return {
-        "name": shown_name(adapter),
+        "name": short_name(adapter),
         "sha256": file_sha256(weights) if weights else None,
         "base": base_identity(base),
     }
@@ -72,7 +68,7 @@ def judge_identity(judge: str) -> dict:
     info = Path(judge) / "training_info.json"
     description = json.loads(info.read_text()).get("description") if info.is_file() else None
     sha = folder_weights_sha256(Path(judge)) if Path(judge).is_dir() else None
-    return {"name": shown_name(judge), "weights_sha256": sha, "description": description}
+    return {"name": short_name(judge), "weights_sha256": sha, "description": description}
 
 
 def evaluate_adapter(args: EvalArguments, pairs: list[dict], excluded: int) -> tuple[dict, list[dict]]:
@@ -92,7 +88,7 @@ def evaluate_adapter(args: EvalArguments, pairs: list[dict], excluded: int) -> t
         "adapter": adapter_identity(args.adapter, args.revision, loaded.base),
         "model": {"device": loaded.device, "precision": loaded.precision},
         "pairs": {
-            "file": shown_name(str(args.pairs)),
+            "file": short_name(str(args.pairs)),
             "n": len(pairs),
             "prompts": len(prompts),
             "order": "sha256 of the prompt's message id",
@@ -235,7 +231,7 @@ def run(args: EvalArguments) -> dict:
     if votes is not None:
         from train.evaluate.votes import leaderboard
 
-        report["leaderboard"] = {"file": shown_name(str(args.votes)), **leaderboard(votes, seed=args.seed)}
+        report["leaderboard"] = {"file": short_name(str(args.votes)), **leaderboard(votes, seed=args.seed)}
     report["runtime_s"] = round(time.perf_counter() - start, 1)
     write_outputs(out, report, rows)
     return report
