@@ -73,6 +73,10 @@ class TrainArguments:
             "choices": ["first", "all"],
         },
     )
+    dataset_eval_fraction: float = field(
+        default=0.05,
+        metadata={"help": "Share of trees held out (by tree-id hash) when building from dataset_source."},
+    )
     dataset_languages: list[str] = field(
         default_factory=lambda: ["en"],
         metadata={"help": "Languages when building pairs from dataset_source."},

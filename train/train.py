@@ -203,6 +203,7 @@ def load_train_pairs(train_args, tokenizer) -> tuple[list[dict], dict]:
                 sources,
                 languages=train_args.dataset_languages,
                 depth=train_args.dataset_depth,
+                eval_fraction=train_args.dataset_eval_fraction,
                 limit=train_args.dataset_limit,
             )
         write_pairs(path.parent, train, evaluation, stats)
