@@ -66,13 +66,19 @@ class Scorer:
 
     @torch.inference_mode()
     def score(self, conversations: list[list[dict]], answers: list[str]) -> list[float]:
-        """One score per (conversation so far, answer): the model's first logit."""
-        scores: list[float] = []
-        for start in range(0, len(answers), self.batch_size):
-            batch = self._batch(
-                conversations[start : start + self.batch_size], answers[start : start + self.batch_size]
-            )
-            scores += self.model(**batch.to(self.device)).logits[:, 0].float().cpu().tolist()
+        """One score per (conversation so far, answer): the model's first logit. Rows are batched by
+        length, so a batch pads to its own longest row rather than to the longest of all."""
+        order = sorted(
+            range(len(answers)),
+            key=lambda i: sum(len(m["content"]) for m in conversations[i]) + len(answers[i]),
+        )
+        scores = [0.0] * len(answers)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = self._batch([conversations[i] for i in chunk], [answers[i] for i in chunk])
+            logits = self.model(**batch.to(self.device)).logits[:, 0].float().cpu().tolist()
+            for i, value in zip(chunk, logits, strict=True):
+                scores[i] = value
         return scores
 
 
