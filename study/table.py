@@ -28,9 +28,12 @@ def _metric_mean(path: Path, key: str) -> float | None:
 
 
 def row(name: str, runs: Path) -> dict | None:
-    report = _read(runs / name / "eval" / "report.json")
-    if "preference" not in report:
+    """A candidate's figures, or None until it has a report of its current weights."""
+    from model_card import report_matches
+
+    if not report_matches(runs / name):
         return None
+    report = _read(runs / name / "eval" / "report.json")
     info, usage = _read(runs / name / "training_info.json"), _read(runs / name / "run.json")
     p, j, a = report["preference"], report.get("judge_verdicts") or {}, report["answers"]
     method = info.get("method", "?")

@@ -380,6 +380,41 @@ def test_a_stale_report_stays_out_of_the_card(setup, evaluated, tmp_path):
     assert not report_matches(folder)
 
 
+def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated, tmp_path):
+    """study.table reads the candidates' own files; a candidate whose report belongs to other weights is
+    left out of the table, and the promote rule ranks by the paired tests' p-values."""
+    from study.run import evidence
+    from study.table import write_table
+
+    runs = tmp_path / "runs"
+    for name in ("fresh", "stale"):
+        shutil.copytree(setup["adapter"], runs / name)
+        (runs / name / "training_info.json").write_text(
+            json.dumps({"method": "grpo", "global_step": 3, "train_runtime_s": 120.0,
+                        "trends": {"reward": {"first_tenth_mean": 0.1, "last_tenth_mean": 0.4}}})
+        )  # fmt: skip
+    (runs / "fresh" / "run.json").write_text(json.dumps({"wall_s": 130.0, "peak_rss_mb": 2048}))
+    weights = runs / "stale" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\1")
+
+    rows = write_table(("fresh", "stale", "missing"), runs, tmp_path / "results", {})
+    assert [r["name"] for r in rows] == ["fresh"]
+    report = evaluated[1]
+    assert rows[0]["preference"]["tuned"] == report["preference"]["tuned"]["accuracy"]
+    assert rows[0]["peak_rss_mb"] == 2048
+    table = (tmp_path / "results" / "README.md").read_text()
+    assert "`fresh`" in table and "`stale`" not in table and "reward 0.100 → 0.400" in table
+    assert json.loads((tmp_path / "results" / "results.json").read_text())["candidates"] == rows
+    assert (tmp_path / "results" / "plots" / "study.png").stat().st_size > 0
+
+    better = rows[0]["preference"]["test"]
+    assert better["better"] > better["worse"]  # the adapter was trained to get these pairs right
+    worse = {**rows[0], "preference": {**rows[0]["preference"], "test": {**better, "better": 0, "worse": 4}}}
+    worse["judge"] = {**worse["judge"], "per_prompt": None}
+    assert evidence(worse) == (1.0, 0.0)  # no test where tuned did better: no evidence
+    assert evidence(rows[0]) < evidence(worse)
+
+
 def test_sample_selection_is_a_fixed_rule():
     pairs = [
         {"prompt": f"question {k}", "chosen": "a", "rejected": "b", "parent_id": f"id-{k}", "chosen_id": f"c{k}",
