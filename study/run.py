@@ -187,11 +187,12 @@ def main(argv: list[str] | None = None) -> int:
             if name in CANDIDATES:
                 evaluate(name)
     if args.step in ("all", "table", "demo"):
-        from study.table import write_table
+        from study.table import embed, write_table
 
         checks = ROOT / RESULTS / "reward_models.json"
         reward_models = check_reward_models() if args.step == "all" or checks.exists() else {}
         rows = write_table(CANDIDATES, RUNS, RESULTS, reward_models)
+        embed(ROOT / "README.md", rows)
         if args.step in ("all", "demo"):
             print(f"demo adapters: {promote(rows)}")
     return 0

@@ -114,6 +114,45 @@ def table_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+ALPHA = 0.05
+
+
+def reading(rows: list[dict]) -> list[str]:
+    """The table in words, one line per candidate and a verdict: which candidates beat their base at
+    p < 0.05 on a measure they were not trained on (held-out preference accuracy, or the judge)."""
+    lines, winners = [], []
+    for r in rows:
+        p, j = r["preference"], r["judge"]["per_prompt"]
+        won = [
+            measure
+            for measure, test in (("preference accuracy", p["test"]), ("the judge", j and j["test"]))
+            if test and test["better"] > test["worse"] and test["p_value"] < ALPHA
+        ]
+        if won:
+            winners.append((r, won))
+        judge = (
+            f"the judge prefers its answers on {fmt(j['win'], percent=True)} of prompts (sign test p = "
+            f"{fmt_p(j['test']['p_value'])})"
+            if j
+            else "no judge verdicts"
+        )
+        lines.append(
+            f"- `{r['name']}` ({r['method']}): preference accuracy {fmt(p['base'], percent=True)} → "
+            f"{fmt(p['tuned'], percent=True)} (McNemar p = {fmt_p(p['test']['p_value'])}); {judge}."
+        )
+    grpo = [r["name"] for r, _ in winners if r["method"] == "grpo"]
+    verdict = (
+        "**Beat their base at p < 0.05:** "
+        + "; ".join(f"`{r['name']}` ({', '.join(won)})" for r, won in winners)
+        + "."
+        if winners
+        else "**No candidate beat its base at p < 0.05** on held-out preference accuracy or on the judge."
+    )
+    if winners and not grpo:
+        verdict += " No GRPO candidate did."
+    return [*lines, "", verdict]
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -150,6 +189,26 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+BEGIN, END = "<!-- study table: written by python -m study.run -->", "<!-- end of study table -->"
+
+
+def embed(readme: Path, rows: list[dict]) -> None:
+    """The table and its reading, in the project README between the markers (so the README's figures
+    are the current results file's, never typed by hand)."""
+    from assistant.atomic import write_text
+
+    text = readme.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"error: {readme} has no study table markers; add {BEGIN} and {END} lines")
+    head, rest = text.split(BEGIN, 1)
+    body = (
+        [table_markdown(rows), *reading(rows), "", "![Study](study/plots/study.png)"]
+        if rows
+        else ["No candidate has been evaluated yet."]
+    )
+    write_text(readme, head + BEGIN + "\n" + "\n".join(body) + "\n" + END + rest.split(END, 1)[1])
+
+
 def write_table(candidates, runs: Path, results: Path, reward_models: dict) -> list[dict]:
     from assistant.atomic import write_text
 
@@ -184,6 +243,8 @@ def write_table(candidates, runs: Path, results: Path, reward_models: dict) -> l
             f"{settings['max_new_tokens']} new tokens.",
             "",
             table_markdown(rows),
+            *reading(rows),
+            "",
             "![Study](plots/study.png)",
             "",
             "Held-out accuracy of the reward models (how often each prefers the human-chosen reply):",

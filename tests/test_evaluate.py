@@ -384,7 +384,7 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
     """study.table reads the candidates' own files; a candidate whose report belongs to other weights is
     left out of the table, and the promote rule ranks by the paired tests' p-values."""
     from study.run import evidence
-    from study.table import write_table
+    from study.table import BEGIN, END, embed, write_table
 
     runs = tmp_path / "runs"
     for name in ("fresh", "stale"):
@@ -406,6 +406,19 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
     assert "`fresh`" in table and "`stale`" not in table and "reward 0.100 → 0.400" in table
     assert json.loads((tmp_path / "results" / "results.json").read_text())["candidates"] == rows
     assert (tmp_path / "results" / "plots" / "study.png").stat().st_size > 0
+    # 4 of 4 pairs flipped right is McNemar p = 0.125: not enough pairs to call it a win
+    assert "**No candidate beat its base at p < 0.05**" in table
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{BEGIN}\nold table\n{END}\noutro\n")
+    embed(readme, rows)
+    text = readme.read_text()
+    assert text.startswith(f"intro\n{BEGIN}\n| candidate") and text.endswith(f"{END}\noutro\n")
+    assert "old table" not in text and "`fresh` (grpo): preference accuracy" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no study table markers"):
+        embed(readme, rows)
+    assert readme.read_text() == "no markers\n"
 
     better = rows[0]["preference"]["test"]
     assert better["better"] > better["worse"]  # the adapter was trained to get these pairs right
