@@ -251,6 +251,9 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
     runtime = info.get("train_runtime_s")
     target_modules = info.get("target_modules") or adapter_config.get("target_modules")
     eval_report, eval_images = _eval_section(output_dir)
+    from train.evaluate.report import verdict
+
+    eval_verdict = verdict(_read_json(output_dir / "eval" / "report.json")) if eval_report else None
 
     data = ModelCardData(
         base_model=base_model,
@@ -314,6 +317,7 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
         logged_steps=len(metrics),
         plots=[(_caption(p), f"plots/{p.name}") for p in sorted((output_dir / "plots").glob("*.png"))],
         eval_report=eval_report,
+        eval_verdict=eval_verdict,
         eval_images=[(_caption(Path(p)), p) for p in eval_images],
         versions=_dict(info.get("versions")),
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from train.evaluate.stats import fmt, fmt_p
+from train.evaluate.stats import ALPHA, fmt, fmt_p, tuned_won
 
 OBJECTIVE = {
     "grpo": "reward",
@@ -114,9 +114,6 @@ def table_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-ALPHA = 0.05
-
-
 def reading(rows: list[dict]) -> list[str]:
     """The table in words, one line per candidate and a verdict: which candidates beat their base at
     p < 0.05 on a measure they were not trained on (held-out preference accuracy, or the judge)."""
@@ -126,7 +123,7 @@ def reading(rows: list[dict]) -> list[str]:
         won = [
             measure
             for measure, test in (("preference accuracy", p["test"]), ("the judge", j and j["test"]))
-            if test and test["better"] > test["worse"] and test["p_value"] < ALPHA
+            if tuned_won(test)
         ]
         if won:
             winners.append((r, won))
@@ -142,11 +139,11 @@ def reading(rows: list[dict]) -> list[str]:
         )
     grpo = [r["name"] for r, _ in winners if r["method"] == "grpo"]
     verdict = (
-        "**Beat their base at p < 0.05:** "
+        f"**Beat their base at p < {ALPHA}:** "
         + "; ".join(f"`{r['name']}` ({', '.join(won)})" for r, won in winners)
         + "."
         if winners
-        else "**No candidate beat its base at p < 0.05** on held-out preference accuracy or on the judge."
+        else f"**No candidate beat its base at p < {ALPHA}** on held-out preference accuracy or on the judge."
     )
     if winners and not grpo:
         verdict += " No GRPO candidate did."

@@ -141,4 +141,8 @@ def add_eval(out: Path) -> None:
     from train.identity import file_sha256
 
     weights = file_sha256(out / "adapter_model.safetensors")  # the report belongs to these weights
-    (out / "eval" / "report.json").write_text(json.dumps({"adapter": {"sha256": weights}, "prompts": 20}))
+    tests = {  # paired tests as train.evaluate writes them: tuned won on preference, not on the judge
+        "preference": {"test": {"better": 9, "worse": 1, "p_value": 0.021}},
+        "judge_verdicts": {"per_prompt": {"test": {"better": 11, "worse": 9, "p_value": 0.82}}},
+    }
+    (out / "eval" / "report.json").write_text(json.dumps({"adapter": {"sha256": weights}, **tests}))

@@ -78,6 +78,10 @@ def test_evaluation_section_iff_report(run):
     text = render_card(run).text
     assert "## Evaluation" in text
     assert "\n### Evaluation: base vs tuned\n" in text  # the report's headings nest under the card's
+    assert (
+        "**Does it beat its base?** The tuned model beats its base at p < 0.05 on held-out preference "
+        "accuracy.\n" in text
+    )
     assert "\n#### Generation quality\n" in text
     assert "Tuned wins **60%** of 20 held-out prompts." in text
     assert "![Win rate](eval/win_rate.png)" in text  # its links rebased from eval/ to the root

@@ -428,6 +428,17 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
     assert evidence(rows[0]) < evidence(worse)
 
 
+def test_the_verdict_claims_no_win_without_a_significant_paired_test(evaluated):
+    from train.evaluate.report import verdict
+
+    report = evaluated[1]  # 4 of 4 pairs flipped right: McNemar p = 0.125
+    assert report["preference"]["test"]["better"] == 4 and report["preference"]["test"]["worse"] == 0
+    assert verdict(report) == (
+        "The tuned model does not beat its base at p < 0.05 on held-out preference accuracy or on the "
+        "independent judge."
+    )
+
+
 def test_sample_selection_is_a_fixed_rule():
     pairs = [
         {"prompt": f"question {k}", "chosen": "a", "rejected": "b", "parent_id": f"id-{k}", "chosen_id": f"c{k}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from train.evaluate.stats import fmt, fmt_p
+from train.evaluate.stats import ALPHA, fmt, fmt_p, tuned_won
 
 TEMPLATE = Path(__file__).with_name("report_template.md")
 SMALL_SAMPLE = 30  # below this many pairs the report says its intervals are not to be trusted
@@ -27,6 +27,18 @@ def render_report(report: dict) -> str:
         small_sample=SMALL_SAMPLE,
     )
     return text.rstrip() + "\n"
+
+
+def verdict(report: dict) -> str:
+    """One plain sentence: did the tuned model beat its base on a measure it was not trained on?"""
+    judge = report.get("judge_verdicts")
+    tests = {"held-out preference accuracy": report["preference"]["test"]}
+    if judge:
+        tests["the independent judge"] = judge["per_prompt"]["test"]
+    won = [measure for measure, test in tests.items() if tuned_won(test)]
+    if won:
+        return f"The tuned model beats its base at p < {ALPHA} on {' and on '.join(won)}."
+    return f"The tuned model does not beat its base at p < {ALPHA} on {' or on '.join(tests)}."
 
 
 def _prompt_text(prompt) -> str:

@@ -83,6 +83,14 @@ def outcomes(differences, tolerance: float = 0.0) -> dict:
     }
 
 
+ALPHA = 0.05  # the level at which "tuned beats base" is claimed
+
+
+def tuned_won(test: dict | None) -> bool:
+    """Whether a paired test says tuned beat base: better on more items than worse, at p < ALPHA."""
+    return bool(test) and test["better"] > test["worse"] and test["p_value"] < ALPHA
+
+
 def fmt(estimate: dict | None, digits: int = 2, percent: bool = False) -> str:
     """``0.62 [0.41, 0.80]`` or ``62% [41, 80]``: the estimate and its 95% interval."""
     if not estimate:
