@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         from study.table import embed, write_table
 
         checks = ROOT / RESULTS / "reward_models.json"
-        reward_models = check_reward_models() if args.step == "all" or checks.exists() else {}
+        # measured once (a few minutes) by a full run or --step demo, then read from its file
+        reward_models = check_reward_models() if args.step != "table" or checks.exists() else {}
         rows = write_table(CANDIDATES, RUNS, RESULTS, reward_models)
         embed(ROOT / "README.md", rows)
         if args.step in ("all", "demo"):
