@@ -147,7 +147,37 @@ def reading(rows: list[dict]) -> list[str]:
     )
     if winners and not grpo:
         verdict += " No GRPO candidate did."
+    if winners:
+        verdict += " " + _corrected(rows)
     return [*lines, "", verdict]
+
+
+def _corrected(rows: list[dict]) -> str:
+    """The table makes two paired tests per candidate: which wins survive the Benjamini-Hochberg
+    correction over all of them (scipy.stats.false_discovery_control)."""
+    from scipy.stats import false_discovery_control
+
+    tests = [
+        (r["name"], measure, test)
+        for r in rows
+        for measure, test in (
+            ("preference", r["preference"]["test"]),
+            ("judge", (r["judge"]["per_prompt"] or {}).get("test")),
+        )
+        if test
+    ]
+    adjusted = false_discovery_control([t["p_value"] for _, _, t in tests])
+    kept = [
+        f"`{n}` ({m}, adjusted p {'' if q < 0.001 else '= '}{fmt_p(q)})"
+        for (n, m, t), q in zip(tests, adjusted, strict=True)
+        if tuned_won({**t, "p_value": q})
+    ]
+    where = f"Corrected for the table's {len(tests)} paired tests (Benjamini-Hochberg)"
+    return (
+        f"{where}: {', '.join(kept)} {'remains' if len(kept) == 1 else 'remain'}."
+        if kept
+        else f"{where}, none remains."
+    )
 
 
 def plot(rows: list[dict], path: Path) -> None:

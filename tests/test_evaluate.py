@@ -384,7 +384,7 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
     """study.table reads the candidates' own files; a candidate whose report belongs to other weights is
     left out of the table, and the promote rule ranks by the paired tests' p-values."""
     from study.run import evidence
-    from study.table import BEGIN, END, embed, write_table
+    from study.table import BEGIN, END, embed, reading, write_table
 
     runs = tmp_path / "runs"
     for name in ("fresh", "stale"):
@@ -426,6 +426,12 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
     worse["judge"] = {**worse["judge"], "per_prompt": None}
     assert evidence(worse) == (1.0, 0.0)  # no test where tuned did better: no evidence
     assert evidence(rows[0]) < evidence(worse)
+
+    won = {**worse, "name": "won", "preference": {**worse["preference"], "test": {**better, "better": 20,
+           "worse": 2, "p_value": 0.0001}}}  # fmt: skip
+    verdict = reading([rows[0], won])[-1]
+    assert verdict.startswith("**Beat their base at p < 0.05:** `won` (preference accuracy).")
+    assert "Corrected for the table's 3 paired tests (Benjamini-Hochberg): `won` (preference" in verdict
 
 
 def test_the_verdict_claims_no_win_without_a_significant_paired_test(evaluated):
