@@ -3,7 +3,8 @@
     python -m study.run                      # everything: data, judge, every candidate, the table
     python -m study.run --only dpo           # one candidate (trained and evaluated), then the table
     python -m study.run --step table         # only re-write the table from the finished runs
-    python -m study.run --step demo          # the table, then the best candidates become the demo adapters
+    python -m study.run --step demo          # the table, the best candidates become the demo adapters, and
+                                             # the table goes into the project README
 
 Every candidate is a recipe in recipes/study/, trained on the same training pairs (the English Open
 Assistant pairs of the oasst1 validation split and the oasst2 sample, at every depth) and evaluated by
@@ -193,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         # measured once (a few minutes) by a full run or --step demo, then read from its file
         reward_models = check_reward_models() if args.step != "table" or checks.exists() else {}
         rows = write_table(CANDIDATES, RUNS, RESULTS, reward_models)
-        embed(ROOT / "README.md", rows)
         if args.step in ("all", "demo"):
-            print(f"demo adapters: {promote(rows)}")
+            demos = promote(rows)
+            embed(ROOT / "README.md", rows, {DEMOS[method]: name for method, name in demos.items()})
+            print(f"demo adapters: {demos}")
     return 0
 
 

@@ -219,9 +219,9 @@ def plot(rows: list[dict], path: Path) -> None:
 BEGIN, END = "<!-- study table: written by python -m study.run -->", "<!-- end of study table -->"
 
 
-def embed(readme: Path, rows: list[dict]) -> None:
-    """The table and its reading, in the project README between the markers (so the README's figures
-    are the current results file's, never typed by hand)."""
+def embed(readme: Path, rows: list[dict], demos: dict[Path, str]) -> None:
+    """The table, its reading and which candidates the demo adapters are, in the project README between
+    the markers (so the README's figures are the current results file's, never typed by hand)."""
     from assistant.atomic import write_text
 
     text = readme.read_text(encoding="utf-8")
@@ -229,7 +229,11 @@ def embed(readme: Path, rows: list[dict]) -> None:
         raise SystemExit(f"error: {readme} has no study table markers; add {BEGIN} and {END} lines")
     head, rest = text.split(BEGIN, 1)
     body = (
-        [table_markdown(rows), *reading(rows), "", "![Study](study/plots/study.png)"]
+        [table_markdown(rows), *reading(rows), "", "![Study](study/plots/study.png)", ""]
+        + [
+            f"`{folder}` is the `{name}` adapter (the fixed rule `study.run.evidence`)."
+            for folder, name in demos.items()
+        ]
         if rows
         else ["No candidate has been evaluated yet."]
     )

@@ -411,13 +411,14 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{BEGIN}\nold table\n{END}\noutro\n")
-    embed(readme, rows)
+    embed(readme, rows, {Path("demo/x"): "fresh"})
     text = readme.read_text()
     assert text.startswith(f"intro\n{BEGIN}\n| candidate") and text.endswith(f"{END}\noutro\n")
     assert "old table" not in text and "`fresh` (grpo): preference accuracy" in text
+    assert "`demo/x` is the `fresh` adapter" in text
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no study table markers"):
-        embed(readme, rows)
+        embed(readme, rows, {})
     assert readme.read_text() == "no markers\n"
 
     better = rows[0]["preference"]["test"]
