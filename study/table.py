@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from train.evaluate.answers import SIDES
 from train.evaluate.stats import ALPHA, fmt, fmt_p, tuned_won
 
 OBJECTIVE = {
@@ -25,6 +26,35 @@ def _metric_mean(path: Path, key: str) -> float | None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
     return sum(values) / len(values) if values else None
+
+
+def length_control(generations: Path, limit: int) -> dict | None:
+    """Is the judge's verdict about length? Its per-prompt verdicts again on only the prompts where
+    every answer of both models was cut at the token limit (all the same length), and the rank
+    correlation of the per-prompt length and judge-score differences over all prompts."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from train.evaluate.answers import TIE_TOLERANCE
+    from train.evaluate.stats import outcomes
+
+    prompts = [json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
+    prompts = [p for p in prompts if all(a.get("judge") is not None for s in SIDES for a in p[s])]
+    if not prompts:
+        return None
+    mean = lambda p, side, key: float(np.mean([a[key] for a in p[side]]))  # noqa: E731
+    score = np.array([mean(p, "tuned", "judge") - mean(p, "base", "judge") for p in prompts])
+    length = np.array([mean(p, "tuned", "tokens") - mean(p, "base", "tokens") for p in prompts])
+    cut = np.array(
+        [all(not a["ended"] and a["tokens"] >= limit for s in SIDES for a in p[s]) for p in prompts]
+    )
+    rho = spearmanr(length, score) if np.ptp(length) > 0 else None
+    return {
+        "equal_length": {"prompts": int(cut.sum()), **outcomes(score[cut], TIE_TOLERANCE)}
+        if cut.any()
+        else None,
+        "length_vs_judge_spearman": rho and {"rho": float(rho.statistic), "p_value": float(rho.pvalue)},
+    }
 
 
 def row(name: str, runs: Path) -> dict | None:
@@ -60,8 +90,11 @@ def row(name: str, runs: Path) -> dict | None:
             "first_tenth": trend.get("first_tenth_mean"),
             "last_tenth": trend.get("last_tenth_mean"),
         },
-        "answer_tokens": {side: a[side]["answer_tokens"] for side in ("base", "tuned")},
-        "ended_properly": {side: a[side]["ended_properly"] for side in ("base", "tuned")},
+        "length_control": length_control(
+            runs / name / "eval" / "generations.jsonl", report["settings"]["max_new_tokens"]
+        ),
+        "answer_tokens": {side: a[side]["answer_tokens"] for side in SIDES},
+        "ended_properly": {side: a[side]["ended_properly"] for side in SIDES},
         # a GRPO group whose answers all score the same teaches nothing
         "frac_reward_zero_std": _metric_mean(runs / name / "metrics.jsonl", "frac_reward_zero_std"),
         "train_runtime_s": info.get("train_runtime_s"),
@@ -84,6 +117,7 @@ def _cells(r: dict) -> list[str]:
         f"+{p['test']['better']} / −{p['test']['worse']}, p = {fmt_p(p['test']['p_value'])}",
         fmt(j["win"], percent=True) if j else "n/a",
         f"+{j['test']['better']} / −{j['test']['worse']}, p = {fmt_p(j['test']['p_value'])}" if j else "n/a",
+        _equal_length(r),
         trained,
         f"{r['answer_tokens']['base']['mean']:.0f} → {r['answer_tokens']['tuned']['mean']:.0f}",
         f"{100 * r['ended_properly']['base']['mean']:.0f}% → {100 * r['ended_properly']['tuned']['mean']:.0f}%",
@@ -93,12 +127,22 @@ def _cells(r: dict) -> list[str]:
     ]
 
 
+def _equal_length(r: dict) -> str:
+    same = (r["length_control"] or {}).get("equal_length")
+    return (
+        f"{fmt(same['win'], percent=True)} of {same['prompts']}, p = {fmt_p(same['test']['p_value'])}"
+        if same
+        else "n/a"
+    )
+
+
 HEADER = [
     "candidate",
     "preference accuracy, base → tuned",
     "pairs flipped right / wrong, McNemar",
     "judge: tuned wins (per prompt)",
     "judge: prompts better / worse, sign test",
+    "judge, prompts where all answers were cut at the limit (same length): tuned wins",
     "training objective, first → last tenth",
     "answer tokens",
     "ended by itself",
@@ -133,9 +177,17 @@ def reading(rows: list[dict]) -> list[str]:
             if j
             else "no judge verdicts"
         )
+        control = r["length_control"] or {}
+        rho = control.get("length_vs_judge_spearman")
+        length = (
+            f"; on the {control['equal_length']['prompts']} prompts where every answer was cut at the "
+            f"limit it wins {_equal_length(r)}"
+            if control.get("equal_length")
+            else ""
+        ) + (f"; length and judge differences, Spearman ρ = {rho['rho']:.2f}" if rho else "")
         lines.append(
             f"- `{r['name']}` ({r['method']}): preference accuracy {fmt(p['base'], percent=True)} → "
-            f"{fmt(p['tuned'], percent=True)} (McNemar p = {fmt_p(p['test']['p_value'])}); {judge}."
+            f"{fmt(p['tuned'], percent=True)} (McNemar p = {fmt_p(p['test']['p_value'])}); {judge}{length}."
         )
     grpo = [r["name"] for r, _ in winners if r["method"] == "grpo"]
     verdict = (

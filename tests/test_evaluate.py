@@ -435,6 +435,22 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
     assert "Corrected for the table's 3 paired tests (Benjamini-Hochberg): `won` (preference" in verdict
 
 
+def test_length_control_keeps_only_prompts_whose_answers_all_hit_the_limit(tmp_path):
+    from study.table import length_control
+
+    def answers(tokens, judge, ended=False):
+        return [{"answer": "x", "tokens": tokens, "ended": ended, "seed": s, "judge": judge} for s in (0, 1)]
+
+    prompts = [{"parent_id": f"p{k}", "base": answers(8, 0.0), "tuned": answers(8, 1.0)} for k in range(3)]
+    prompts.append({"parent_id": "short", "base": answers(3, 0.0, ended=True), "tuned": answers(8, -1.0)})
+    path = write_jsonl(tmp_path / "generations.jsonl", prompts)
+    control = length_control(path, limit=8)
+    same = control["equal_length"]
+    assert same["prompts"] == 3 and same["win"]["k"] == 3 and same["test"]["worse"] == 0
+    # the one prompt where tuned is longer is the one it loses: length and verdict anti-correlated
+    assert control["length_vs_judge_spearman"]["rho"] < 0
+
+
 def test_the_verdict_claims_no_win_without_a_significant_paired_test(evaluated):
     from train.evaluate.report import verdict
 
