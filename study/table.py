@@ -181,7 +181,8 @@ def reading(rows: list[dict]) -> list[str]:
         rho = control.get("length_vs_judge_spearman")
         length = (
             f"; on the {control['equal_length']['prompts']} prompts where every answer was cut at the "
-            f"limit it wins {_equal_length(r)}"
+            f"limit it wins {fmt(control['equal_length']['win'], percent=True)} "
+            f"(p = {fmt_p(control['equal_length']['test']['p_value'])})"
             if control.get("equal_length")
             else ""
         ) + (f"; length and judge differences, Spearman ρ = {rho['rho']:.2f}" if rho else "")
@@ -192,7 +193,7 @@ def reading(rows: list[dict]) -> list[str]:
     grpo = [r["name"] for r, _ in winners if r["method"] == "grpo"]
     verdict = (
         f"**Beat their base at p < {ALPHA}:** "
-        + "; ".join(f"`{r['name']}` ({', '.join(won)})" for r, won in winners)
+        + "; ".join(f"`{r['name']}` ({', '.join(won)}{_length_caveat(r, won)})" for r, won in winners)
         + "."
         if winners
         else f"**No candidate beat its base at p < {ALPHA}** on held-out preference accuracy or on the judge."
@@ -202,6 +203,14 @@ def reading(rows: list[dict]) -> list[str]:
     if winners:
         verdict += " " + _corrected(rows)
     return [*lines, "", verdict]
+
+
+def _length_caveat(r: dict, won: list[str]) -> str:
+    """A judge win that does not hold where both models' answers have the same length may be length."""
+    same = (r["length_control"] or {}).get("equal_length")
+    if "the judge" not in won or not same or tuned_won(same["test"]):
+        return ""
+    return f", but not on the prompts where all answers have the same length: p = {fmt_p(same['test']['p_value'])}"
 
 
 def _corrected(rows: list[dict]) -> str:

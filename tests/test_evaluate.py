@@ -433,6 +433,14 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
     verdict = reading([rows[0], won])[-1]
     assert verdict.startswith("**Beat their base at p < 0.05:** `won` (preference accuracy).")
     assert "Corrected for the table's 3 paired tests (Benjamini-Hochberg): `won` (preference" in verdict
+    judged = {**won, "judge": {**won["judge"], "per_prompt": {**rows[0]["judge"]["per_prompt"], "test": {
+        "better": 30, "worse": 10, "same": 0, "n": 40, "p_value": 0.002}}}, "length_control": {"equal_length": {
+        "prompts": 9, "win": {"rate": 0.6, "ci95": [0.3, 0.8], "n": 9}, "test": {"better": 5, "worse": 4,
+        "same": 0, "n": 9, "p_value": 1.0}}}}  # fmt: skip
+    assert (
+        "(preference accuracy, the judge, but not on the prompts where all answers have the same length: "
+        "p = 1.000)" in reading([judged])[-1]
+    )
 
 
 def test_length_control_keeps_only_prompts_whose_answers_all_hit_the_limit(tmp_path):
