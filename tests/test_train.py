@@ -88,9 +88,9 @@ def test_recipes_parse(name, config_class, method, no_gpu):
         assert model.lora_target_modules == PHI2_TARGETS
         assert model.load_in_4bit and model.bnb_4bit_quant_type == "nf4" and model.dtype == "bfloat16"
         assert parsed.mixed_precision == "bf16"
-        # the method study's LoRA-scale rate for GRPO; DPO keeps the original's 5e-6
+        # the method study's LoRA-scale rates (the original's 5e-6 is a full fine-tune's)
         assert training.per_device_train_batch_size == 2
-        assert training.learning_rate == (2e-5 if method == "grpo" else 5e-6)
+        assert training.learning_rate == (2e-5 if method == "grpo" else 5e-5)
         assert (training.gradient_accumulation_steps, training.num_train_epochs) == (4, 1)
         assert (training.warmup_steps, training.lr_scheduler_type.value) == (0.1, "cosine")
         assert training.gradient_checkpointing and training.optim.value == "adamw_torch"
