@@ -35,7 +35,7 @@ RESULTS = Path("study")
 # Policies, in the table's order; reward-model-oasst is the reward model grpo-reward-model needs.
 # demo-v1 is the demo adapter committed before the study (recipes/cpu-demo.yaml, 60 steps on 20 pairs
 # of the oasst2 sample): GRPO as it was, taken from git as it was committed.
-CANDIDATES = ("demo-v1", "grpo-baseline", "grpo-tuned", "grpo-reward-model", "dpo")
+CANDIDATES = ("demo-v1", "grpo-baseline", "grpo-tuned", "grpo-reward-model", "dpo", "dpo-length-normalised")
 DEMO_V1 = ("ce38446", "demo/smollm2-grpo-demo")
 NEEDS = {"grpo-reward-model": "reward-model-oasst"}
 # The same settings for every candidate; the base is evaluated once for all of them (--base-cache).

@@ -74,6 +74,11 @@ def lora_count(model, targets, r):
         ("phi2-grpo-qlora", "GRPOConfig", "grpo"),
         ("phi2-dpo-qlora", "DPOConfig", "dpo"),
         ("cpu-demo", "GRPOConfig", "grpo"),
+        ("cpu-demo-dpo", "DPOConfig", "dpo"),
+        ("judge-hh-rlhf", "RewardConfig", "reward"),
+        *[(f"study/{n}", "GRPOConfig", "grpo") for n in ("grpo-baseline", "grpo-tuned", "grpo-reward-model")],
+        *[(f"study/{n}", "DPOConfig", "dpo") for n in ("dpo", "dpo-length-normalised")],
+        ("study/reward-model-oasst", "RewardConfig", "reward"),
     ],
 )
 def test_recipes_parse(name, config_class, method, no_gpu):
