@@ -219,6 +219,16 @@ def _eval_section(output_dir: Path) -> tuple[str | None, list[str]]:
     return text, extra
 
 
+def _verdict(output_dir: Path) -> str:
+    from train.evaluate.answers import length_control
+    from train.evaluate.report import verdict
+
+    report = _read_json(output_dir / "eval" / "report.json")
+    generations = output_dir / "eval" / "generations.jsonl"
+    limit = (report.get("settings") or {}).get("max_new_tokens")
+    return verdict(report, length_control(generations, limit) if generations.is_file() and limit else None)
+
+
 def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard:
     """Our model card for the training output in ``output_dir`` (``repo_id`` names it in the usage)."""
     output_dir = Path(output_dir)
@@ -251,9 +261,7 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
     runtime = info.get("train_runtime_s")
     target_modules = info.get("target_modules") or adapter_config.get("target_modules")
     eval_report, eval_images = _eval_section(output_dir)
-    from train.evaluate.report import verdict
-
-    eval_verdict = verdict(_read_json(output_dir / "eval" / "report.json")) if eval_report else None
+    eval_verdict = _verdict(output_dir) if eval_report else None
 
     data = ModelCardData(
         base_model=base_model,

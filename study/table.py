@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from train.evaluate.answers import SIDES
+from train.evaluate.answers import SIDES, length_control
 from train.evaluate.stats import ALPHA, fmt, fmt_p, tuned_won
 
 OBJECTIVE = {
@@ -26,35 +26,6 @@ def _metric_mean(path: Path, key: str) -> float | None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
     return sum(values) / len(values) if values else None
-
-
-def length_control(generations: Path, limit: int) -> dict | None:
-    """Is the judge's verdict about length? Its per-prompt verdicts again on only the prompts where
-    every answer of both models was cut at the token limit (all the same length), and the rank
-    correlation of the per-prompt length and judge-score differences over all prompts."""
-    import numpy as np
-    from scipy.stats import spearmanr
-
-    from train.evaluate.answers import TIE_TOLERANCE
-    from train.evaluate.stats import outcomes
-
-    prompts = [json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
-    prompts = [p for p in prompts if all(a.get("judge") is not None for s in SIDES for a in p[s])]
-    if not prompts:
-        return None
-    mean = lambda p, side, key: float(np.mean([a[key] for a in p[side]]))  # noqa: E731
-    score = np.array([mean(p, "tuned", "judge") - mean(p, "base", "judge") for p in prompts])
-    length = np.array([mean(p, "tuned", "tokens") - mean(p, "base", "tokens") for p in prompts])
-    cut = np.array(
-        [all(not a["ended"] and a["tokens"] >= limit for s in SIDES for a in p[s]) for p in prompts]
-    )
-    rho = spearmanr(length, score) if np.ptp(length) > 0 else None
-    return {
-        "equal_length": {"prompts": int(cut.sum()), **outcomes(score[cut], TIE_TOLERANCE)}
-        if cut.any()
-        else None,
-        "length_vs_judge_spearman": rho and {"rho": float(rho.statistic), "p_value": float(rho.pvalue)},
-    }
 
 
 def row(name: str, runs: Path) -> dict | None:

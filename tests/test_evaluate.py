@@ -444,7 +444,7 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
 
 
 def test_length_control_keeps_only_prompts_whose_answers_all_hit_the_limit(tmp_path):
-    from study.table import length_control
+    from train.evaluate.answers import length_control
 
     def answers(tokens, judge, ended=False):
         return [{"answer": "x", "tokens": tokens, "ended": ended, "seed": s, "judge": judge} for s in (0, 1)]
@@ -467,6 +467,16 @@ def test_the_verdict_claims_no_win_without_a_significant_paired_test(evaluated):
     assert verdict(report) == (
         "The tuned model does not beat its base at p < 0.05 on held-out preference accuracy or on the "
         "independent judge."
+    )
+    won = {"better": 30, "worse": 10, "same": 0, "n": 40, "p_value": 0.002}
+    judged = {**report, "judge_verdicts": {"per_prompt": {"test": won}}}
+    assert verdict(judged) == "The tuned model beats its base at p < 0.05 on the independent judge."
+    not_at_same_length = {
+        "equal_length": {"prompts": 9, "test": {**won, "better": 5, "worse": 4, "p_value": 1.0}}
+    }
+    assert verdict(judged, not_at_same_length).endswith(
+        "does not hold on the 9 prompts where every answer was cut at the token limit (p = 1.000), so answer "
+        "length may explain part of it."
     )
 
 

@@ -29,16 +29,25 @@ def render_report(report: dict) -> str:
     return text.rstrip() + "\n"
 
 
-def verdict(report: dict) -> str:
-    """One plain sentence: did the tuned model beat its base on a measure it was not trained on?"""
+def verdict(report: dict, length: dict | None = None) -> str:
+    """Plain words: did the tuned model beat its base on a measure it was not trained on? ``length`` is
+    answers.length_control of the same answers: a judge win that does not hold where all answers have
+    the same length is said to be possibly length."""
     judge = report.get("judge_verdicts")
     tests = {"held-out preference accuracy": report["preference"]["test"]}
     if judge:
         tests["the independent judge"] = judge["per_prompt"]["test"]
     won = [measure for measure, test in tests.items() if tuned_won(test)]
-    if won:
-        return f"The tuned model beats its base at p < {ALPHA} on {' and on '.join(won)}."
-    return f"The tuned model does not beat its base at p < {ALPHA} on {' or on '.join(tests)}."
+    if not won:
+        return f"The tuned model does not beat its base at p < {ALPHA} on {' or on '.join(tests)}."
+    text = f"The tuned model beats its base at p < {ALPHA} on {' and on '.join(won)}."
+    same = (length or {}).get("equal_length")
+    if "the independent judge" in won and same and not tuned_won(same["test"]):
+        text += (
+            f" The judge's win does not hold on the {same['prompts']} prompts where every answer was cut at "
+            f"the token limit (p = {fmt_p(same['test']['p_value'])}), so answer length may explain part of it."
+        )
+    return text
 
 
 def _prompt_text(prompt) -> str:
