@@ -32,12 +32,15 @@ EVAL_FRACTION = 0.25  # >= 100 held-out pairs (145), none from a training tree
 JUDGE = Path("demo/judge-hh-rlhf")
 RUNS = Path("outputs/study")
 RESULTS = Path("study")
-# Policies, in the table's order; reward-model-oasst is the reward model grpo-reward-model needs.
+# Policies, in the table's order; reward-model-oasst is the reward model both grpo-reward-model* need.
 # demo-v1 is the demo adapter committed before the study (recipes/cpu-demo.yaml, 60 steps on 20 pairs
 # of the oasst2 sample): GRPO as it was, taken from git as it was committed.
-CANDIDATES = ("demo-v1", "grpo-baseline", "grpo-tuned", "grpo-reward-model", "dpo", "dpo-length-normalised")
+CANDIDATES = (
+    "demo-v1", "grpo-baseline", "grpo-tuned", "grpo-reward-model", "grpo-reward-model-long", "dpo",
+    "dpo-length-normalised",
+)  # fmt: skip
 DEMO_V1 = ("ce38446", "demo/smollm2-grpo-demo")
-NEEDS = {"grpo-reward-model": "reward-model-oasst"}
+NEEDS = {"grpo-reward-model": "reward-model-oasst", "grpo-reward-model-long": "reward-model-oasst"}
 # The same settings for every candidate; the base is evaluated once for all of them (--base-cache).
 # A CPU budget: 2 answers per prompt and model (the default is 3), at most 48 new tokens, pairs scored
 # up to 512 tokens (a long reply is cut, the same way for base and tuned).

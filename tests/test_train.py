@@ -68,6 +68,9 @@ def lora_count(model, targets, r):
     )
 
 
+GRPO_STUDY = ("grpo-baseline", "grpo-tuned", "grpo-reward-model", "grpo-reward-model-long")
+
+
 @pytest.mark.parametrize(
     "name,config_class,method",
     [
@@ -76,7 +79,7 @@ def lora_count(model, targets, r):
         ("cpu-demo", "GRPOConfig", "grpo"),
         ("cpu-demo-dpo", "DPOConfig", "dpo"),
         ("judge-hh-rlhf", "RewardConfig", "reward"),
-        *[(f"study/{n}", "GRPOConfig", "grpo") for n in ("grpo-baseline", "grpo-tuned", "grpo-reward-model")],
+        *[(f"study/{n}", "GRPOConfig", "grpo") for n in GRPO_STUDY],
         *[(f"study/{n}", "DPOConfig", "dpo") for n in ("dpo", "dpo-length-normalised")],
         ("study/reward-model-oasst", "RewardConfig", "reward"),
     ],
