@@ -108,6 +108,25 @@ def test_recipes_parse(name, config_class, method, no_gpu):
         assert parsed.training.generation_batch_size % parsed.training.num_generations == 0
 
 
+@pytest.mark.parametrize(
+    "recipe,adapter", [("cpu-demo", "smollm2-grpo-demo"), ("cpu-demo-dpo", "smollm2-dpo-demo")]
+)
+def test_cpu_demo_recipes_train_the_committed_demo_adapters(recipe, adapter, no_gpu):
+    """The demo adapters are copied from the study's runs (study.run.promote): the demo recipe must be the
+    recipe that run used, or `python -m train --config recipes/cpu-demo.yaml` trains something else."""
+
+    def options(path):
+        parsed = parse_args(["--config", str(path)])
+        return {k: v for part in (parsed.train, parsed.training, parsed.model) for k, v in vars(part).items()}
+
+    ours, used = options(RECIPES / f"{recipe}.yaml"), options(ROOT / "demo" / adapter / "recipe.yaml")
+    differ = {k for k in ours.keys() | used.keys() if str(ours.get(k)) != str(used.get(k))}
+    # where it is written, what it says, and how a missing pairs file is built (the run's existed)
+    allowed = {"output_dir", "description", "dataset_source", "dataset_depth", "dataset_eval_fraction"}
+    assert differ <= allowed, f"recipes/{recipe}.yaml differs from demo/{adapter}: {sorted(differ - allowed)}"
+    assert ours["pairs_file"] == used["pairs_file"] == "data/study/train.jsonl"
+
+
 def test_command_line_overrides_the_recipe():
     parsed = parse_args(["--config", str(RECIPES / "cpu-demo.yaml"), "--max_steps", "7", "--save_only_model"])
     assert (parsed.training.max_steps, parsed.training.save_only_model) == (7, True)
