@@ -85,9 +85,9 @@ def _cells(r: dict) -> list[str]:
     return [
         f"`{r['name']}`",
         f"{fmt(p['base'], percent=True)} → {fmt(p['tuned'], percent=True)}",
-        f"+{p['test']['better']} / −{p['test']['worse']}, p = {fmt_p(p['test']['p_value'])}",
+        f"+{p['test']['better']} / −{p['test']['worse']}, {fmt_p(p['test']['p_value'])}",
         fmt(j["win"], percent=True) if j else "n/a",
-        f"+{j['test']['better']} / −{j['test']['worse']}, p = {fmt_p(j['test']['p_value'])}" if j else "n/a",
+        f"+{j['test']['better']} / −{j['test']['worse']}, {fmt_p(j['test']['p_value'])}" if j else "n/a",
         _equal_length(r),
         trained,
         f"{r['answer_tokens']['base']['mean']:.0f} → {r['answer_tokens']['tuned']['mean']:.0f}",
@@ -101,7 +101,7 @@ def _cells(r: dict) -> list[str]:
 def _equal_length(r: dict) -> str:
     same = (r["length_control"] or {}).get("equal_length")
     return (
-        f"{fmt(same['win'], percent=True)} of {same['prompts']}, p = {fmt_p(same['test']['p_value'])}"
+        f"{fmt(same['win'], percent=True)} of {same['prompts']}, {fmt_p(same['test']['p_value'])}"
         if same
         else "n/a"
     )
@@ -143,7 +143,7 @@ def reading(rows: list[dict]) -> list[str]:
         if won:
             winners.append((r, won))
         judge = (
-            f"the judge prefers its answers on {fmt(j['win'], percent=True)} of prompts (sign test p = "
+            f"the judge prefers its answers on {fmt(j['win'], percent=True)} of prompts (sign test "
             f"{fmt_p(j['test']['p_value'])})"
             if j
             else "no judge verdicts"
@@ -153,13 +153,13 @@ def reading(rows: list[dict]) -> list[str]:
         length = (
             f"; on the {control['equal_length']['prompts']} prompts where every answer was cut at the "
             f"limit it wins {fmt(control['equal_length']['win'], percent=True)} "
-            f"(p = {fmt_p(control['equal_length']['test']['p_value'])})"
+            f"({fmt_p(control['equal_length']['test']['p_value'])})"
             if control.get("equal_length")
             else ""
         ) + (f"; length and judge differences, Spearman ρ = {rho['rho']:.2f}" if rho else "")
         lines.append(
             f"- `{r['name']}` ({r['method']}): preference accuracy {fmt(p['base'], percent=True)} → "
-            f"{fmt(p['tuned'], percent=True)} (McNemar p = {fmt_p(p['test']['p_value'])}); {judge}{length}."
+            f"{fmt(p['tuned'], percent=True)} (McNemar {fmt_p(p['test']['p_value'])}); {judge}{length}."
         )
     grpo = [r["name"] for r, _ in winners if r["method"] == "grpo"]
     verdict = (
@@ -181,7 +181,9 @@ def _length_caveat(r: dict, won: list[str]) -> str:
     same = (r["length_control"] or {}).get("equal_length")
     if "the judge" not in won or not same or tuned_won(same["test"]):
         return ""
-    return f", but not on the prompts where all answers have the same length: p = {fmt_p(same['test']['p_value'])}"
+    return (
+        f", but not on the prompts where all answers have the same length: {fmt_p(same['test']['p_value'])}"
+    )
 
 
 def _corrected(rows: list[dict]) -> str:
@@ -200,7 +202,7 @@ def _corrected(rows: list[dict]) -> str:
     ]
     adjusted = false_discovery_control([t["p_value"] for _, _, t in tests])
     kept = [
-        f"`{n}` ({m}, adjusted p {'' if q < 0.001 else '= '}{fmt_p(q)})"
+        f"`{n}` ({m}, adjusted {fmt_p(q)})"
         for (n, m, t), q in zip(tests, adjusted, strict=True)
         if tuned_won({**t, "p_value": q})
     ]

@@ -244,14 +244,14 @@ def summary_lines(report: dict, out: str) -> list[str]:
         lines.append(
             f"preference accuracy (n={p['n']}): base {fmt(p['base']['accuracy'], percent=True)}, "
             f"tuned {fmt(p['tuned']['accuracy'], percent=True)}; flipped +{p['test']['better']} "
-            f"-{p['test']['worse']}, McNemar p = {fmt_p(p['test']['p_value'])}"
+            f"-{p['test']['worse']}, McNemar {fmt_p(p['test']['p_value'])}"
         )
     if report.get("judge_verdicts"):
         j, test = report["judge_verdicts"], report["judge_verdicts"]["per_prompt"]["test"]
         lines.append(
             f"judge {report['judge']['name']} (its accuracy {fmt(report['judge']['accuracy'], percent=True)}): "
             f"tuned wins {fmt(j['per_prompt']['win'], percent=True)} of {test['n']} prompts, "
-            f"sign test p = {fmt_p(test['p_value'])}"
+            f"sign test {fmt_p(test['p_value'])}"
         )
     if "leaderboard" in report:
         lines.append(f"leaderboard of {report['leaderboard'].get('votes', '?')} votes")

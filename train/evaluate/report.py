@@ -45,7 +45,7 @@ def verdict(report: dict, length: dict | None = None) -> str:
     if "the independent judge" in won and same and not tuned_won(same["test"]):
         text += (
             f" The judge's win does not hold on the {same['prompts']} prompts where every answer was cut at "
-            f"the token limit (p = {fmt_p(same['test']['p_value'])}), so answer length may explain part of it."
+            f"the token limit ({fmt_p(same['test']['p_value'])}), so answer length may explain part of it."
         )
     return text
 

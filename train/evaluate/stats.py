@@ -105,6 +105,7 @@ def fmt(estimate: dict | None, digits: int = 2, percent: bool = False) -> str:
 
 
 def fmt_p(p: float | None) -> str:
+    """``p = 0.125``, ``p < 0.001`` or ``p n/a``: the whole phrase, so a small p never reads "p = < 0.001"."""
     if p is None:
-        return "n/a"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+        return "p n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
