@@ -62,7 +62,9 @@ def dpo_recipe(recipe: Path, folder: Path) -> Path:
     values = {k: v for k, v in values.items() if k in known}
     values["method"] = "dpo"
     values["max_length"] = (values.get("max_prompt_tokens") or 512) + completion
-    values.pop("beta", None)  # GRPO's KL weight; DPO's beta means something else
+    # GRPO's KL weight and loss names; DPO's beta and loss_type mean something else (its defaults stay)
+    values.pop("beta", None)
+    values.pop("loss_type", None)
     path = folder / "dpo.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
