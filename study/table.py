@@ -30,7 +30,7 @@ def _metric_mean(path: Path, key: str) -> float | None:
 
 def row(name: str, runs: Path) -> dict | None:
     """A candidate's figures, or None until it has a report of its current weights."""
-    from model_card import report_matches
+    from train.card import report_matches
 
     if not report_matches(runs / name):
         return None
