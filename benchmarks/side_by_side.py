@@ -1,7 +1,7 @@
 """What the base-vs-tuned comparison costs: one batched generation from one copy of the weights, against
 one generation and against two sequential ones.
 
-    python benchmarks/side_by_side.py [--new-tokens 32] [--repeats 15]
+    python -m benchmarks.side_by_side [--new-tokens 32] [--repeats 15]
 
 Model: the packaged SmolLM2-135M-Instruct (fp32, CPU) with a LoRA like the CPU demo's, greedy, with
 ``min_new_tokens`` = ``max_new_tokens`` so every row makes the same number of tokens. Each repeat runs,
@@ -22,11 +22,19 @@ from __future__ import annotations
 import argparse
 
 import torch
-from serving_common import PROMPT, THREADS_HELP, load_smollm2_with_lora, machine, median, timed, write
 from tqdm import tqdm
 
 from assistant.generation import BASE, GenerationSettings, generate
 from assistant.service import Assistant, Limits, Prepared
+from benchmarks.serving_common import (
+    PROMPT,
+    THREADS_HELP,
+    load_smollm2_with_lora,
+    machine,
+    median,
+    timed,
+    write,
+)
 
 
 def rss_mb() -> float:

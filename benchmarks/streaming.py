@@ -1,6 +1,6 @@
 """What streaming the chat costs: the app's streamed answer against plain ``generate`` on the same model.
 
-    python benchmarks/streaming.py [--new-tokens 64] [--repeats 7]
+    python -m benchmarks.streaming [--new-tokens 64] [--repeats 7]
 
 Model: the packaged SmolLM2-135M-Instruct (fp32, CPU) with a LoRA like the CPU demo's, greedy, with
 ``min_new_tokens`` = ``max_new_tokens`` so every run makes the same number of tokens. Each repeat runs,
@@ -18,11 +18,19 @@ import argparse
 import time
 
 import torch
-from serving_common import PROMPT, THREADS_HELP, load_smollm2_with_lora, machine, median, timed, write
 from tqdm import tqdm
 
 from assistant.generation import GenerationSettings
 from assistant.service import Assistant, Limits, Prepared
+from benchmarks.serving_common import (
+    PROMPT,
+    THREADS_HELP,
+    load_smollm2_with_lora,
+    machine,
+    median,
+    timed,
+    write,
+)
 
 
 def main() -> None:
