@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = write_table(CANDIDATES, RUNS, RESULTS, reward_models)
         if args.step in ("all", "demo"):
             demos = promote(rows)
-            embed(ROOT / "README.md", rows, {DEMOS[method]: name for method, name in demos.items()})
+            embed(ROOT / "docs" / "study.md", rows, {DEMOS[method]: name for method, name in demos.items()})
             print(f"demo adapters: {demos}")
     return 0
 
