@@ -19,19 +19,13 @@ Goal: side_by_side at most 1.3x one generation's time, and one model's memory in
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from tqdm import tqdm
 
-from assistant.generation import BASE, GenerationSettings, generate
-from assistant.service import Assistant, Limits, Prepared
+from assistant.generation import BASE, generate
 from benchmarks.serving_common import (
-    PROMPT,
-    THREADS_HELP,
-    load_smollm2_with_lora,
-    machine,
     median,
+    prepare_run,
     timed,
     write,
 )
@@ -45,20 +39,8 @@ def rss_mb() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    n = args.new_tokens
-
-    info = machine()
-    loaded = load_smollm2_with_lora()
-    assistant = Assistant(loaded, Limits(max_new_tokens=n))
-    messages = [{"role": "user", "content": PROMPT}]
-    settings = GenerationSettings(n, temperature=0, min_new_tokens=n)
-    prepared = Prepared(messages, 0, settings)
+    args, info, loaded, assistant, prepared = prepare_run(__doc__, new_tokens=32, repeats=15)
+    n, messages, settings = args.new_tokens, prepared.messages, prepared.settings
 
     def run(adapters: list[str]) -> None:
         answers = generate(loaded, [messages] * len(adapters), adapters, settings)

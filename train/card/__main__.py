@@ -17,11 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        path = write_card(args.output_dir, repo_id=args.repo_id)
+        print(f"wrote {write_card(args.output_dir, repo_id=args.repo_id)}")
     except CardError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
+        parser.exit(2, f"error: {error}\n")
     return 0
 
 
