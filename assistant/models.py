@@ -103,7 +103,9 @@ def hub_repo_status(repo_id: str, revision: str | None = None) -> str:
 
     ``hf_hub_download`` retries a failed connection five times with back-off (about 25 s and ten
     warnings) before it gives up; one quick look-up tells the same thing, and once it failed every later
-    look-up in this process asks the cache only.
+    look-up in this process asks the cache only. ``HfApi.repo_exists`` and ``revision_exists`` make the
+    same request, but take no timeout (a network that drops packets would hold the start-up forever),
+    so this asks ``model_info`` with one.
     """
     global _HUB_REACHABLE
     if hub_offline():

@@ -1,6 +1,6 @@
 """Time the whole data pipeline (read parquet -> pairs -> write JSONL) on an oasst1-sized flat table.
 
-    python benchmarks/data_pipeline.py [--messages 88800] [--trees 10400] [--repeats 5]
+    python -m benchmarks.data_pipeline [--messages 88800] [--trees 10400] [--repeats 5]
 
 Generates, with a fixed seed, a Hub-shaped folder (data/train-*.parquet + data/validation-*.parquet,
 all the Hub's columns) with oasst1's size and shape: about 8.5 messages a tree, 0-5 direct replies,
@@ -230,7 +230,7 @@ def main() -> None:
 
         result = {
             "benchmark": "data pipeline on an oasst1-sized synthetic flat table (Hub layout, parquet)",
-            "command": "python benchmarks/data_pipeline.py"
+            "command": "python -m benchmarks.data_pipeline"
             + (
                 f" --messages {opts.messages} --trees {opts.trees}"
                 if (opts.messages, opts.trees) != (88_800, 10_400)

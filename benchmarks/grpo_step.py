@@ -1,7 +1,7 @@
 """Seconds per training step and peak memory of a recipe, against baselines measured in the same run.
 
-    python benchmarks/grpo_step.py                                   # cpu-demo: GRPO fp32 vs 4-bit base vs DPO
-    python benchmarks/grpo_step.py --recipe recipes/phi2-grpo-qlora.yaml --random-phi2   # on a GPU
+    python -m benchmarks.grpo_step                                   # cpu-demo: GRPO fp32 vs 4-bit base vs DPO
+    python -m benchmarks.grpo_step --recipe recipes/phi2-grpo-qlora.yaml --random-phi2   # on a GPU
 
 Each variant runs in its own fresh process (so its peak memory is its own) through the same
 ``train.train.build_trainer`` as ``python -m train``, on the real English pairs of the sample, for
@@ -261,7 +261,8 @@ def main() -> int:
         out = work / f"{variant}.json"
         command = [
             sys.executable,
-            __file__,
+            "-m",
+            "benchmarks.grpo_step",
             "--child",
             variant,
             "--child-out",

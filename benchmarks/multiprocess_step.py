@@ -1,7 +1,7 @@
 """One GRPO and one DPO step on 1 and on 2 processes (DDP over gloo on a CPU): seconds per step and peak
 memory per process, as ratios to the 1-process run measured in the same run.
 
-    python benchmarks/multiprocess_step.py [--steps 2] [--warmup 1] [--methods grpo dpo]
+    python -m benchmarks.multiprocess_step [--steps 2] [--warmup 1] [--methods grpo dpo]
 
 Each (method, processes) pair is a fresh launch: 1 process is `python` on this file, 2 processes are
 `accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_processes 2` on it, the launch
@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 RECIPE = ROOT / "recipes" / "cpu-demo.yaml"
 SAMPLE = ROOT.parent / "shared" / "data" / "oasst2_sample.trees.jsonl"
@@ -91,14 +90,15 @@ def worker(method: str, steps: int, warmup: int, out: Path) -> None:
 
 def measure(method: str, processes: int, steps: int, warmup: int) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"mp-{method}-{processes}-"))
-    this = [str(Path(__file__).resolve()), "--worker", method, "--out", str(out)]
+    # run as a module from the root, like the parent, so that `benchmarks` and the checkout import
+    this = ["benchmarks.multiprocess_step", "--worker", method, "--out", str(out)]
     this += ["--steps", str(steps), "--warmup", str(warmup)]
     if processes == 1:
-        command = [sys.executable, *this]
+        command = [sys.executable, "-m", *this]
     else:
         command = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch"]
         command += ["--config_file", str(ROOT / "recipes" / "accelerate" / "multi_gpu.yaml")]
-        command += ["--num_processes", str(processes), "--mixed_precision", "no", *this]
+        command += ["--num_processes", str(processes), "--mixed_precision", "no", "-m", *this]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     load = os.getloadavg()[0]
     print(f"{method} on {processes} process(es) ...", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -88,3 +89,26 @@ def machine_line(m: dict) -> str:
         f"torch {m['torch']}; load average {m['load_average_1m_at_start']} at start, "
         f"{m.get('load_average_1m_at_end', '?')} at end (the machine is shared: runs are interleaved)."
     )
+
+
+def prepare_run(doc: str, new_tokens: int, repeats: int):
+    """A serving benchmark's start: its options, the machine, SmolLM2 with a LoRA behind an Assistant, and
+    the prompt prepared to force ``--new-tokens`` greedy tokens. Returns (args, machine, loaded, assistant,
+    prepared)."""
+    import torch
+
+    from assistant.generation import GenerationSettings
+    from assistant.service import Assistant, Limits, Prepared
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--new-tokens", type=int, default=new_tokens)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    n = args.new_tokens
+    info = machine()  # before loading: the load average the run started in
+    loaded = load_smollm2_with_lora()
+    settings = GenerationSettings(n, temperature=0, min_new_tokens=n)
+    prepared = Prepared([{"role": "user", "content": PROMPT}], 0, settings)
+    return args, info, loaded, Assistant(loaded, Limits(max_new_tokens=n)), prepared

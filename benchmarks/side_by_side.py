@@ -1,7 +1,7 @@
 """What the base-vs-tuned comparison costs: one batched generation from one copy of the weights, against
 one generation and against two sequential ones.
 
-    python benchmarks/side_by_side.py [--new-tokens 32] [--repeats 15]
+    python -m benchmarks.side_by_side [--new-tokens 32] [--repeats 15]
 
 Model: the packaged SmolLM2-135M-Instruct (fp32, CPU) with a LoRA like the CPU demo's, greedy, with
 ``min_new_tokens`` = ``max_new_tokens`` so every row makes the same number of tokens. Each repeat runs,
@@ -19,14 +19,16 @@ Goal: side_by_side at most 1.3x one generation's time, and one model's memory in
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from serving_common import PROMPT, THREADS_HELP, load_smollm2_with_lora, machine, median, timed, write
 from tqdm import tqdm
 
-from assistant.generation import BASE, GenerationSettings, generate
-from assistant.service import Assistant, Limits, Prepared
+from assistant.generation import BASE, generate
+from benchmarks.serving_common import (
+    median,
+    prepare_run,
+    timed,
+    write,
+)
 
 
 def rss_mb() -> float:
@@ -37,20 +39,8 @@ def rss_mb() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    n = args.new_tokens
-
-    info = machine()
-    loaded = load_smollm2_with_lora()
-    assistant = Assistant(loaded, Limits(max_new_tokens=n))
-    messages = [{"role": "user", "content": PROMPT}]
-    settings = GenerationSettings(n, temperature=0, min_new_tokens=n)
-    prepared = Prepared(messages, 0, settings)
+    args, info, loaded, assistant, prepared = prepare_run(__doc__, new_tokens=32, repeats=15)
+    n, messages, settings = args.new_tokens, prepared.messages, prepared.settings
 
     def run(adapters: list[str]) -> None:
         answers = generate(loaded, [messages] * len(adapters), adapters, settings)

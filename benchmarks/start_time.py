@@ -1,6 +1,6 @@
 """How long the Space takes to start serving with no network, and what it prints on the way.
 
-    python benchmarks/start_time.py [--repeats 3]
+    python -m benchmarks.start_time [--repeats 3]
 
 Runs ``python app.py`` (nothing configured, so it resolves the published adapter, finds the Hub out of
 reach and serves the offline demo) in a fresh process, with ``HF_HUB_OFFLINE=1`` and without it, and
@@ -23,7 +23,7 @@ import tempfile
 import time
 import urllib.request
 
-from serving_common import ROOT, machine, median, write
+from benchmarks.serving_common import ROOT, machine, median, write
 
 ALARMING = re.compile(r"WARNING|ERROR|Traceback|Failed|failed|Retrying|Exception")
 NO_NETWORK_PROXY = "http://127.0.0.1:9"  # nothing listens there: any Hub request fails at once

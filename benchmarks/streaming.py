@@ -1,6 +1,6 @@
 """What streaming the chat costs: the app's streamed answer against plain ``generate`` on the same model.
 
-    python benchmarks/streaming.py [--new-tokens 64] [--repeats 7]
+    python -m benchmarks.streaming [--new-tokens 64] [--repeats 7]
 
 Model: the packaged SmolLM2-135M-Instruct (fp32, CPU) with a LoRA like the CPU demo's, greedy, with
 ``min_new_tokens`` = ``max_new_tokens`` so every run makes the same number of tokens. Each repeat runs,
@@ -14,31 +14,22 @@ Writes benchmarks/results/streaming.json and streaming.md (medians after one war
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
-from serving_common import PROMPT, THREADS_HELP, load_smollm2_with_lora, machine, median, timed, write
 from tqdm import tqdm
 
-from assistant.generation import GenerationSettings
-from assistant.service import Assistant, Limits, Prepared
+from benchmarks.serving_common import (
+    median,
+    prepare_run,
+    timed,
+    write,
+)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    n = args.new_tokens
-
-    info = machine()
-    loaded = load_smollm2_with_lora()
-    assistant = Assistant(loaded, Limits(max_new_tokens=n))
-    messages = [{"role": "user", "content": PROMPT}]
-    prepared = Prepared(messages, 0, GenerationSettings(n, temperature=0, min_new_tokens=n))
+    args, info, loaded, assistant, prepared = prepare_run(__doc__, new_tokens=64, repeats=7)
+    n, messages = args.new_tokens, prepared.messages
     batch = loaded.tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
     )

@@ -77,7 +77,7 @@ def train(name: str, recipe: Path, output: Path) -> None:
 
 
 def evaluate(name: str) -> None:
-    from model_card import report_matches
+    from train.card import report_matches
 
     if report_matches(ROOT / RUNS / name):
         return
@@ -142,7 +142,7 @@ def promote(rows: list[dict]) -> dict:
     its evidence is better still (a fixed rule, applied to the table, never a choice by hand)."""
     import shutil
 
-    from model_card import write_card
+    from train.card import write_card
 
     by_method = {}
     for row in sorted((r for r in rows if r["name"] != "demo-v1"), key=evidence):
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = write_table(CANDIDATES, RUNS, RESULTS, reward_models)
         if args.step in ("all", "demo"):
             demos = promote(rows)
-            embed(ROOT / "README.md", rows, {DEMOS[method]: name for method, name in demos.items()})
+            embed(ROOT / "docs" / "study.md", rows, {DEMOS[method]: name for method, name in demos.items()})
             print(f"demo adapters: {demos}")
     return 0
 

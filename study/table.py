@@ -30,7 +30,7 @@ def _metric_mean(path: Path, key: str) -> float | None:
 
 def row(name: str, runs: Path) -> dict | None:
     """A candidate's figures, or None until it has a report of its current weights."""
-    from model_card import report_matches
+    from train.card import report_matches
 
     if not report_matches(runs / name):
         return None
@@ -254,8 +254,8 @@ BEGIN, END = "<!-- study table: written by python -m study.run -->", "<!-- end o
 
 
 def embed(readme: Path, rows: list[dict], demos: dict[Path, str]) -> None:
-    """The table, its reading and which candidates the demo adapters are, in the project README between
-    the markers (so the README's figures are the current results file's, never typed by hand)."""
+    """The table, its reading and which candidates the demo adapters are, in docs/study.md between the
+    markers (so its figures are the current results file's, never typed by hand)."""
     from assistant.atomic import write_text
 
     text = readme.read_text(encoding="utf-8")
@@ -263,7 +263,7 @@ def embed(readme: Path, rows: list[dict], demos: dict[Path, str]) -> None:
         raise SystemExit(f"error: {readme} has no study table markers; add {BEGIN} and {END} lines")
     head, rest = text.split(BEGIN, 1)
     body = (
-        [table_markdown(rows), *reading(rows), "", "![Study](study/plots/study.png)", ""]
+        [table_markdown(rows), *reading(rows), ""]
         + [
             f"`{folder}` is the `{name}` adapter (the fixed rule `study.run.evidence`)."
             for folder, name in demos.items()

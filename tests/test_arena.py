@@ -128,6 +128,7 @@ def test_the_hub_tells_a_missing_adapter_repo_from_an_unreachable_hub(monkeypatc
         (tmp_path / "adapter_config.json").write_text("{}")
         hub.add_repo("tester/adapter", tmp_path)
         assert models.hub_repo_status("tester/adapter") == "found"
+        assert models.hub_repo_status("tester/adapter", revision="v9") == "missing"  # no such revision
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
@@ -138,16 +139,21 @@ def test_the_hub_tells_a_missing_adapter_repo_from_an_unreachable_hub(monkeypatc
 
 
 @pytest.mark.parametrize("bf16", [True, False])
-def test_gpu_precision_is_bf16_only_where_the_gpu_has_it(monkeypatch, bf16):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+def test_gpu_precision_is_bf16_only_where_the_gpu_has_it(monkeypatch, bf16, tiny_phi_dir):
+    """The plan for a GPU with or without bf16 (the capability simulated: no GPU here), loaded for real on
+    the CPU: a 4-bit NF4 base computing in bf16, else fp16 (a T4); an unquantized Phi in fp32 there."""
+    from transformers import AutoModelForCausalLM
+
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
-    assert models.default_device() == "cuda"
-    kwargs, label = models.precision_plan("cuda", quantize=True, model_type="phi")
     half = torch.bfloat16 if bf16 else torch.float16
-    assert kwargs["quantization_config"].bnb_4bit_compute_dtype == half
-    assert label == f"4-bit NF4, {'bf16' if bf16 else 'fp16'} compute"
-    phi, _ = models.precision_plan("cuda", quantize=False, model_type="phi")
-    other, _ = models.precision_plan("cuda", quantize=False, model_type="llama")
-    assert phi["dtype"] == (torch.bfloat16 if bf16 else torch.float32)  # Phi-2 overflows in fp16
-    assert other["dtype"] == half
-    assert models.precision_plan("cpu", quantize=False) == ({"dtype": torch.float32}, "fp32")
+    quantized, _ = models.precision_plan("cuda", quantize=True, model_type="phi")
+    assert quantized.pop("device_map") == {"": "cuda"}
+    model = AutoModelForCausalLM.from_pretrained(tiny_phi_dir, device_map={"": "cpu"}, **quantized)
+    layer = model.model.layers[0].self_attn.q_proj
+    assert type(layer).__name__ == "Linear4bit" and layer.compute_dtype == half  # bitsandbytes runs on CPU
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+    plain, _ = models.precision_plan("cuda", quantize=False, model_type="phi")
+    model = AutoModelForCausalLM.from_pretrained(tiny_phi_dir, **plain)
+    assert model.dtype == (torch.bfloat16 if bf16 else torch.float32)  # Phi-2 overflows in fp16
+    assert models.precision_plan("cuda", quantize=False, model_type="llama")[0]["dtype"] == half
+    assert models.precision_plan("cpu", quantize=False)[0] == {"dtype": torch.float32}

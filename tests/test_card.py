@@ -8,8 +8,8 @@ import sys
 import pytest
 from huggingface_hub import ModelCard
 
-from model_card import CardError, render_card, write_card
 from tests._helpers_card import add_eval, build_training_output, tiny_lora
+from train.card import CardError, render_card, write_card
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -181,7 +181,7 @@ def test_missing_inputs_are_one_line_errors(tmp_path):
 def test_cli(run, tmp_path):
     (run / "README.md").unlink(missing_ok=True)
     done = subprocess.run(
-        [sys.executable, "-m", "model_card", str(run), "--repo-id", "someone/x"],
+        [sys.executable, "-m", "train.card", str(run), "--repo-id", "someone/x"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -190,7 +190,7 @@ def test_cli(run, tmp_path):
     assert 'adapter = "someone/x"' in (run / "README.md").read_text()
 
     done = subprocess.run(
-        [sys.executable, "-m", "model_card", str(tmp_path / "missing")],
+        [sys.executable, "-m", "train.card", str(tmp_path / "missing")],
         cwd=ROOT,
         capture_output=True,
         text=True,

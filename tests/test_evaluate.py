@@ -370,7 +370,7 @@ def test_pairs_from_trees_the_adapter_was_trained_on_are_left_out(setup, tmp_pat
 
 def test_a_stale_report_stays_out_of_the_card(setup, evaluated, tmp_path):
     """Re-training into a folder with an old eval/ must not publish the old numbers."""
-    from model_card import report_matches
+    from train.card import report_matches
 
     folder = tmp_path / "run"
     shutil.copytree(setup["adapter"], folder)  # with the eval/ the evaluated fixture wrote into it

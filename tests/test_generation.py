@@ -46,14 +46,17 @@ def base_only(smollm2_dir):
 
 
 @pytest.fixture(scope="module")
-def alone(loaded):
-    """Each prompt through each adapter, run alone: the reference for everything batched or concurrent."""
-    return {
-        adapter: [
-            a.text for a in generate_texts(loaded, [conv(p) for p in PROMPTS], GREEDY, adapter, batch_size=1)
+def alone(loaded, base_only):
+    """Each prompt run alone: the reference for everything batched or concurrent. The base's answers come
+    from the base loaded without PEFT, so routing a row to the base in a mixed batch is checked against
+    the model itself, not against the same PEFT model with its adapter turned off."""
+
+    def answers(model, adapter):
+        return [
+            a.text for a in generate_texts(model, [conv(p) for p in PROMPTS], GREEDY, adapter, batch_size=1)
         ]
-        for adapter in (BASE, "default")
-    }
+
+    return {BASE: answers(base_only, BASE), "default": answers(loaded, "default")}
 
 
 def test_side_by_side_is_one_generate_call_matching_each_model_alone(loaded, alone, monkeypatch):

@@ -3,7 +3,6 @@
 import pytest
 
 from tests._helpers_train import make_tiny_classifier
-from train import rewards
 from train.rewards import (
     REWARDS,
     concision,
@@ -100,10 +99,6 @@ def test_registry_rejects_bad_names_and_a_missing_reward_model():
         get_reward_funcs(["reward_model"])
     with pytest.raises(ValueError, match="empty"):
         get_reward_funcs([])
-
-
-def test_embedder_is_loaded_once():
-    assert rewards.embedder() is rewards.embedder()
 
 
 @pytest.fixture(scope="module")

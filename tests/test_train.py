@@ -29,12 +29,6 @@ def no_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
-def simulate_gpu(monkeypatch, bf16: bool):
-    """After parsing (TrainingArguments would set a device up): a CUDA machine, with or without bf16."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
-
-
 GRPO_SMALL = [
     "--num_generations",
     "2",
@@ -156,37 +150,6 @@ def test_one_recipe_adapts_to_a_cpu(no_gpu):
     parsed = parse_args(["--config", str(RECIPES / "phi2-grpo-qlora.yaml"), "--quantize_on_cpu", "true"])
     _, precision, _ = adapt_to_device(parsed.train, parsed.training, parsed.model, parsed.mixed_precision)
     assert parsed.model.load_in_4bit and precision == "4-bit NF4 base, float32 compute"
-
-
-@pytest.mark.parametrize("bf16", [True, False])
-def test_one_recipe_adapts_to_a_gpu(bf16, monkeypatch):
-    """With CUDA the recipe runs as written: 4-bit NF4 base, bf16; a GPU without bf16 (a T4) gets fp16."""
-    from train.train import adapt_to_device, mixed_precision_for
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    parsed = parse_args(["--config", str(RECIPES / "phi2-grpo-qlora.yaml")])
-    simulate_gpu(monkeypatch, bf16)
-    parsed.training.bf16, parsed.training.fp16 = mixed_precision_for(parsed.mixed_precision)
-    device, precision, notes = adapt_to_device(
-        parsed.train, parsed.training, parsed.model, parsed.mixed_precision
-    )
-    assert device == "cuda" and parsed.model.load_in_4bit
-    if bf16:
-        assert (parsed.training.bf16, parsed.training.fp16, notes) == (True, False, [])
-        assert precision == "4-bit NF4 base, bfloat16 compute"
-    else:
-        assert (parsed.training.bf16, parsed.training.fp16) == (False, True)
-        assert precision == "4-bit NF4 base, float16 compute" and "fp16" in notes[0]
-    # use_cpu asks for the CPU path on a GPU machine too
-    assert mixed_precision_for("bf16", use_cpu=True) == (False, False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    parsed = parse_args(["--config", str(RECIPES / "phi2-grpo-qlora.yaml"), "--use_cpu", "true"])
-    simulate_gpu(monkeypatch, bf16)
-    device, precision, notes = adapt_to_device(
-        parsed.train, parsed.training, parsed.model, parsed.mixed_precision
-    )
-    assert (device, precision, parsed.model.load_in_4bit) == ("cpu", "float32", False)
-    assert notes and all(n.startswith("use_cpu: ") for n in notes)
 
 
 def test_target_modules_that_match_nothing_are_an_error(tiny_phi_dir):

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from model_card import CardError, render_card, report_matches, write_card
+from train.card import CardError, render_card, report_matches, write_card
 
 # What a reader of the repo needs; trainer checkpoints, optimizer states and the pairs stay home.
 ALLOW_PATTERNS = [

@@ -184,8 +184,8 @@ def write_run_folder(
     """Everything but the adapter, on the main process, after the final save_model; the card last."""
     import torch
 
-    from model_card import write_card
     from train.callbacks import read_metrics
+    from train.card import write_card
     from train.identity import base_identity
     from train.plots import plot_metrics
 

@@ -136,16 +136,32 @@ def _rows(table: pa.Table, columns: list[str]) -> list[dict]:
     ]
 
 
+def _unusable(message: dict, role: str, prefix: str = "") -> str | None:
+    """Why a message cannot serve as a ``role`` message: another role, deleted, or failed review."""
+    if message["role"] != role:
+        return f"{prefix}not_{role}"
+    if message["deleted"]:
+        return f"{prefix}deleted"
+    if message["review_result"] is False:
+        return f"{prefix}failed_review"
+    return None
+
+
+def _length_skip(text: str, min_chars: int, max_chars: int, what: str) -> str | None:
+    chars = len(text.strip())
+    if chars < min_chars:
+        return f"{what}_too_short"
+    if chars > max_chars:
+        return f"{what}_too_long"
+    return None
+
+
 def _tree_skip(prompt: dict, wanted: tuple | None, states: set | None) -> str | None:
     lang = (prompt["lang"] or "").lower()
     if states is not None and prompt["tree_state"] is not None and prompt["tree_state"] not in states:
         return "tree_state"
-    if prompt["role"] != "prompter":
-        return "prompt_not_prompter"
-    if prompt["deleted"]:
-        return "prompt_deleted"
-    if prompt["review_result"] is False:
-        return "prompt_failed_review"
+    if reason := _unusable(prompt, "prompter", "prompt_"):
+        return reason
     if wanted is not None and not any(lang == w or lang.startswith(w + "-") for w in wanted):
         return "language"
     return None
@@ -168,27 +184,11 @@ def _group_skip(path: list[dict], min_chars: int, max_chars: int) -> str | None:
         return "prompt_not_prompter"
     if any(m["deleted"] or m["review_result"] is False for m in path):
         return "conversation_removed"  # a removed message cannot be part of a prompt
-    chars = len(head["text"].strip())
-    if chars < min_chars:
-        return "prompt_too_short"
-    if chars > max_chars:
-        return "prompt_too_long"
-    return None
+    return _length_skip(head["text"], min_chars, max_chars, "prompt")
 
 
 def _reply_skip(reply: dict, min_chars: int, max_chars: int) -> str | None:
-    if reply["role"] != "assistant":
-        return "not_assistant"
-    if reply["deleted"]:
-        return "deleted"
-    if reply["review_result"] is False:
-        return "failed_review"
-    chars = len(reply["text"].strip())
-    if chars < min_chars:
-        return "reply_too_short"
-    if chars > max_chars:
-        return "reply_too_long"
-    return None
+    return _unusable(reply, "assistant") or _length_skip(reply["text"], min_chars, max_chars, "reply")
 
 
 def _pair(root: dict, path: list[dict], eligible: list[dict], depth: str) -> dict | None:

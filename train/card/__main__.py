@@ -1,27 +1,25 @@
 """Re-render the model card of a training output folder, e.g. after `python -m train.evaluate`.
 
-python -m model_card OUTPUT_DIR [--repo-id ID]
+python -m train.card OUTPUT_DIR [--repo-id ID]
 """
 
 import argparse
 import sys
 
-from model_card import CardError, write_card
+from train.card import CardError, write_card
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model_card", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m train.card", description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", help="the folder `python -m train` wrote")
     parser.add_argument(
         "--repo-id", help="the Hub repo the adapter is (or will be) pushed to; named in the usage snippet"
     )
     args = parser.parse_args(argv)
     try:
-        path = write_card(args.output_dir, repo_id=args.repo_id)
+        print(f"wrote {write_card(args.output_dir, repo_id=args.repo_id)}")
     except CardError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
+        parser.exit(2, f"error: {error}\n")
     return 0
 
 
