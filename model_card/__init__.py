@@ -220,13 +220,11 @@ def _eval_section(output_dir: Path) -> tuple[str | None, list[str]]:
 
 
 def _verdict(output_dir: Path) -> str:
-    from train.evaluate.answers import length_control
+    """The report's verdict in words: with the length-controlled judge win, the judge's weakness
+    beside length and the stop-rate flag, each where it applies."""
     from train.evaluate.report import verdict
 
-    report = _read_json(output_dir / "eval" / "report.json")
-    generations = output_dir / "eval" / "generations.jsonl"
-    limit = (report.get("settings") or {}).get("max_new_tokens")
-    return verdict(report, length_control(generations, limit) if generations.is_file() and limit else None)
+    return verdict(_read_json(output_dir / "eval" / "report.json"))
 
 
 def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard:
