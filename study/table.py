@@ -161,8 +161,9 @@ def reading(rows: list[dict]) -> list[str]:
             (r.get("stop_guard") or {}).get("flagged")
         )
         lines.append(
-            f"- `{r['name']}` ({r['method']}): preference accuracy{objective} {fmt(p['base'], percent=True)} → "
-            f"{fmt(p['tuned'], percent=True)} (McNemar per tree {fmt_p(p['test']['p_value'])}); {judge}{length}.{flag}"
+            f"- `{r['name']}` ({r['method']}): preference accuracy{objective} "
+            f"{fmt(p['base'], percent=True)} → {fmt(p['tuned'], percent=True)} "
+            f"(McNemar per tree {fmt_p(p['test']['p_value'])}); {judge}{length}.{flag}"
         )
     grpo = [r["name"] for r, _ in winners if r["method"] == "grpo"]
     verdict = (
@@ -310,8 +311,8 @@ def write_table(candidates, runs: Path, results: Path, reward_models: dict) -> l
             "",
             "Written by `python -m study.run` from the runs' own files (`results.json` has every figure).",
             f"{rows[0]['pairs']} held-out pairs, none from a training tree; rates with Wilson 95% intervals; "
-            "paired exact tests of tuned against base on the same pairs / prompts, counting each conversation "
-            "tree once. The judge's verdicts: "
+            "paired exact tests of tuned against base on the same pairs / prompts, counting each "
+            "conversation tree once. The judge's verdicts: "
             f"{settings['k']} answers per prompt and model, temperature {settings['temperature']}, at most "
             f"{settings['max_new_tokens']} new tokens.",
             "",

@@ -473,27 +473,6 @@ def test_answers_are_judged_at_serving_length_not_the_training_length():
     assert "--max-new-tokens" not in EVAL_OPTIONS  # the study's final evaluations too
 
 
-def test_the_stop_rate_guard_flags_a_model_that_stopped_ending_its_answers():
-    from assistant.generation import Answer
-
-    answer = lambda ended: Answer(text="x", ended=ended, cut=not ended, tokens=3, adapter="x")  # noqa: E731
-    prompts = [{"tree_id": f"t{i // 2}"} for i in range(8)]
-    base = [[answer(i % 3 == 0), answer(i % 2 == 0)] for i in range(8)]  # 7 of 16 ended
-    for tuned_ended, flagged in ((5, True), (6, False)):  # 44% - 31% = 13 points; 44% - 38% = 6
-        flags = [True] * tuned_ended + [False] * (16 - tuned_ended)
-        tuned = [[answer(flags[2 * i]), answer(flags[2 * i + 1])] for i in range(8)]
-        described = answering.describe({"base": base, "tuned": tuned}, 0, prompts)
-        assert (
-            described["base"]["ended_properly"]["k"] == 7 and described["base"]["ended_properly"]["n"] == 16
-        )
-        guard = answering.stop_guard(described)
-        assert guard["drop"] == pytest.approx((7 - tuned_ended) / 16) and guard["flagged"] is flagged
-        assert (answering.stop_flag(guard) is not None) is flagged
-    never = [[answer(False), answer(False)] for _ in range(8)]  # every answer ran to the cap
-    ended = answering.describe({"base": base, "tuned": never}, 0, prompts)["tuned"]["ended_properly"]
-    assert ended["rate"] == 0 and ended["ci95"][1] > 0.05  # 0% of 16 answers in 4 trees, not [0, 0]
-
-
 def test_the_verdict_claims_no_win_without_a_significant_paired_test(evaluated):
     from train.evaluate.report import render_report, verdict
 
@@ -525,9 +504,9 @@ def test_the_verdict_claims_no_win_without_a_significant_paired_test(evaluated):
         report
     )
     # a model that stopped ending its answers is flagged in the report and its verdict
-    answers = {**report["answers"], "tuned": {**report["answers"]["tuned"], "ended_properly": {"rate": 0.0,
-               "ci95": [0.0, 0.1], "n": 8}}, "base": {**report["answers"]["base"], "ended_properly": {"rate": 0.5,
-               "ci95": [0.2, 0.8], "n": 8}}}  # fmt: skip
+    shares = {"base": 0.5, "tuned": 0.0}
+    answers = {side: {**a, "ended_properly": {"rate": shares[side], "ci95": [0, 0.8], "n": 8}}
+               for side, a in report["answers"].items()}  # fmt: skip
     stopped = {**report, "answers": answers}
     assert "Flag: the tuned model ends its answers by itself 50 points less often" in verdict(stopped)
     assert "**Flag: the tuned model ends its answers" in render_report(stopped)

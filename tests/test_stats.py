@@ -261,3 +261,23 @@ def test_length_baselines_by_hand():
     assert "does not beat" not in caveat
     weaker = {**rate([True, False, False, True, True]), "baselines": result}  # 60% against 70%
     assert 'does not beat "the longer reply wins" (60% ' in judge_caveat(weaker)
+
+
+def test_the_stop_rate_guard_flags_a_model_that_stopped_ending_its_answers():
+    from assistant.generation import Answer
+    from train.evaluate import answers as answering
+
+    answer = lambda ended: Answer(text="x", ended=ended, cut=not ended, tokens=3, adapter="x")  # noqa: E731
+    prompts = [{"tree_id": f"t{i // 2}"} for i in range(8)]
+    base = [[answer(i % 3 == 0), answer(i % 2 == 0)] for i in range(8)]  # 7 of 16 ended
+    for tuned_ended, flagged in ((5, True), (6, False)):  # 44% - 31% = 13 points; 44% - 38% = 6
+        flags = [True] * tuned_ended + [False] * (16 - tuned_ended)
+        tuned = [[answer(flags[2 * i]), answer(flags[2 * i + 1])] for i in range(8)]
+        described = answering.describe({"base": base, "tuned": tuned}, 0, prompts)
+        assert (described["base"]["ended_properly"]["k"], described["base"]["ended_properly"]["n"]) == (7, 16)
+        guard = answering.stop_guard(described)
+        assert guard["drop"] == pytest.approx((7 - tuned_ended) / 16) and guard["flagged"] is flagged
+        assert (answering.stop_flag(guard) is not None) is flagged
+    never = [[answer(False), answer(False)] for _ in range(8)]  # every answer ran to the cap
+    ended = answering.describe({"base": base, "tuned": never}, 0, prompts)["tuned"]["ended_properly"]
+    assert ended["rate"] == 0 and ended["ci95"][1] > 0.05  # 0% of 16 answers in 4 trees, not [0, 0]

@@ -256,13 +256,14 @@ def summary_lines(report: dict, out: str) -> list[str]:
         )
     if report.get("judge_verdicts"):
         j, test = report["judge_verdicts"], report["judge_verdicts"]["per_prompt"]["test"]
+        accuracy = report["judge"]["accuracy"]
         lines.append(
-            f"judge {report['judge']['name']} (its accuracy {fmt(report['judge']['accuracy'], percent=True)}): "
+            f"judge {report['judge']['name']} (its accuracy {fmt(accuracy, percent=True)}): "
             f"tuned wins {fmt(j['per_prompt']['win'], percent=True)} of {test['n']} prompts, "
             f"sign test per tree {fmt_p(test['p_value'])}; at equal length "
             f"{fmt(j.get('length_controlled'), percent=True)}"
         )
-        lines += [line for line in [judge_caveat(report["judge"]["accuracy"])] if line]
+        lines += [line for line in [judge_caveat(accuracy)] if line]
     flag = answering.stop_flag(report.get("stop_guard"))
     lines += [flag] if flag else []
     if "leaderboard" in report:

@@ -96,7 +96,8 @@ def stop_flag(guard: dict | None) -> str | None:
     return (
         f"Flag: the tuned model ends its answers by itself {100 * guard['drop']:.0f} points less often than "
         f"its base ({100 * guard['tuned']:.0f}% against {100 * guard['base']:.0f}%; the limit is "
-        f"{100 * guard['limit']:.0f}): it runs to the length cap, so it is never promoted to a demo adapter."
+        f"{100 * guard['limit']:.0f}): it runs to the length cap; a flagged adapter is never promoted to "
+        "a demo adapter."
     )
 
 
