@@ -105,6 +105,10 @@ def test_sign_test_counts_each_tree_once():
     lopsided = sign_test([1, 1, 1, 1, -1, -1], clusters=list("AAAABC"))
     assert lopsided["better"] > lopsided["worse"] and lopsided["trees"]["worse"] == 2
     assert not tuned_won({**lopsided, "p_value": 0.01})
+    # judge score differences: a tree is summarised by its mean difference, not by a count of signs
+    scores = sign_test([0.1, 0.1, -1.0, 0.5, -0.2], clusters=list("AAABC"))
+    assert (scores["better"], scores["worse"]) == (3, 2)
+    assert scores["trees"] == {"better": 1, "worse": 2, "same": 0, "n": 3}  # A: mean -0.27
 
 
 def test_all_equal_and_all_flipped():

@@ -7,7 +7,8 @@ prompt, the k answers to one prompt), so every estimate takes the items' tree id
     the variance of the mean summed by tree over its variance as if the items were independent (never
     below 1; when it cannot be estimated because every value is equal, each tree counts as one item);
   * a mean's bootstrap resamples whole trees;
-  * a sign test (exact McNemar on 0/±1 outcomes) counts each tree once, by the sign of its items' votes.
+  * a sign test (exact McNemar on 0/±1 outcomes) counts each tree once, by the sign of the mean of its
+    items' differences.
 Without tree ids (None) every item is its own tree and these are the textbook methods.
 Every estimate is a dict that says its sample size, so a reader never sees a figure without its n.
 """
@@ -173,15 +174,16 @@ def sign_test(differences, tolerance: float = 0.0, clusters=None) -> dict:
 
     On 0/1 outcomes (a pair judged right or wrong by each model) this is the exact McNemar test: only
     the pairs that flipped carry information, and under no effect each flip is a fair coin. Where items
-    share trees, each tree is one vote (the sign of its items' +1/−1 sum): ``trees`` has those counts,
-    ``p_value`` is theirs, and ``p_value_items`` the one that would treat every item as independent.
+    share trees, each tree is one vote (the sign of the mean of its items' differences; on 0/±1 outcomes,
+    whether more of its pairs flipped right than wrong): ``trees`` has those counts, ``p_value`` is
+    theirs, and ``p_value_items`` the one that would treat every item as independent.
     """
     d, g = _clean(differences, clusters)
     signs = _signs(d, tolerance)
     items = _sign_counts(signs)
     if not g.size or g.max() + 1 == g.size:
         return items
-    trees = _sign_counts(np.sign(np.bincount(g, weights=signs)))
+    trees = _sign_counts(_signs(np.bincount(g, weights=d) / np.bincount(g), tolerance))
     return {**items, "p_value": trees.pop("p_value"), "p_value_items": items["p_value"], "trees": trees}
 
 
