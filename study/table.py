@@ -140,7 +140,7 @@ def reading(rows: list[dict]) -> list[str]:
         p, j = r["preference"], r["judge"]["per_prompt"]
         won = [
             measure
-            for measure, test in (("preference accuracy", p["test"]), ("the judge", j and j["test"]))
+            for measure, test in ((_preference_name(r), p["test"]), ("the judge", j and j["test"]))
             if tuned_won(test)
         ]
         if won:
@@ -180,6 +180,11 @@ def reading(rows: list[dict]) -> list[str]:
     # every candidate is judged by the same judge: its weakness beside length goes with the verdict
     caveat = judge_caveat(next((r["judge"]["accuracy"] for r in rows if r["judge"]["accuracy"]), None))
     return [*lines, "", verdict + (f" **{caveat}**" if caveat else "")]
+
+
+def _preference_name(r: dict) -> str:
+    """For DPO the log-likelihood margin is its own training objective: a win there is not independent."""
+    return "preference accuracy" + (" (its own DPO objective)" if r["method"] == "dpo" else "")
 
 
 def _length_caveat(r: dict, won: list[str]) -> str:

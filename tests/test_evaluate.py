@@ -291,6 +291,10 @@ def test_judge_with_a_known_preference(judge_dir):
     pairs[5] = {**pairs[5], "chosen": "It is bad", "rejected": "It is good"}  # people chose the bad one
     accuracy = answering.judge_accuracy(judge, pairs)
     assert (accuracy["k"], accuracy["n"]) == (5, 6)
+    # "Answer i, good" is one character longer than "Answer i, bad"; "It is bad" one shorter than "It is good"
+    baselines = accuracy["baselines"]
+    assert baselines["longer_wins"]["k"] == 5 and baselines["shorter_wins"]["k"] == 1
+    assert (baselines["length_matched"]["k"], baselines["length_matched"]["n"]) == (5, 6)
     answer = lambda text: Answer(text=text, ended=True, cut=False, tokens=3, adapter="x")  # noqa: E731
     prompts = pairs[:4]
     answers = {
@@ -306,6 +310,11 @@ def test_judge_with_a_known_preference(judge_dir):
     assert (
         verdicts["per_answer"]["n"] == 8 and verdicts["per_answer"]["win"]["k"] == 3
     )  # sample j against sample j
+    # every answer has 3 tokens: no length difference to control for, so Firth's intercept alone,
+    # (3 wins + 1/2) / (4 prompts + 1)
+    controlled = verdicts["length_controlled"]
+    assert controlled["rate"] == pytest.approx(3.5 / 5, abs=1e-6) and controlled["raw"]["rate"] == 0.75
+    assert controlled["length_vs_judge_spearman"] is None
 
 
 def test_multi_turn_pairs_are_scored_through_the_chat_template(setup, tmp_path):
