@@ -42,11 +42,10 @@ CANDIDATES = (
 DEMO_V1 = ("ce38446", "demo/smollm2-grpo-demo")
 NEEDS = {"grpo-reward-model": "reward-model-oasst", "grpo-reward-model-long": "reward-model-oasst"}
 # The same settings for every candidate; the base is evaluated once for all of them (--base-cache).
-# A CPU budget: 2 answers per prompt and model (the default is 3), at most 48 new tokens, pairs scored
-# up to 512 tokens (a long reply is cut, the same way for base and tuned).
-EVAL_OPTIONS = (
-    "--num-generations 2 --max-new-tokens 48 --max-length 512 --temperature 0.7 --batch-size 16".split()
-)
+# A CPU budget: 2 answers per prompt and model (the default is 3), pairs scored up to 512 tokens (a long
+# reply is cut, the same way for base and tuned). Answers run to the apps' serving length (train.evaluate's
+# default): a shorter cap hides a model that never stops.
+EVAL_OPTIONS = "--num-generations 2 --max-length 512 --temperature 0.7 --batch-size 16".split()
 EVAL_OPTIONS += ["--base-cache", str(RUNS / "base-cache")]
 
 
@@ -131,25 +130,35 @@ DEMO_FILES = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.jso
 def evidence(row: dict) -> tuple[float, float]:
     """How strongly a candidate beats its base on a measure it was not trained on: the smaller p-value
     of its two paired tests where tuned did better (1 where it did not), then minus its judge win rate."""
+    from train.evaluate.stats import tuned_better
+
     tests = [row["preference"]["test"], (row["judge"]["per_prompt"] or {}).get("test")]
-    p = min([t["p_value"] for t in tests if t and t["better"] > t["worse"]], default=1.0)
+    p = min([t["p_value"] for t in tests if t and tuned_better(t)], default=1.0)
     judge = row["judge"]["per_prompt"]
     return p, -(judge["win"]["rate"] if judge else 0.0)
 
 
-def promote(rows: list[dict]) -> dict:
+def pick_demos(rows: list[dict]) -> dict:
     """The demo adapters the apps serve: the GRPO candidate with the best evidence, and the DPO one if
-    its evidence is better still (a fixed rule, applied to the table, never a choice by hand)."""
-    import shutil
-
-    from train.card import write_card
-
+    its evidence is better still (a fixed rule, applied to the table, never a choice by hand). A candidate
+    the stop-rate guard flagged (it stopped ending its answers) is never promoted."""
     by_method = {}
-    for row in sorted((r for r in rows if r["name"] != "demo-v1"), key=evidence):
+    eligible = [r for r in rows if r["name"] != "demo-v1" and not (r.get("stop_guard") or {}).get("flagged")]
+    for row in sorted(eligible, key=evidence):
         by_method.setdefault(row["method"], row)
     chosen = {"grpo": by_method.get("grpo")}
     if by_method.get("dpo") and chosen["grpo"] and evidence(by_method["dpo"]) < evidence(chosen["grpo"]):
         chosen["dpo"] = by_method["dpo"]
+    return chosen
+
+
+def promote(rows: list[dict]) -> dict:
+    """Copy the picked candidates (pick_demos) over the demo adapters and write their cards."""
+    import shutil
+
+    from train.card import write_card
+
+    chosen = pick_demos(rows)
     for method, row in chosen.items():
         if row is None:
             continue

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from train.evaluate.answers import SIDES, length_control
+from train.evaluate.answers import SIDES, stop_guard
+from train.evaluate.length import judge_caveat, judge_skill
 from train.evaluate.stats import ALPHA, fmt, fmt_p, tuned_won
 
 OBJECTIVE = {
@@ -61,11 +62,10 @@ def row(name: str, runs: Path) -> dict | None:
             "first_tenth": trend.get("first_tenth_mean"),
             "last_tenth": trend.get("last_tenth_mean"),
         },
-        "length_control": length_control(
-            runs / name / "eval" / "generations.jsonl", report["settings"]["max_new_tokens"]
-        ),
+        "length_controlled": j.get("length_controlled"),
         "answer_tokens": {side: a[side]["answer_tokens"] for side in SIDES},
         "ended_properly": {side: a[side]["ended_properly"] for side in SIDES},
+        "stop_guard": stop_guard(a),  # flagged: never promoted to a demo adapter
         # a GRPO group whose answers all score the same teaches nothing
         "frac_reward_zero_std": _metric_mean(runs / name / "metrics.jsonl", "frac_reward_zero_std"),
         "train_runtime_s": info.get("train_runtime_s"),
@@ -82,41 +82,44 @@ def _cells(r: dict) -> list[str]:
         if objective["first_tenth"] is not None
         else "n/a"
     )
+    guard = r.get("stop_guard")
     return [
         f"`{r['name']}`",
-        f"{fmt(p['base'], percent=True)} → {fmt(p['tuned'], percent=True)}",
-        f"+{p['test']['better']} / −{p['test']['worse']}, {fmt_p(p['test']['p_value'])}",
+        f"{fmt(p['base'], percent=True)} → {fmt(p['tuned'], percent=True)}"
+        + (" (the DPO objective)" if r["method"] == "dpo" else ""),
+        _test_cell(p["test"]),
         fmt(j["win"], percent=True) if j else "n/a",
-        f"+{j['test']['better']} / −{j['test']['worse']}, {fmt_p(j['test']['p_value'])}" if j else "n/a",
-        _equal_length(r),
+        _test_cell(j["test"]) if j else "n/a",
+        fmt(r.get("length_controlled"), percent=True),
         trained,
         f"{r['answer_tokens']['base']['mean']:.0f} → {r['answer_tokens']['tuned']['mean']:.0f}",
-        f"{100 * r['ended_properly']['base']['mean']:.0f}% → {100 * r['ended_properly']['tuned']['mean']:.0f}%",
+        f"{100 * guard['base']:.0f}% → {100 * guard['tuned']:.0f}%"
+        + (" **flagged**" if guard["flagged"] else "")
+        if guard
+        else "n/a",
         "n/a" if r["frac_reward_zero_std"] is None else f"{r['frac_reward_zero_std']:.2f}",
         f"{r['train_runtime_s'] / 60:.0f} min, {r['steps']} steps" if r["train_runtime_s"] else "n/a",
         f"{r['peak_rss_mb'] / 1024:.1f} GB" if r["peak_rss_mb"] else "n/a",
     ]
 
 
-def _equal_length(r: dict) -> str:
-    same = (r["length_control"] or {}).get("equal_length")
-    return (
-        f"{fmt(same['win'], percent=True)} of {same['prompts']}, {fmt_p(same['test']['p_value'])}"
-        if same
-        else "n/a"
-    )
+def _test_cell(test: dict) -> str:
+    """Items better / worse, and the trees' counts the p-value is computed from where items share trees."""
+    trees = test.get("trees")
+    per_tree = f" (trees +{trees['better']} / −{trees['worse']})" if trees else ""
+    return f"+{test['better']} / −{test['worse']}{per_tree}, {fmt_p(test['p_value'])}"
 
 
 HEADER = [
     "candidate",
     "preference accuracy, base → tuned",
-    "pairs flipped right / wrong, McNemar",
+    "pairs flipped right / wrong, McNemar per tree",
     "judge: tuned wins (per prompt)",
-    "judge: prompts better / worse, sign test",
-    "judge, prompts where all answers were cut at the limit (same length): tuned wins",
+    "judge: prompts better / worse, sign test per tree",
+    "judge: tuned wins at equal length (length-controlled)",
     "training objective, first → last tenth",
     "answer tokens",
-    "ended by itself",
+    "ended by itself (flagged: > 10 points below base)",
     "GRPO groups with zero reward spread",
     "training time",
     "peak memory",
@@ -137,7 +140,7 @@ def reading(rows: list[dict]) -> list[str]:
         p, j = r["preference"], r["judge"]["per_prompt"]
         won = [
             measure
-            for measure, test in (("preference accuracy", p["test"]), ("the judge", j and j["test"]))
+            for measure, test in ((_preference_name(r), p["test"]), ("the judge", j and j["test"]))
             if tuned_won(test)
         ]
         if won:
@@ -148,18 +151,19 @@ def reading(rows: list[dict]) -> list[str]:
             if j
             else "no judge verdicts"
         )
-        control = r["length_control"] or {}
+        control = r.get("length_controlled") or {}
         rho = control.get("length_vs_judge_spearman")
-        length = (
-            f"; on the {control['equal_length']['prompts']} prompts where every answer was cut at the "
-            f"limit it wins {fmt(control['equal_length']['win'], percent=True)} "
-            f"({fmt_p(control['equal_length']['test']['p_value'])})"
-            if control.get("equal_length")
-            else ""
-        ) + (f"; length and judge differences, Spearman ρ = {rho['rho']:.2f}" if rho else "")
+        length = (f"; at equal length it wins {fmt(control, percent=True)}" if control else "") + (
+            f"; length and judge differences, Spearman ρ = {rho['rho']:.2f}" if rho else ""
+        )
+        objective = " (its own training objective)" if r["method"] == "dpo" else ""
+        flag = " **Flagged: it ends its answers by itself far less often than its base.**" * bool(
+            (r.get("stop_guard") or {}).get("flagged")
+        )
         lines.append(
-            f"- `{r['name']}` ({r['method']}): preference accuracy {fmt(p['base'], percent=True)} → "
-            f"{fmt(p['tuned'], percent=True)} (McNemar {fmt_p(p['test']['p_value'])}); {judge}{length}."
+            f"- `{r['name']}` ({r['method']}): preference accuracy{objective} "
+            f"{fmt(p['base'], percent=True)} → {fmt(p['tuned'], percent=True)} "
+            f"(McNemar per tree {fmt_p(p['test']['p_value'])}); {judge}{length}.{flag}"
         )
     grpo = [r["name"] for r, _ in winners if r["method"] == "grpo"]
     verdict = (
@@ -173,17 +177,27 @@ def reading(rows: list[dict]) -> list[str]:
         verdict += " No GRPO candidate did."
     if winners:
         verdict += " " + _corrected(rows)
-    return [*lines, "", verdict]
+    # every candidate is judged by the same judge: its weakness beside length goes with the verdict
+    caveat = judge_caveat(next((r["judge"]["accuracy"] for r in rows if r["judge"]["accuracy"]), None))
+    return [*lines, "", verdict + (f" **{caveat}**" if caveat else "")]
+
+
+def _preference_name(r: dict) -> str:
+    """For DPO the log-likelihood margin is its own training objective: a win there is not independent."""
+    return "preference accuracy" + (" (its own DPO objective)" if r["method"] == "dpo" else "")
 
 
 def _length_caveat(r: dict, won: list[str]) -> str:
-    """A judge win that does not hold where both models' answers have the same length may be length."""
-    same = (r["length_control"] or {}).get("equal_length")
-    if "the judge" not in won or not same or tuned_won(same["test"]):
+    """A judge win whose length-controlled win rate does not exclude 50% may be length."""
+    controlled = r.get("length_controlled")
+    if (
+        "the judge" not in won
+        or not controlled
+        or controlled["ci95"][0] is None
+        or controlled["ci95"][0] > 0.5
+    ):
         return ""
-    return (
-        f", but not on the prompts where all answers have the same length: {fmt_p(same['test']['p_value'])}"
-    )
+    return f", but not at equal length: {fmt(controlled, percent=True)}"
 
 
 def _corrected(rows: list[dict]) -> str:
@@ -240,8 +254,8 @@ def plot(rows: list[dict], path: Path) -> None:
     left.axvline(0, color="black", linewidth=0.8)
     right.axvline(0.5, color="black", linewidth=0.8)
     left.set_yticks(range(len(names)), names)
-    left.set_xlabel("preference accuracy: tuned − base (95% BCa)")
-    right.set_xlabel("judge: share of prompts where tuned wins (95% Wilson)")
+    left.set_xlabel("preference accuracy: tuned − base (95% Newcombe, per tree)")
+    right.set_xlabel("judge: share of prompts where tuned wins (95% Wilson, per tree)")
     left.invert_yaxis()
     fig.suptitle(f"Method study on {rows[0]['pairs']} held-out Open Assistant pairs")
     fig.tight_layout()
@@ -288,14 +302,13 @@ def write_table(candidates, runs: Path, results: Path, reward_models: dict) -> l
     accuracy = next((r["judge"]["accuracy"] for r in rows if r["judge"]["accuracy"]), None)
     settings = rows[0]["settings"]
     checks = [
-        f"- `judge-hh-rlhf` on these {rows[0]['pairs']} held-out Open Assistant pairs: {fmt(accuracy, percent=True)}"
+        f"- `judge-hh-rlhf` on these held-out Open Assistant pairs: {judge_skill(accuracy)}."
+        + "".join(f" **{line}**" for line in [judge_caveat(accuracy)] if line)
     ] * bool(accuracy) + [
-        f"- `{name}`: "
-        + "; ".join(
-            f"{where.replace('_', ' ')} {fmt(rate, percent=True)} (n = {rate['n']})"
-            for where, rate in c.items()
-        )
+        f"- `{name}`, {where.replace('_', ' ')}: {judge_skill(rate)}."
+        + "".join(f" **{line}**" for line in [judge_caveat(rate)] if line)
         for name, c in reward_models.items()
+        for where, rate in c.items()
     ]
     text = "\n".join(
         [
@@ -303,7 +316,8 @@ def write_table(candidates, runs: Path, results: Path, reward_models: dict) -> l
             "",
             "Written by `python -m study.run` from the runs' own files (`results.json` has every figure).",
             f"{rows[0]['pairs']} held-out pairs, none from a training tree; rates with Wilson 95% intervals; "
-            "paired exact tests of tuned against base on the same pairs / prompts. The judge's verdicts: "
+            "paired exact tests of tuned against base on the same pairs / prompts, counting each "
+            "conversation tree once. The judge's verdicts: "
             f"{settings['k']} answers per prompt and model, temperature {settings['temperature']}, at most "
             f"{settings['max_new_tokens']} new tokens.",
             "",
@@ -312,7 +326,8 @@ def write_table(candidates, runs: Path, results: Path, reward_models: dict) -> l
             "",
             "![Study](plots/study.png)",
             "",
-            "Held-out accuracy of the reward models (how often each prefers the human-chosen reply):",
+            "Held-out accuracy of the reward models (how often each prefers the human-chosen reply), beside "
+            "what length alone scores on the same pairs:",
             "",
             *checks,
             "",

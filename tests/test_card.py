@@ -10,6 +10,8 @@ from huggingface_hub import ModelCard
 
 from tests._helpers_card import add_eval, build_training_output, tiny_lora
 from train.card import CardError, render_card, write_card
+from train.evaluate.length import length_baselines
+from train.evaluate.stats import rate
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -198,3 +200,46 @@ def test_cli(run, tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("error: no training output folder at")
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_the_card_says_what_length_and_stopping_explain(run):
+    """The card's verdict carries the length-controlled judge win, the judge's weakness beside length,
+    the stop-rate flag, and for DPO that the margin is its own objective."""
+    add_eval(run)
+    path = run / "eval" / "report.json"
+    report = json.loads(path.read_text())
+    pairs = [
+        {"chosen": "x" * (10 + 40 * (i % 2)), "rejected": "x" * 30, "tree_id": f"t{i}"} for i in range(20)
+    ]
+    right = [i % 2 == 1 for i in range(20)]  # the judge picks exactly the longer reply: length, nothing more
+    report["adapter"]["method"] = "dpo"
+    report["judge"] = {
+        "name": "judge",
+        "accuracy": {**rate(right), "baselines": length_baselines(pairs, right)},
+    }
+    report["judge_verdicts"] = {
+        "per_prompt": {"test": {"better": 30, "worse": 10, "same": 0, "n": 40, "p_value": 0.002}},
+        "length_controlled": {"rate": 0.52, "ci95": [0.35, 0.69], "n": 40},
+    }
+    report["answers"] = {
+        "base": {"ended_properly": rate([1] * 5 + [0] * 75)},
+        "tuned": {"ended_properly": rate([0] * 80)},
+    }
+    path.write_text(json.dumps(report))
+    verdict = render_card(run).text.split("**Does it beat its base?** ", 1)[1].split("\n", 1)[0]
+    assert verdict.startswith(
+        "The tuned model beats its base at p < 0.05 on held-out preference accuracy (the DPO objective on "
+        "held-out pairs) and on the independent judge. At equal answer length the judge's win rate is "
+        "52% [35, 69], so answer length may explain the win."
+    )
+    assert (
+        'Caution: this judge does not beat "the longer reply wins" (50% [30, 70] against 50% [30, 70])'
+        in verdict
+    )
+    assert "Flag: the tuned model ends its answers by itself 6 points less often" not in verdict  # 6 < 10
+    report["answers"]["base"]["ended_properly"] = rate([1] * 20 + [0] * 60)  # 25% -> 0%: 25 points
+    path.write_text(json.dumps(report))
+    assert (
+        "Flag: the tuned model ends its answers by itself 25 points less often than its base (0% against 25%"
+        in (render_card(run).text)
+    )

@@ -179,7 +179,8 @@ def evaluated(setup, judge_dir):
     out = setup["root"] / "adapter" / "eval"
     code = evaluate.main(
         ["--adapter", str(setup["adapter"]), "--pairs", str(setup["pairs_file"]), "--output-dir", str(out),
-         "--judge", str(judge_dir), "--num-generations", "2", "--batch-size", "3", "--samples", "2"]
+         "--judge", str(judge_dir), "--num-generations", "2", "--batch-size", "3", "--samples", "2",
+         "--max-new-tokens", "5"]
     )  # fmt: skip
     assert code == 0
     return out, json.loads((out / "report.json").read_text())
@@ -188,7 +189,7 @@ def evaluated(setup, judge_dir):
 def estimates(node, path=""):
     """Every interval estimate in a report ({"mean" or "rate", "ci95", "n"}), with where it is."""
     if isinstance(node, dict):
-        if {"ci95", "n"} <= node.keys():
+        if {"ci95", "n"} <= node.keys() and node["ci95"][0] is not None:
             yield path, node
         for key, value in node.items():
             yield from estimates(value, f"{path}.{key}")
@@ -226,10 +227,11 @@ def test_report_belongs_to_its_adapter_and_reads_the_recipe(setup, evaluated):
     assert report["adapter"]["sha256"] == file_sha256(setup["adapter"] / "adapter_model.safetensors")
     assert report["adapter"]["base"]["source"] == "local folder"
     assert report["adapter"]["base"]["weights_sha256"]
-    # max new tokens and temperature from the adapter's recipe.yaml (5 and 1.0); k = 2 seeds
+    # max new tokens as given (5), temperature from the adapter's recipe.yaml (1.0); k = 2 seeds
     settings = report["settings"]
     assert (settings["max_new_tokens"], settings["temperature"], settings["k"]) == (5, 1.0, 2)
-    assert "from the adapter's recipe" in settings["from_recipe"]
+    assert settings["from_recipe"] == "temperature from the adapter's recipe"
+    assert report["adapter"]["method"] == "grpo"
     rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == len(TEXTS)
     for row in rows:
@@ -289,6 +291,10 @@ def test_judge_with_a_known_preference(judge_dir):
     pairs[5] = {**pairs[5], "chosen": "It is bad", "rejected": "It is good"}  # people chose the bad one
     accuracy = answering.judge_accuracy(judge, pairs)
     assert (accuracy["k"], accuracy["n"]) == (5, 6)
+    # "Answer i, good" is one character longer than "Answer i, bad"; "It is bad" one shorter than "It is good"
+    baselines = accuracy["baselines"]
+    assert baselines["longer_wins"]["k"] == 5 and baselines["shorter_wins"]["k"] == 1
+    assert (baselines["length_matched"]["k"], baselines["length_matched"]["n"]) == (5, 6)
     answer = lambda text: Answer(text=text, ended=True, cut=False, tokens=3, adapter="x")  # noqa: E731
     prompts = pairs[:4]
     answers = {
@@ -304,6 +310,11 @@ def test_judge_with_a_known_preference(judge_dir):
     assert (
         verdicts["per_answer"]["n"] == 8 and verdicts["per_answer"]["win"]["k"] == 3
     )  # sample j against sample j
+    # every answer has 3 tokens: no length difference to control for, so Firth's intercept alone,
+    # (3 wins + 1/2) / (4 prompts + 1)
+    controlled = verdicts["length_controlled"]
+    assert controlled["rate"] == pytest.approx(3.5 / 5, abs=1e-6) and controlled["raw"]["rate"] == 0.75
+    assert controlled["length_vs_judge_spearman"] is None
 
 
 def test_multi_turn_pairs_are_scored_through_the_chat_template(setup, tmp_path):
@@ -383,7 +394,7 @@ def test_a_stale_report_stays_out_of_the_card(setup, evaluated, tmp_path):
 def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated, tmp_path):
     """study.table reads the candidates' own files; a candidate whose report belongs to other weights is
     left out of the table, and the promote rule ranks by the paired tests' p-values."""
-    from study.run import evidence
+    from study.run import evidence, pick_demos
     from study.table import BEGIN, END, embed, reading, write_table
 
     runs = tmp_path / "runs"
@@ -433,51 +444,81 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
     verdict = reading([rows[0], won])[-1]
     assert verdict.startswith("**Beat their base at p < 0.05:** `won` (preference accuracy).")
     assert "Corrected for the table's 3 paired tests (Benjamini-Hochberg): `won` (preference" in verdict
+    assert verdict.endswith("its verdicts may be about length, not quality.**")  # the judge's weakness
     judged = {**won, "judge": {**won["judge"], "per_prompt": {**rows[0]["judge"]["per_prompt"], "test": {
-        "better": 30, "worse": 10, "same": 0, "n": 40, "p_value": 0.002}}}, "length_control": {"equal_length": {
-        "prompts": 9, "win": {"rate": 0.6, "ci95": [0.3, 0.8], "n": 9}, "test": {"better": 5, "worse": 4,
-        "same": 0, "n": 9, "p_value": 1.0}}}}  # fmt: skip
+        "better": 30, "worse": 10, "same": 0, "n": 40, "p_value": 0.002}}}, "length_controlled": {
+        "rate": 0.6, "ci95": [0.3, 0.8], "n": 40}}  # fmt: skip
+    assert "(preference accuracy, the judge, but not at equal length: 60% [30, 80])" in reading([judged])[-1]
+    assert "at equal length it wins 60% [30, 80]" in reading([judged])[0]
+    # the judge's length baselines stand next to its accuracy in the study's results
+    accuracy = report["judge"]["accuracy"]
     assert (
-        "(preference accuracy, the judge, but not on the prompts where all answers have the same length: "
-        "p = 1.000)" in reading([judged])[-1]
+        "the longer reply wins" in table
+        and f"{accuracy['baselines']['length_matched']['n']} length-matched" in table
     )
+    # the promote rule: the best evidence per method, never one the stop-rate guard flagged
+    dpo = {**won, "name": "dpo-won", "method": "dpo"}
+    assert pick_demos([won, dpo]) == {"grpo": won}  # DPO only when its evidence is better still
+    assert pick_demos([worse, {**dpo, "method": "dpo"}])["dpo"]["name"] == "dpo-won"
+    flagged = {**won, "stop_guard": {"base": 0.3, "tuned": 0.0, "drop": 0.3, "limit": 0.1, "flagged": True}}
+    assert pick_demos([flagged, worse]) == {"grpo": worse}
 
 
-def test_length_control_keeps_only_prompts_whose_answers_all_hit_the_limit(tmp_path):
-    from train.evaluate.answers import length_control
+def test_answers_are_judged_at_serving_length_not_the_training_length():
+    """A GRPO recipe's max_completion_length is what it trained at; answers are judged as the apps serve
+    them (GenerationSettings' max_new_tokens, the one place for that default)."""
+    from assistant.generation import GenerationSettings
+    from train.evaluate.inputs import EvalArguments, generation_defaults
 
-    def answers(tokens, judge, ended=False):
-        return [{"answer": "x", "tokens": tokens, "ended": ended, "seed": s, "judge": judge} for s in (0, 1)]
+    recipe = {"max_completion_length": 48, "temperature": 1.0}
+    served = GenerationSettings().max_new_tokens
+    assert served == 256
+    assert generation_defaults(EvalArguments(output_dir="x"), recipe) == (
+        served, 1.0, "temperature from the adapter's recipe"
+    )  # fmt: skip
+    assert generation_defaults(EvalArguments(output_dir="x", max_new_tokens=64), {})[0] == 64
+    from study.run import EVAL_OPTIONS
 
-    prompts = [{"parent_id": f"p{k}", "base": answers(8, 0.0), "tuned": answers(8, 1.0)} for k in range(3)]
-    prompts.append({"parent_id": "short", "base": answers(3, 0.0, ended=True), "tuned": answers(8, -1.0)})
-    path = write_jsonl(tmp_path / "generations.jsonl", prompts)
-    control = length_control(path, limit=8)
-    same = control["equal_length"]
-    assert same["prompts"] == 3 and same["win"]["k"] == 3 and same["test"]["worse"] == 0
-    # the one prompt where tuned is longer is the one it loses: length and verdict anti-correlated
-    assert control["length_vs_judge_spearman"]["rho"] < 0
+    assert "--max-new-tokens" not in EVAL_OPTIONS  # the study's final evaluations too
 
 
 def test_the_verdict_claims_no_win_without_a_significant_paired_test(evaluated):
-    from train.evaluate.report import verdict
+    from train.evaluate.report import render_report, verdict
 
     report = evaluated[1]  # 4 of 4 pairs flipped right: McNemar p = 0.125
     assert report["preference"]["test"]["better"] == 4 and report["preference"]["test"]["worse"] == 0
-    assert verdict(report) == (
+    judge_line = verdict(report).split(". ", 1)[1]  # the judge has not shown skill beyond length
+    assert verdict(report).startswith(
         "The tuned model does not beat its base at p < 0.05 on held-out preference accuracy or on the "
         "independent judge."
     )
+    assert judge_line.startswith("Caution: this judge")
     won = {"better": 30, "worse": 10, "same": 0, "n": 40, "p_value": 0.002}
-    judged = {**report, "judge_verdicts": {"per_prompt": {"test": won}}}
-    assert verdict(judged) == "The tuned model beats its base at p < 0.05 on the independent judge."
-    not_at_same_length = {
-        "equal_length": {"prompts": 9, "test": {**won, "better": 5, "worse": 4, "p_value": 1.0}}
-    }
-    assert verdict(judged, not_at_same_length).endswith(
-        "does not hold on the 9 prompts where every answer was cut at the token limit (p = 1.000), so answer "
-        "length may explain part of it."
+    equal = {"rate": 0.55, "ci95": [0.4, 0.7], "n": 40}
+    judged = {**report, "judge_verdicts": {"per_prompt": {"test": won}, "length_controlled": equal}}
+    assert verdict(judged).startswith(
+        "The tuned model beats its base at p < 0.05 on the independent judge. At equal answer length the "
+        "judge's win rate is 55% [40, 70], so answer length may explain the win."
     )
+    holds = {
+        **judged,
+        "judge_verdicts": {**judged["judge_verdicts"], "length_controlled": {**equal, "ci95": [0.52, 0.7]}},
+    }
+    assert "so the win is not only length." in verdict(holds)
+    # DPO: the margin is its own objective, and the report and the verdict say so
+    dpo = {**report, "adapter": {**report["adapter"], "method": "dpo"}}
+    assert "#### Preference accuracy (the DPO objective on held-out pairs" in render_report(dpo)
+    assert "held-out preference accuracy (the DPO objective on held-out pairs)" in verdict(dpo)
+    assert "no training reward involved" in render_report(report) and "DPO objective" not in render_report(
+        report
+    )
+    # a model that stopped ending its answers is flagged in the report and its verdict
+    shares = {"base": 0.5, "tuned": 0.0}
+    answers = {side: {**a, "ended_properly": {"rate": shares[side], "ci95": [0, 0.8], "n": 8}}
+               for side, a in report["answers"].items()}  # fmt: skip
+    stopped = {**report, "answers": answers}
+    assert "Flag: the tuned model ends its answers by itself 50 points less often" in verdict(stopped)
+    assert "**Flag: the tuned model ends its answers" in render_report(stopped)
 
 
 def test_sample_selection_is_a_fixed_rule():

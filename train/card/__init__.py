@@ -219,14 +219,15 @@ def _eval_section(output_dir: Path) -> tuple[str | None, list[str]]:
     return text, extra
 
 
-def _verdict(output_dir: Path) -> str:
-    from train.evaluate.answers import length_control
+def _verdict(output_dir: Path, method: str) -> str:
+    """The report's verdict in words: with the length-controlled judge win, the judge's weakness
+    beside length and the stop-rate flag, each where it applies (``method`` from training_info, for a
+    report that does not record it: for DPO the preference margin is its own objective)."""
     from train.evaluate.report import verdict
 
-    report = _read_json(output_dir / "eval" / "report.json")
-    generations = output_dir / "eval" / "generations.jsonl"
-    limit = (report.get("settings") or {}).get("max_new_tokens")
-    return verdict(report, length_control(generations, limit) if generations.is_file() and limit else None)
+    report = _read_json(output_dir / "eval" / "report.json") or {}
+    adapter = {"method": method, **(report.get("adapter") or {})}
+    return verdict({**report, "adapter": {**adapter, "method": adapter["method"] or method}})
 
 
 def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard:
@@ -261,7 +262,7 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
     runtime = info.get("train_runtime_s")
     target_modules = info.get("target_modules") or adapter_config.get("target_modules")
     eval_report, eval_images = _eval_section(output_dir)
-    eval_verdict = _verdict(output_dir) if eval_report else None
+    eval_verdict = _verdict(output_dir, method) if eval_report else None
 
     data = ModelCardData(
         base_model=base_model,

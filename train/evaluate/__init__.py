@@ -6,10 +6,14 @@
 One module per job, read top to bottom:
   * ``inputs``: options, checks (before any model loads), held-out pairs in a fixed sha256 order,
     the trees the adapter trained on (left out), generation defaults from the adapter's recipe;
-  * ``preference``: preference accuracy, the primary measure (human labels, no reward involved);
-  * ``answers``: k answers per prompt from base and tuned, the independent judge's verdicts and its own
-    accuracy, and the training objective (the adapter's rewards, reported as what it is);
-  * ``stats``: Wilson intervals, BCa bootstrap intervals, exact paired tests;
+  * ``preference``: preference accuracy on human labels (the primary measure for GRPO; for DPO it is
+    the DPO objective measured on held-out pairs);
+  * ``answers``: k answers per prompt from base and tuned (at serving length), the independent judge's
+    verdicts and its own accuracy, the stop-rate guard, and the training objective (the adapter's
+    rewards, reported as what it is);
+  * ``length``: what length alone explains: the judge's length baselines, the length-controlled win rate;
+  * ``stats``: Wilson and Newcombe intervals, tree-clustered bootstrap intervals, exact paired tests
+    counted per conversation tree;
   * ``report`` / ``plots``: report.md from a template, and the plots;
   * ``votes``: arena votes and the Bradley-Terry leaderboard.
 A report belongs to one adapter: report.json records the sha256 of its weights and the identity of
@@ -45,6 +49,7 @@ from train.evaluate.inputs import (
     trained_trees,
     unique_prompts,
 )
+from train.evaluate.length import judge_caveat
 from train.evaluate.stats import fmt, fmt_p
 
 __all__ = ["EvalArguments", "EvalError", "main", "run"]
@@ -97,7 +102,9 @@ def evaluate_adapter(args: EvalArguments, pairs: list[dict], excluded: int) -> t
         },
         "settings": {**asdict(settings), "k": args.num_generations, "from_recipe": from_recipe},
     }
+    report["adapter"]["method"] = recipe.get("method")  # what the preference margin means depends on it
     answers = measure(args, loaded, pairs, prompts, settings, report)
+    report["stop_guard"] = answering.stop_guard(report["answers"])
     report["training_objective"] = answering.training_objective(loaded, prompts, answers, recipe, args.seed)
     rows = generation_rows(prompts, answers, report.get("judge_verdicts"), args.seed)
     by_key = {row["parent_id"]: row for row in rows}
@@ -120,6 +127,7 @@ def measure(
         max_length=args.max_length,
         batch_size=args.batch_size,
         judge=judge_id,
+        format=2,  # what is kept: 2 = the judge's accuracy with its length baselines
     )
     cached = base_cache.load(args.base_cache, key) if args.base_cache else {}
     report["base_from_cache"] = bool(cached)
@@ -129,7 +137,7 @@ def measure(
     answers = answering.generate_answers(
         loaded, prompts, settings, args.num_generations, args.batch_size, base=cached.get("answers")
     )
-    report["answers"] = answering.describe(answers, args.seed)
+    report["answers"] = answering.describe(answers, args.seed, prompts)
     judged = {}
     if args.judge:
         from train.scorer import Scorer
@@ -151,7 +159,7 @@ def generation_rows(prompts: list[dict], answers: dict, verdicts: dict | None, s
     """generations.jsonl: every answer of both models to every prompt, with its seed and judge score."""
     rows = []
     for i, pair in enumerate(prompts):
-        row = {"parent_id": prompt_key(pair), "prompt": pair["prompt"]}
+        row = {"parent_id": prompt_key(pair), "tree_id": pair.get("tree_id"), "prompt": pair["prompt"]}
         for side in answering.SIDES:
             row[side] = [
                 {"answer": a.text, "tokens": a.tokens, "ended": a.ended, "seed": seed + j}
@@ -248,11 +256,16 @@ def summary_lines(report: dict, out: str) -> list[str]:
         )
     if report.get("judge_verdicts"):
         j, test = report["judge_verdicts"], report["judge_verdicts"]["per_prompt"]["test"]
+        accuracy = report["judge"]["accuracy"]
         lines.append(
-            f"judge {report['judge']['name']} (its accuracy {fmt(report['judge']['accuracy'], percent=True)}): "
+            f"judge {report['judge']['name']} (its accuracy {fmt(accuracy, percent=True)}): "
             f"tuned wins {fmt(j['per_prompt']['win'], percent=True)} of {test['n']} prompts, "
-            f"sign test {fmt_p(test['p_value'])}"
+            f"sign test per tree {fmt_p(test['p_value'])}; at equal length "
+            f"{fmt(j.get('length_controlled'), percent=True)}"
         )
+        lines += [line for line in [judge_caveat(accuracy)] if line]
+    flag = answering.stop_flag(report.get("stop_guard"))
+    lines += [flag] if flag else []
     if "leaderboard" in report:
         lines.append(f"leaderboard of {report['leaderboard'].get('votes', '?')} votes")
     lines.append(f"wrote {out}/report.json in {report['runtime_s']:.0f}s")

@@ -3,26 +3,28 @@
 Each prompt is answered ``k`` times by each model (seeds ``seed .. seed+k-1``), base rows and tuned
 rows in separate batches with the same seed, so the base answers do not depend on the adapter under
 test. Per prompt, the judge's mean score over the k answers is compared between tuned and base: the
-intervals then cover the model's sampling noise as well as which prompts were drawn. The judge's own
-accuracy on the held-out human pairs is measured beside its verdicts, so a reader knows how far to
-trust them. The training rewards are reported too, but as what they are: the training objective.
+intervals then cover the model's sampling noise as well as which prompts were drawn; prompts of one
+conversation tree count together (stats). The judge's own accuracy on the held-out human pairs, beside
+what length alone would score there (length), is measured beside its verdicts, so a reader knows how far
+to trust them; its verdicts come with the win rate read at equal answer length. The training rewards are
+reported too, but as what they are: the training objective.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from train.data import prompt_messages
+from train.evaluate.length import length_baselines, length_controlled
 from train.evaluate.stats import mean, outcomes, rate
 
 TIE_TOLERANCE = 1e-6  # scores closer than this are a tie (float noise, not a preference)
 SIDES = ("base", "tuned")
+STOP_DROP = 0.10  # a tuned model that ends this much less often by itself than its base is flagged
 
 
 def generate_answers(loaded, prompts: list[dict], settings, k: int, batch_size: int, base=None) -> dict:
@@ -55,25 +57,58 @@ def per_prompt(values: list[list[float]]) -> np.ndarray:
     return np.array([np.nanmean(v) if len(v) else math.nan for v in values], dtype=float)
 
 
-def describe(answers: dict, seed: int) -> dict:
-    """Length and proper endings, per side: means over prompts of the per-prompt means."""
+def trees(prompts: list[dict]) -> list:
+    """Each prompt's conversation tree (None when unknown: then it counts as a tree of its own)."""
+    return [p.get("tree_id") for p in prompts]
+
+
+def describe(answers: dict, seed: int, prompts: list[dict]) -> dict:
+    """Per side: answer length (mean over prompts of the per-prompt means) and the share of answers
+    that ended by themselves (over every answer; both clustered by tree)."""
+    per_answer = [t for t, row in zip(trees(prompts), answers["base"], strict=True) for _ in row]
     return {
         side: {
-            "answer_tokens": mean(per_prompt([[a.tokens for a in row] for row in answers[side]]), seed),
-            "ended_properly": mean(
-                per_prompt([[float(a.ended) for a in row] for row in answers[side]]), seed
+            "answer_tokens": mean(
+                per_prompt([[a.tokens for a in row] for row in answers[side]]), seed, trees(prompts)
             ),
+            "ended_properly": rate([float(a.ended) for row in answers[side] for a in row], per_answer),
         }
         for side in SIDES
     }
 
 
+def stop_guard(answers: dict | None) -> dict | None:
+    """The stop-rate guard: flagged when the tuned model ends its answers by itself more than STOP_DROP
+    less often than its base (an adapter that learned to run to the length cap, which a judge that
+    likes length rewards). ``answers`` is a report's "answers"."""
+    ended = {side: ((answers or {}).get(side) or {}).get("ended_properly") for side in SIDES}
+    shares = {side: e.get("rate", e.get("mean")) if e else None for side, e in ended.items()}
+    if None in shares.values():
+        return None
+    drop = shares["base"] - shares["tuned"]
+    return {**shares, "drop": drop, "limit": STOP_DROP, "flagged": drop > STOP_DROP}
+
+
+def stop_flag(guard: dict | None) -> str | None:
+    """The one-line flag a report and a card print for a guard that tripped."""
+    if not guard or not guard["flagged"]:
+        return None
+    return (
+        f"Flag: the tuned model ends its answers by itself {100 * guard['drop']:.0f} points less often than "
+        f"its base ({100 * guard['tuned']:.0f}% against {100 * guard['base']:.0f}%; the limit is "
+        f"{100 * guard['limit']:.0f}): it runs to the length cap; a flagged adapter is never promoted to "
+        "a demo adapter."
+    )
+
+
 def judge_accuracy(judge, pairs: list[dict]) -> dict:
-    """How often the judge prefers the human-chosen reply of a held-out pair: its trustworthiness here."""
+    """How often the judge prefers the human-chosen reply of a held-out pair (a rate, clustered by tree),
+    with ``baselines``: what length alone scores on the same pairs (length.length_baselines)."""
     conversations = [prompt_messages(p["prompt"]) for p in pairs]
     chosen = judge.score(conversations, [p["chosen"] for p in pairs])
     rejected = judge.score(conversations, [p["rejected"] for p in pairs])
-    return rate(np.greater(chosen, rejected))
+    right = np.greater(chosen, rejected)
+    return {**rate(right, trees(pairs)), "baselines": length_baselines(pairs, right)}
 
 
 def judge_verdicts(judge, prompts: list[dict], answers: dict, seed: int, base_scores=None) -> dict:
@@ -89,13 +124,36 @@ def judge_verdicts(judge, prompts: list[dict], answers: dict, seed: int, base_sc
     means = {side: per_prompt(scores[side]) for side in SIDES}
     # the same seed on both sides: sample j of base against sample j of tuned
     samples = np.array(scores["tuned"]) - np.array(scores["base"])  # [prompts, k]
+    tree = trees(prompts)
+    difference = means["tuned"] - means["base"]
     return {
-        "base": {"score": mean(means["base"], seed)},
-        "tuned": {"score": mean(means["tuned"], seed)},
-        "tuned_minus_base": mean(means["tuned"] - means["base"], seed),
-        "per_prompt": outcomes(means["tuned"] - means["base"], TIE_TOLERANCE),
-        "per_answer": {"win": rate(samples.ravel() > TIE_TOLERANCE), "n": int(samples.size)},
+        "base": {"score": mean(means["base"], seed, tree)},
+        "tuned": {"score": mean(means["tuned"], seed, tree)},
+        "tuned_minus_base": mean(difference, seed, tree),
+        "per_prompt": outcomes(difference, TIE_TOLERANCE, tree),
+        "per_answer": {
+            "win": rate(
+                samples.ravel() > TIE_TOLERANCE, np.repeat(np.array(tree, dtype=object), samples.shape[1])
+            ),
+            "n": int(samples.size),
+        },
+        "length_controlled": length_control(difference, answers, tree),
         "scores": scores,
+    }
+
+
+def length_control(difference: np.ndarray, answers: dict, tree: list) -> dict:
+    """The per-prompt win rate read at equal answer length (length.length_controlled), and the rank
+    correlation of the per-prompt length and judge-score differences."""
+    from scipy.stats import spearmanr
+
+    tokens = {side: per_prompt([[a.tokens for a in row] for row in answers[side]]) for side in SIDES}
+    length = tokens["tuned"] - tokens["base"]
+    outcome = np.where(difference > TIE_TOLERANCE, 1.0, np.where(difference < -TIE_TOLERANCE, 0.0, 0.5))
+    rho = spearmanr(length, difference) if np.ptp(length) > 0 and np.ptp(difference) > 0 else None
+    return {
+        **length_controlled(outcome, length, tree),
+        "length_vs_judge_spearman": rho and {"rho": float(rho.statistic), "p_value": float(rho.pvalue)},
     }
 
 
@@ -135,32 +193,7 @@ def training_objective(loaded, prompts: list[dict], answers: dict, recipe: dict,
         total = sum(w * values[n] for n, w in zip(names, weights, strict=True))
         k = len(answers[side][0])
         result[side] = {
-            name: mean(v.reshape(len(prompts), k).mean(axis=1), seed)
+            name: mean(v.reshape(len(prompts), k).mean(axis=1), seed, trees(prompts))
             for name, v in {**values, "total": total}.items()
         }
     return result
-
-
-def length_control(generations: Path, limit: int) -> dict | None:
-    """Is the judge's verdict about length? Its per-prompt verdicts again on only the prompts where
-    every answer of both models was cut at the token limit (all the same length), and the rank
-    correlation of the per-prompt length and judge-score differences over all prompts."""
-    from scipy.stats import spearmanr
-
-    prompts = [json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
-    prompts = [p for p in prompts if all(a.get("judge") is not None for s in SIDES for a in p[s])]
-    if not prompts:
-        return None
-    mean = lambda p, side, key: float(np.mean([a[key] for a in p[side]]))  # noqa: E731
-    score = np.array([mean(p, "tuned", "judge") - mean(p, "base", "judge") for p in prompts])
-    length = np.array([mean(p, "tuned", "tokens") - mean(p, "base", "tokens") for p in prompts])
-    cut = np.array(
-        [all(not a["ended"] and a["tokens"] >= limit for s in SIDES for a in p[s]) for p in prompts]
-    )
-    rho = spearmanr(length, score) if np.ptp(length) > 0 else None
-    return {
-        "equal_length": {"prompts": int(cut.sum()), **outcomes(score[cut], TIE_TOLERANCE)}
-        if cut.any()
-        else None,
-        "length_vs_judge_spearman": rho and {"rho": float(rho.statistic), "p_value": float(rho.pvalue)},
-    }

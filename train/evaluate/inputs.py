@@ -49,7 +49,9 @@ class EvalArguments:
     )
     max_new_tokens: int | None = field(
         default=None,
-        metadata={"help": "Answer length cap (default: the recipe's max_completion_length, else 256)."},
+        metadata={
+            "help": "Answer length cap (default: the apps' serving length: answers are judged as served)."
+        },
     )
     temperature: float | None = field(
         default=None, metadata={"help": "Sampling temperature, 0 = greedy (default: the recipe's, else 0.7)."}
@@ -209,16 +211,15 @@ def read_recipe(adapter: str, revision: str | None = None) -> dict:
 
 
 def generation_defaults(args: EvalArguments, recipe: dict) -> tuple[int, float, str]:
-    """max_new_tokens and temperature: as given, else as the adapter was trained (GRPO's
-    max_completion_length and temperature), else the apps' defaults; and where they came from."""
+    """max_new_tokens: as given, else the apps' (answers are judged at the length they are served at,
+    never at GRPO's shorter training max_completion_length, where a model that never stops looks no
+    different from one that does); temperature: as given, else as the adapter was trained, else the
+    apps'; and where they came from."""
     from assistant.generation import GenerationSettings
 
     default = GenerationSettings()
     taken = []
     max_new_tokens = args.max_new_tokens
-    if max_new_tokens is None and recipe.get("max_completion_length"):
-        max_new_tokens = int(recipe["max_completion_length"])
-        taken.append("max new tokens")
     temperature = args.temperature
     if temperature is None and recipe.get("temperature") is not None:
         temperature = float(recipe["temperature"])

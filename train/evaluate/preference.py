@@ -3,8 +3,10 @@
 For every held-out pair, the mean per-token log-likelihood of the chosen and of the rejected reply
 given the prompt (rendered by the tokenizer's chat template, the one prompt format of training and
 serving), for base and tuned from one copy of the weights. Human labels, independent of every
-training reward: the primary measure. Tuned against base is an exact McNemar test on the pairs that
-flipped.
+training reward: the primary measure, except for DPO, whose training objective is exactly this
+margin (for DPO it is the training objective measured on held-out pairs). Tuned against base is an
+exact McNemar test on the pairs that flipped, counted per conversation tree, and Newcombe's paired
+interval for the difference of accuracies.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 import numpy as np
 
 from train.data import prompt_messages
-from train.evaluate.stats import mean, rate, sign_test
+from train.evaluate.stats import mean, paired_difference, rate, sign_test
 
 BASE = "__base__"
 
@@ -138,18 +140,19 @@ def preference_accuracy(
         )
     margins = {side: np.array([p[side]["margin"] for p in per_pair]) for side in ("base", "tuned")}
     correct = {side: (margins[side] > 0).astype(float) for side in margins}
+    trees = [p["tree_id"] for p in per_pair]
     return {
         "n": len(pairs),
         "truncated_replies": truncated,
         "max_length": max_length,
-        "base": {"accuracy": rate(correct["base"]), "margin": mean(margins["base"], seed)},
-        "tuned": {"accuracy": rate(correct["tuned"]), "margin": mean(margins["tuned"], seed)},
+        "base": {"accuracy": rate(correct["base"], trees), "margin": mean(margins["base"], seed, trees)},
+        "tuned": {"accuracy": rate(correct["tuned"], trees), "margin": mean(margins["tuned"], seed, trees)},
         "tuned_minus_base": {
-            "accuracy": mean(correct["tuned"] - correct["base"], seed),
-            "margin": mean(margins["tuned"] - margins["base"], seed),
+            "accuracy": paired_difference(correct["tuned"], correct["base"], trees),
+            "margin": mean(margins["tuned"] - margins["base"], seed, trees),
         },
         # exact McNemar: better = pairs only the tuned model gets right, worse = only the base
-        "test": sign_test(correct["tuned"] - correct["base"]),
-        "margin_test": sign_test(margins["tuned"] - margins["base"]),
+        "test": sign_test(correct["tuned"] - correct["base"], clusters=trees),
+        "margin_test": sign_test(margins["tuned"] - margins["base"], clusters=trees),
         "pairs": per_pair,
     }

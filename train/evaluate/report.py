@@ -5,10 +5,19 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from train.evaluate.answers import stop_flag, stop_guard
+from train.evaluate.length import judge_caveat, judge_skill
 from train.evaluate.stats import ALPHA, fmt, fmt_p, tuned_won
 
 TEMPLATE = Path(__file__).with_name("report_template.md")
 SMALL_SAMPLE = 30  # below this many pairs the report says its intervals are not to be trusted
+
+
+def preference_label(method: str | None) -> str:
+    """What the log-likelihood margin measures: for DPO it is the training objective itself."""
+    if method == "dpo":
+        return "the DPO objective on held-out pairs: what DPO trained for, not independent evidence"
+    return "the primary measure: human labels" + (", no training reward involved" if method else "")
 
 
 def render_report(report: dict) -> str:
@@ -18,6 +27,7 @@ def render_report(report: dict) -> str:
     env.filters.update(
         pct=lambda e: fmt(e, percent=True), num=lambda e, digits=2: fmt(e, digits), pvalue=fmt_p
     )
+    judge = report.get("judge") or {}
     text = env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(
         r=report,
         p=report["preference"],
@@ -25,29 +35,40 @@ def render_report(report: dict) -> str:
         a=report.get("answers"),
         t=report.get("training_objective"),
         small_sample=SMALL_SAMPLE,
+        preference_label=preference_label((report.get("adapter") or {}).get("method")),
+        judge_skill=judge_skill(judge.get("accuracy")),
+        judge_caveat=judge_caveat(judge.get("accuracy")),
+        stop=stop_guard(report.get("answers")),
+        stop_flag=stop_flag(stop_guard(report.get("answers"))),
     )
     return text.rstrip() + "\n"
 
 
-def verdict(report: dict, length: dict | None = None) -> str:
-    """Plain words: did the tuned model beat its base on a measure it was not trained on? ``length`` is
-    answers.length_control of the same answers: a judge win that does not hold where all answers have
-    the same length is said to be possibly length."""
+def verdict(report: dict) -> str:
+    """Plain words: did the tuned model beat its base on a measure it was not trained on? A judge win
+    is read again at equal answer length, a judge without skill beyond length and a model that stopped
+    ending its answers are said so, each in one sentence."""
     judge = report.get("judge_verdicts")
-    tests = {"held-out preference accuracy": report["preference"]["test"]}
+    method = (report.get("adapter") or {}).get("method")
+    name = "held-out preference accuracy" + (
+        " (the DPO objective on held-out pairs)" if method == "dpo" else ""
+    )
+    tests = {name: report["preference"]["test"]}
     if judge:
         tests["the independent judge"] = judge["per_prompt"]["test"]
     won = [measure for measure, test in tests.items() if tuned_won(test)]
     if not won:
-        return f"The tuned model does not beat its base at p < {ALPHA} on {' or on '.join(tests)}."
-    text = f"The tuned model beats its base at p < {ALPHA} on {' and on '.join(won)}."
-    same = (length or {}).get("equal_length")
-    if "the independent judge" in won and same and not tuned_won(same["test"]):
-        text += (
-            f" The judge's win does not hold on the {same['prompts']} prompts where every answer was cut at "
-            f"the token limit ({fmt_p(same['test']['p_value'])}), so answer length may explain part of it."
+        text = f"The tuned model does not beat its base at p < {ALPHA} on {' or on '.join(tests)}."
+    else:
+        text = f"The tuned model beats its base at p < {ALPHA} on {' and on '.join(won)}."
+    controlled = (judge or {}).get("length_controlled")
+    if "the independent judge" in won and controlled and controlled["ci95"][0] is not None:
+        holds = controlled["ci95"][0] > 0.5
+        text += f" At equal answer length the judge's win rate is {fmt(controlled, percent=True)}" + (
+            ", so the win is not only length." if holds else ", so answer length may explain the win."
         )
-    return text
+    lines = [text, judge_caveat((report.get("judge") or {}).get("accuracy")) if judge else None]
+    return " ".join(line for line in [*lines, stop_flag(stop_guard(report.get("answers")))] if line)
 
 
 def _prompt_text(prompt) -> str:
