@@ -73,6 +73,12 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
     def board_text() -> str:
         return live.markdown()  # the last result: a refit runs in the background after each vote
 
+    def board_when_refitted() -> str:
+        """After a vote has answered: the board once the background refit counts it (the vote's own
+        answer never waits for it)."""
+        live.wait(timeout=30)
+        return live.markdown()
+
     # --- Chat ------------------------------------------------------------------------------------
 
     @gpu
@@ -334,7 +340,7 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
                 [battle_id, warned],
                 [status_box, board, warned],
                 api_visibility="private",
-            )
+            ).success(board_when_refitted, None, board, api_visibility="private", concurrency_limit=None)
         fresh.click(
             new_battle,
             [mode, model_a, model_b],

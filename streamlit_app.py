@@ -207,3 +207,4 @@ elif view == "Arena":
 
 else:
     st.markdown(live.markdown())  # the last result: a refit runs in the background after each vote
+    st.button("Refresh")  # a rerun shows the newest result

@@ -31,8 +31,8 @@ ELO_BASE = 1000
 RIDGE = 0.1
 # Votes comparing a model (wins, losses, ties) before it gets a rank. FastChat's leaderboard hides
 # models under 300 battles in a category and 2,000 overall, for an arena of millions of votes; at the
-# scale of this Space's arena (tens to hundreds of votes), 20 votes put a model's 95% interval within
-# about 150 Elo points of its rating when it meets models near its strength.
+# scale of this Space's arena (tens to hundreds of votes), 20 votes give a 95% interval of about
+# +-80 to +-150 Elo points (simulated: two or three evenly matched models, 20 votes each).
 MIN_VOTES = 20
 RESAMPLES = 1000
 
