@@ -66,40 +66,46 @@ def _no_votes() -> dict:
     return {"votes": 0, "wins": 0, "ties": 0, "losses": 0, "both_bad": 0}
 
 
-def _tally(rated: list[dict]) -> tuple[dict, list[str], np.ndarray]:
-    """Per-model counts, the models that a vote compares, and each vote's share of the win matrix."""
+def _tally(rated: list[dict]) -> tuple[dict, list[str], np.ndarray, np.ndarray]:
+    """Per-model counts, the models that a vote compares, and the votes grouped by kind (who won
+    against whom, or a tie, or nothing compared): each kind's win matrix and how many votes it has."""
     counts = {m: _no_votes() for v in rated for m in (v["model_a"], v["model_b"])}
     compared = sorted({v[k] for v in rated if v["winner"] != "both_bad" for k in ("model_a", "model_b")})
     index = {m: n for n, m in enumerate(compared)}
-    cells = np.zeros((len(rated), len(compared), len(compared)))
-    for n, vote in enumerate(rated):
+    kinds: dict[tuple, int] = {}
+    for vote in rated:
         a, b, winner = vote["model_a"], vote["model_b"], vote["winner"]
         counts[a]["votes"] += 1
         counts[b]["votes"] += 1
         if winner == "both_bad":
             counts[a]["both_bad"] += 1
             counts[b]["both_bad"] += 1
+            kind = ()
         elif winner == "tie":
             counts[a]["ties"] += 1
             counts[b]["ties"] += 1
-            cells[n, index[a], index[b]] = cells[n, index[b], index[a]] = 0.5
+            kind = ("tie", *sorted((index[a], index[b])))
         else:
             won, lost = (a, b) if winner == "a" else (b, a)
             counts[won]["wins"] += 1
             counts[lost]["losses"] += 1
-            cells[n, index[won], index[lost]] = 1
-    return counts, compared, cells
+            kind = ("win", index[won], index[lost])
+        kinds[kind] = kinds.get(kind, 0) + 1
+    matrices = np.zeros((len(kinds), len(compared), len(compared)))
+    for n, kind in enumerate(kinds):
+        if kind and kind[0] == "tie":
+            matrices[n, kind[1], kind[2]] = matrices[n, kind[2], kind[1]] = 0.5
+        elif kind:
+            matrices[n, kind[1], kind[2]] = 1
+    return counts, compared, matrices, np.array(list(kinds.values()))
 
 
-def _bootstrap(cells: np.ndarray, seed: int, resamples: int) -> np.ndarray:
-    """Strengths refitted on ``resamples`` resamples of the votes, one row each."""
-    n, k = cells.shape[0], cells.shape[1]
-    # Resampling votes is resampling their kinds (pair and outcome) with the kinds' frequencies:
-    # one multinomial draw per resample, however many votes there are.
-    kinds, inverse = np.unique(cells.reshape(n, -1), axis=0, return_inverse=True)
-    share = np.bincount(inverse.reshape(-1), minlength=len(kinds)) / n
-    draws = np.random.default_rng(seed).multinomial(n, share, size=resamples)
-    return fit(np.tensordot(draws, kinds.reshape(len(kinds), k, k), 1))
+def _bootstrap(kinds: np.ndarray, votes: np.ndarray, seed: int, resamples: int) -> np.ndarray:
+    """Strengths refitted on ``resamples`` resamples of the votes, one row each. Resampling votes is
+    resampling their kinds with the kinds' frequencies: one multinomial draw per resample."""
+    n = int(votes.sum())
+    draws = np.random.default_rng(seed).multinomial(n, votes / n, size=resamples)
+    return fit(np.tensordot(draws, kinds, 1))
 
 
 def _elo(x) -> float:
@@ -118,11 +124,11 @@ def leaderboard(
     anonymous = [v for v in votes if v.get("mode", "anonymous") == "anonymous"]
     pattern = identity_pattern({v[k] for v in votes for k in ("model_a", "model_b")})
     rated = [v for v in anonymous if reveals_identity(v, pattern) is None]
-    counts, compared, cells = _tally(rated)
+    counts, compared, kinds, kind_votes = _tally(rated)
     rows = []
     if compared:
-        point = fit(cells.sum(axis=0))
-        samples = _bootstrap(cells, seed, resamples) if resamples else point[None]
+        point = fit(np.tensordot(kind_votes, kinds, 1))
+        samples = _bootstrap(kinds, kind_votes, seed, resamples) if resamples else point[None]
         low, high = (np.percentile(samples, q, axis=0) for q in (2.5, 97.5))
         for k, model in enumerate(compared):
             rows.append(

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from serving_common import ROOT, machine, median, write
+from serving_common import ROOT, machine, write
 
 from assistant.leaderboard import LiveLeaderboard, leaderboard, leaderboard_markdown
 from assistant.store import Store
@@ -122,8 +122,8 @@ def main() -> None:
     record["seconds"] = {
         "baseline_full_refit_per_request": before,
         "current_full_refit": refit,
-        "page_load_served_median": median(page),
-        "page_load_served_max": round(max(page), 6),
+        "page_load_served_median": round(statistics.median(page), 9),
+        "page_load_served_max": round(max(page), 9),
         "vote_and_page": votes,
         "vote_counted_after": refreshed,
     }
