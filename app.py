@@ -6,9 +6,8 @@
 A thin shell over ``assistant``: the models are loaded once at start (``load_for_serving``), battles
 are run by ``assistant.arena``, votes and Chat-tab likes are kept by ``assistant.store`` (and pushed to
 the dataset repo ``ASSISTANT_FEEDBACK_REPO`` when it is set), and the leaderboard is
-``assistant.leaderboard``, the same code as ``python -m train.evaluate --votes``, refitted in the
-background and served from its last result. docs/space.md describes the Space.
-"""
+``assistant.leaderboard`` (as ``python -m train.evaluate --votes``), refitted in the background.
+docs/space.md describes the Space."""
 
 import argparse
 import logging
@@ -73,9 +72,7 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
     def board_text() -> str:
         return live.markdown()  # the last result: a refit runs in the background after each vote
 
-    def board_when_refitted() -> str:
-        """After a vote has answered: the board once the background refit counts it (the vote's own
-        answer never waits for it)."""
+    def board_when_refitted() -> str:  # after a vote's answer: the board once the refit counts it
         live.wait(timeout=30)
         return live.markdown()
 
@@ -231,8 +228,7 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
         }
 
     def leaderboard_api() -> dict:
-        """Bradley-Terry ratings with bootstrap 95% intervals and vote counts, from the anonymous votes
-        (the last result; ``updating`` is true while a refit for newer votes runs)."""
+        """The last Bradley-Terry ratings, 95% intervals and vote counts (``updating``: a refit runs)."""
         try:
             return live.board()
         except ValueError as error:
@@ -397,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def stop(signum, frame):
     log.info("stopping on signal %d: pushing the last votes", signum)
-    raise SystemExit(0)
+    raise SystemExit(0)  # out of launch(), through main's finally
 
 
 if __name__ == "__main__":
