@@ -6,25 +6,26 @@
 A thin shell over ``assistant``: the models are loaded once at start (``load_for_serving``), battles
 are run by ``assistant.arena``, votes and Chat-tab likes are kept by ``assistant.store`` (and pushed to
 the dataset repo ``ASSISTANT_FEEDBACK_REPO`` when it is set), and the leaderboard is
-``train.evaluate.votes``, the same code as ``python -m train.evaluate --votes``.
-"""
+``assistant.leaderboard`` (as ``python -m train.evaluate --votes``), refitted in the background.
+docs/space.md describes the Space."""
 
 import argparse
 import logging
 import os
+import signal
 import sys
 import uuid
 from contextlib import closing
 
 import gradio as gr
 
-from assistant.arena import CHOICES, Arena, utc_now
+from assistant.arena import CHOICES, Arena, BattleGone, utc_now
 from assistant.generation import RequestError
+from assistant.leaderboard import LiveLeaderboard
 from assistant.models import ModelLoadError, default_device, load_for_serving
 from assistant.prompt import DEFAULT_SYSTEM, content_text, normalize_history
 from assistant.service import DEFAULTS, Assistant, Limits
 from assistant.store import Store
-from train.evaluate.votes import leaderboard, leaderboard_markdown
 
 log = logging.getLogger("app")
 
@@ -49,8 +50,9 @@ ANONYMOUS, NAMED = "Anonymous: two models drawn at random", "Named: pick the two
 
 def user_error(error: Exception, what: str) -> gr.Error:
     """The message the user sees; anything unexpected is logged, and the app keeps serving."""
-    if isinstance(error, RequestError):
-        return gr.Error(str(error))
+    if isinstance(error, RequestError):  # an expected refusal: one quiet line, no traceback
+        log.info("%s refused: %s", what, error)
+        return gr.Error(str(error), print_exception=False)
     log.exception("%s failed", what)
     return gr.Error(f"{what} failed: {error}")
 
@@ -61,16 +63,18 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
     limits = assistant.limits
     store = store or Store("user_data")
     arena = Arena(assistant, store, rng)
+    live = LiveLeaderboard.of(store)
     tuned = assistant.tuned_name
 
     def settings(temperature, top_p, max_new_tokens, seed):
         return assistant.settings(temperature, top_p, max_new_tokens, seed)
 
     def board_text() -> str:
-        try:
-            return leaderboard_markdown(leaderboard(store.votes()))
-        except ValueError as error:  # a damaged votes file: say which line, keep serving
-            return f"The leaderboard cannot be computed: {error}"
+        return live.markdown()  # the last result: a refit runs in the background after each vote
+
+    def board_when_refitted() -> str:  # after a vote's answer: the board once the refit counts it
+        live.wait(timeout=30)
+        return live.markdown()
 
     # --- Chat ------------------------------------------------------------------------------------
 
@@ -138,7 +142,11 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
     def ask(battle_id, message, mode, model_a, model_b, system, temperature, top_p, max_new_tokens, seed):
         try:
             chosen = settings(temperature, top_p, max_new_tokens, seed)
-            battle = arena.get(battle_id) if battle_id else None
+            try:
+                battle = arena.get(battle_id) if battle_id else None
+            except BattleGone as gone:
+                gr.Warning(f"{gone}: this message starts it.")
+                battle = None
             if battle is None or battle.winner is not None:
                 battle = arena.start(model_a, model_b) if mode == NAMED else arena.start()
             for a, b in streamed(battle, arena.ask(battle.id, message, system, chosen), message):
@@ -220,9 +228,9 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
         }
 
     def leaderboard_api() -> dict:
-        """Bradley-Terry ratings with bootstrap 95% intervals and vote counts, from the anonymous votes."""
+        """The last Bradley-Terry ratings, 95% intervals and vote counts (``updating``: a refit runs)."""
         try:
-            return leaderboard(store.votes())
+            return live.board()
         except ValueError as error:
             raise gr.Error(f"the leaderboard cannot be computed: {error}") from None
 
@@ -328,7 +336,7 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
                 [battle_id, warned],
                 [status_box, board, warned],
                 api_visibility="private",
-            )
+            ).success(board_when_refitted, None, board, api_visibility="private", concurrency_limit=None)
         fresh.click(
             new_battle,
             [mode, model_a, model_b],
@@ -376,7 +384,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {error}")
     print(loaded.describe(), flush=True)
     store = Store(args.data_dir, args.feedback_repo)
-    build_demo(loaded, limits, store).launch(server_name=args.host, server_port=args.port)
+    signal.signal(signal.SIGTERM, stop)  # a Space restart: push the last votes before going
+    try:
+        build_demo(loaded, limits, store).launch(server_name=args.host, server_port=args.port)
+    finally:
+        store.close()
+
+
+def stop(signum, frame):
+    log.info("stopping on signal %d: pushing the last votes", signum)
+    raise SystemExit(0)  # out of launch(), through main's finally
 
 
 if __name__ == "__main__":

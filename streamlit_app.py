@@ -5,8 +5,8 @@
 The models come from the same environment variables as app.py (ASSISTANT_BASE_MODEL, ASSISTANT_ADAPTERS,
 ASSISTANT_REVISION; nothing set: the published adapter, else the offline demo, with every demo adapter)
 and are loaded once per process (``st.cache_resource``), shared by every session, as are the battles and
-the store of votes (ASSISTANT_DATA_DIR, ASSISTANT_FEEDBACK_REPO); ``assistant.generation`` locks
-generation.
+the store of votes (ASSISTANT_DATA_DIR, ASSISTANT_FEEDBACK_REPO) and the leaderboard (refitted in the
+background after each vote); ``assistant.generation`` locks generation. docs/space.md describes the Space.
 """
 
 from __future__ import annotations
@@ -17,20 +17,21 @@ from contextlib import closing
 
 import streamlit as st
 
-from assistant.arena import CHOICES, Arena, utc_now
+from assistant.arena import CHOICES, Arena, BattleGone, utc_now
 from assistant.generation import RequestError
+from assistant.leaderboard import LiveLeaderboard
 from assistant.models import ModelLoadError, load_for_serving
 from assistant.prompt import DEFAULT_SYSTEM
 from assistant.service import DEFAULTS, Assistant, Limits
 from assistant.store import Store
-from train.evaluate.votes import leaderboard, leaderboard_markdown
 
 
 @st.cache_resource(show_spinner="Loading the models (once)…")
-def get_arena(base, adapters, revision, data_dir, repo) -> Arena:
+def get_arena(base, adapters, revision, data_dir, repo) -> tuple[Arena, LiveLeaderboard]:
     loaded = load_for_serving(base, adapters, revision)
     print(loaded.describe(), flush=True)
-    return Arena(Assistant(loaded, Limits.from_env()), Store(data_dir, repo))
+    store = Store(data_dir, repo)
+    return Arena(Assistant(loaded, Limits.from_env()), store), LiveLeaderboard.of(store)
 
 
 def deltas(answers, shown: list[str]):
@@ -44,7 +45,7 @@ def deltas(answers, shown: list[str]):
 
 st.set_page_config(page_title="Open Assistant preference tuning", page_icon="💬", layout="wide")
 try:
-    arena = get_arena(
+    arena, live = get_arena(
         os.environ.get("ASSISTANT_BASE_MODEL") or None,
         os.environ.get("ASSISTANT_ADAPTERS") or os.environ.get("ASSISTANT_ADAPTER") or None,
         os.environ.get("ASSISTANT_REVISION") or None,
@@ -142,7 +143,11 @@ elif view == "Arena":
         left, right = st.columns(2)
         model_a = left.selectbox("Model A", assistant.models, index=0)
         model_b = right.selectbox("Model B", assistant.models, index=min(1, len(assistant.models) - 1))
-    battle = arena.get(st.session_state.battle) if st.session_state.battle else None
+    try:
+        battle = arena.get(st.session_state.battle) if st.session_state.battle else None
+    except BattleGone as gone:  # expired while the page was open: say so, and start afresh
+        st.warning(f"{gone}.")
+        battle = st.session_state.battle = None
     prompt = st.chat_input("Ask both models", key="arena", submit_mode="stop")
     if prompt is not None and (battle is None or battle.winner is not None):
         try:
@@ -201,7 +206,5 @@ elif view == "Arena":
         st.write("Ask something: two models answer side by side, their names hidden until you vote.")
 
 else:
-    try:
-        st.markdown(leaderboard_markdown(leaderboard(store.votes())))
-    except ValueError as error:
-        st.error(f"The leaderboard cannot be computed: {error}")
+    st.markdown(live.markdown())  # the last result: a refit runs in the background after each vote
+    st.button("Refresh")  # a rerun shows the newest result

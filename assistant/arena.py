@@ -4,7 +4,9 @@ An anonymous battle draws two different models at random (the order of the draw 
 their names until the vote, and goes on for several turns: each side sees its own earlier answers. A
 named battle pits two chosen models. A vote ("a", "b", "tie", "both_bad") ends the battle, reveals the
 names and is stored with the whole conversation; a battle takes one vote. Regenerate answers the last
-turn again with the next seed. Battles live in memory by id, so the UI and the API share them.
+turn again with the next seed. Battles live in memory by id, so the UI and the API share them; a battle
+idle for ``Limits.battle_idle_seconds`` is forgotten, and at most ``MAX_BATTLES`` are kept (the least
+recently used go first). Asking or voting on a forgotten battle raises ``BattleGone``, which says why.
 """
 
 from __future__ import annotations
@@ -21,7 +23,19 @@ from assistant.generation import Answer, GenerationSettings, RequestError
 from assistant.service import Assistant
 
 CHOICES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
-MAX_BATTLES = 10_000  # kept in memory; the oldest are forgotten first
+MAX_BATTLES = 10_000  # kept in memory (at most 50 turns each); the least recently used go first
+
+
+class BattleGone(RequestError):
+    """The battle expired or was closed to make room: the message says which, and to start a new one."""
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"
 
 
 @dataclass
@@ -35,6 +49,7 @@ class Battle:
     turns: list[dict] = field(default_factory=list)  # {"prompt", "a", "b"}
     winner: str | None = None
     busy: bool = False
+    last_active: float = field(default_factory=time.monotonic)
 
     def history(self, side: str) -> list[dict]:
         messages = []
@@ -60,8 +75,49 @@ class Arena:
         self.assistant = assistant
         self.store = store
         self.rng = rng or random.SystemRandom()
-        self._battles: OrderedDict[str, Battle] = OrderedDict()
+        self._battles: OrderedDict[str, Battle] = OrderedDict()  # least recently used first
+        self._gone: OrderedDict[str, str] = OrderedDict()  # why a forgotten battle is gone (ids only)
         self._lock = threading.Lock()
+
+    @property
+    def idle_seconds(self) -> int:
+        return self.assistant.limits.battle_idle_seconds
+
+    def _forget(self, battle_id: str, why: str) -> None:
+        del self._battles[battle_id]
+        self._gone[battle_id] = why
+        while len(self._gone) > MAX_BATTLES:
+            self._gone.popitem(last=False)
+
+    def _sweep(self, now: float) -> None:
+        """Forget the battles idle too long, and the least recently used beyond ``MAX_BATTLES``."""
+        expired = f"this battle expired after {_duration(self.idle_seconds)} without a turn or a vote"
+        for battle in list(self._battles.values()):
+            if battle.busy:  # answering: not idle, whatever its last turn
+                battle.last_active = now
+                self._battles.move_to_end(battle.id)
+            elif now - battle.last_active >= self.idle_seconds:
+                self._forget(battle.id, expired)
+            else:
+                break
+        while len(self._battles) > MAX_BATTLES:
+            self._forget(
+                next(iter(self._battles)), f"this battle was closed to make room ({MAX_BATTLES:,} are kept)"
+            )
+
+    def _lookup(self, battle_id: str | None, missing: str) -> Battle:
+        """The battle, marked as used now (call under the lock); ``BattleGone`` if it was forgotten."""
+        now = time.monotonic()
+        self._sweep(now)
+        battle = self._battles.get(battle_id or "")
+        if battle is None:
+            why = self._gone.get(battle_id or "")
+            if why:
+                raise BattleGone(f"{why}; start a new battle")
+            raise RequestError(missing)
+        battle.last_active = now
+        self._battles.move_to_end(battle.id)
+        return battle
 
     def start(self, model_a: str | None = None, model_b: str | None = None) -> Battle:
         """A new battle: named when both models are given, else two drawn at random."""
@@ -79,22 +135,16 @@ class Arena:
         battle = Battle(uuid.uuid4().hex, mode, model_a, model_b)
         with self._lock:
             self._battles[battle.id] = battle
-            while len(self._battles) > MAX_BATTLES:
-                self._battles.popitem(last=False)
+            self._sweep(battle.last_active)
         return battle
 
     def get(self, battle_id: str | None) -> Battle:
         with self._lock:
-            battle = self._battles.get(battle_id or "")
-        if battle is None:
-            raise RequestError("there is no such battle: start a new one")
-        return battle
+            return self._lookup(battle_id, "there is no such battle: start a new one")
 
     def _claim(self, battle_id: str, for_what: str) -> Battle:
         with self._lock:
-            battle = self._battles.get(battle_id or "")
-            if battle is None:
-                raise RequestError("there is no such battle: start a new one")
+            battle = self._lookup(battle_id, "there is no such battle: start a new one")
             if battle.winner is not None:
                 raise RequestError(f"this battle already has its vote; start a new battle to {for_what}")
             if battle.busy:
@@ -124,7 +174,7 @@ class Arena:
                 )
             yield from self._run(battle, prompt, system, settings)
         finally:
-            battle.busy = False
+            battle.busy, battle.last_active = False, time.monotonic()
 
     def regenerate(self, battle_id: str) -> Iterator[tuple[Answer, Answer]]:
         """Both answers to the last turn again, with the next seed."""
@@ -142,16 +192,16 @@ class Arena:
                     battle.turns.append(last)  # stopped or failed: keep what was there
                 raise
         finally:
-            battle.busy = False
+            battle.busy, battle.last_active = False, time.monotonic()
 
     def vote(self, battle_id: str, choice: str) -> dict:
         """Store the vote on a battle and end it; returns the stored record (with both names)."""
         if choice not in CHOICES:
             raise RequestError(f"a vote is one of {', '.join(CHOICES)}, not {choice!r}")
         with self._lock:
-            battle = self._battles.get(battle_id or "")
-            if battle is None:
-                raise RequestError("there is no battle to vote on: start one and ask something first")
+            battle = self._lookup(
+                battle_id, "there is no battle to vote on: start one and ask something first"
+            )
             if battle.winner is not None:
                 raise RequestError("this battle already has its vote; start a new battle")
             if battle.busy or not battle.turns:

@@ -27,6 +27,9 @@ class Limits:
     max_new_tokens: int = 512
     max_waiting: int = 16
     max_turns: int = 50  # per battle, as FastChat's arena
+    # A battle left this long without a turn or a vote is forgotten (its memory freed); asking or voting
+    # on it then says so. Half an hour covers reading two long answers; votes are kept, not battles.
+    battle_idle_seconds: int = 1800
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -35,6 +38,7 @@ class Limits:
             "max_input_tokens": "ASSISTANT_MAX_INPUT_TOKENS",
             "max_new_tokens": "ASSISTANT_MAX_NEW_TOKENS",
             "max_waiting": "ASSISTANT_MAX_QUEUE",
+            "battle_idle_seconds": "ASSISTANT_BATTLE_IDLE_SECONDS",
         }
         values = {}
         for field_name, env in names.items():

@@ -1,8 +1,10 @@
 """Where votes and Chat-tab feedback go: local JSONL files, pushed to a Hub dataset repo when one is set.
 
 A Space's disk is wiped on every restart, so user data only lasts when it is pushed somewhere:
-``huggingface_hub.CommitScheduler`` commits the folder to a dataset repo in the background every few
-minutes, and once more at exit. Each run of the app writes files of its own
+``huggingface_hub.CommitScheduler`` commits the folder to a dataset repo in the background every minute,
+and once more at exit (``close``; ``app.py`` calls it on SIGTERM, which a Space restart sends). Each
+record is written and flushed to the disk (``fsync``) before ``append`` returns, so a vote the user saw
+accepted is on disk even if the process is killed the next instant; docs/space.md says what is lost where. Each run of the app writes files of its own
 (``votes-<run>.jsonl``, ``feedback-<run>.jsonl``): a restarted app never uploads a fresh, shorter copy
 over the last run's file, so nothing that was scheduled is lost. At start the earlier runs' votes are
 read back from the repo, so the leaderboard goes on from where it was.
@@ -16,7 +18,10 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+
+from assistant.votes import read_votes
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +33,7 @@ def _first_line(error: BaseException) -> str:
 class Store:
     """Appends records to this run's JSONL files in ``folder``; pushes them to ``repo_id`` if given."""
 
-    def __init__(self, folder, repo_id: str | None = None, api=None, every: float = 5.0):
+    def __init__(self, folder, repo_id: str | None = None, api=None, every: float = 1.0):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
@@ -37,6 +42,7 @@ class Store:
         self.scheduler = None
         self.problem: str | None = None  # why records stay on this server only, for the user
         self.earlier: Path | None = None  # the earlier runs' votes, downloaded from the repo
+        self.on_vote: list[Callable[[], None]] = []  # called after each vote is stored (the leaderboard)
         self._lock = threading.Lock()
         if repo_id:
             self._connect(repo_id, api, every)
@@ -98,20 +104,30 @@ class Store:
         return f"this server and the dataset repo {self.repo_id}"
 
     def append(self, kind: str, record: dict) -> None:
-        """Append one JSON line. One ``write`` to a file opened for appending lands whole, so a crash or
-        a concurrent record never leaves half a line."""
+        """Append one JSON line and flush it to the disk. One ``write`` to a file opened for appending
+        lands whole, so a crash or a concurrent record never leaves half a line."""
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        path = self.files[kind]
         with self._lock:
-            fd = os.open(self.files[kind], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            new = not path.exists()
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 os.write(fd, line)
+                os.fsync(fd)
             finally:
                 os.close(fd)
+            if new:  # the file's name must reach the disk too, or a power cut loses the whole file
+                folder = os.open(self.folder, os.O_RDONLY)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
+        if kind == "votes":
+            for listener in self.on_vote:
+                listener()
 
     def votes(self) -> list[dict]:
         """Every vote this server holds: this run's, earlier local runs', and those read from the repo."""
-        from train.evaluate.votes import read_votes
-
         records = read_votes(self.folder)
         if self.earlier is not None:
             records += read_votes(self.earlier)
@@ -124,3 +140,14 @@ class Store:
         """Push what is written (at exit, and in tests); does nothing without a repo."""
         if self.scheduler is not None:
             self.scheduler.trigger().result(timeout)
+
+    def close(self, timeout: float = 60) -> None:
+        """Push what is left and stop the scheduler (a stopped app's last push; its atexit push is then
+        a no-op). Failing to reach the repo is logged: the records stay on the disk."""
+        if self.scheduler is None:
+            return
+        try:
+            self.push_now(timeout)
+        except Exception as error:
+            log.warning("the last votes were not pushed to %s: %s", self.repo_id, _first_line(error))
+        self.scheduler.stop()

@@ -297,3 +297,34 @@ def test_an_unreachable_feedback_repo_keeps_votes_local_says_so_and_keeps_servin
         assert client.predict(*args("Say hello."), api_name="/chat") == direct(core, "Say hello.")
     finally:
         demo.close()
+
+
+def test_an_expired_battle_says_so_and_a_refused_vote_logs_one_quiet_line(loaded, tmp_path, capfd, caplog):
+    from app import build_demo
+
+    demo = build_demo(loaded, Limits(max_new_tokens=64, battle_idle_seconds=1), Store(tmp_path / "data"))
+    _, url, _ = demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True
+    )
+    try:
+        client = Client(url, verbose=False)
+        voted = battle(client, "Say hello.")
+        client.predict(voted["battle_id"], "a", api_name="/vote")
+        capfd.readouterr()
+        with caplog.at_level("INFO", logger="app"), pytest.raises(Exception, match="already has its vote"):
+            client.predict(voted["battle_id"], "b", api_name="/vote")
+        assert "Traceback" not in "".join(capfd.readouterr())
+        assert [r.getMessage() for r in caplog.records if r.name == "app"] == [
+            "the vote refused: this battle already has its vote; start a new battle"
+        ]
+
+        idle = battle(client, "Say hello.")
+        time.sleep(1.5)
+        expired = "this battle expired after 1 second without a turn or a vote; start a new battle"
+        with pytest.raises(Exception, match=expired):
+            client.predict(idle["battle_id"], "a", api_name="/vote")
+        with pytest.raises(Exception, match=expired):
+            battle(client, "And?", battle_id=idle["battle_id"])
+        assert battle(client, "Say hello.")["turn"] == 1  # a new battle goes on as usual
+    finally:
+        demo.close()

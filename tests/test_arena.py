@@ -157,3 +157,37 @@ def test_gpu_precision_is_bf16_only_where_the_gpu_has_it(monkeypatch, bf16, tiny
     assert model.dtype == (torch.bfloat16 if bf16 else torch.float32)  # Phi-2 overflows in fp16
     assert models.precision_plan("cuda", quantize=False, model_type="llama")[0]["dtype"] == half
     assert models.precision_plan("cpu", quantize=False)[0] == {"dtype": torch.float32}
+
+
+def test_an_idle_battle_expires_with_a_message_and_memory_stays_bounded(loaded, tmp_path, monkeypatch):
+    import time
+
+    from assistant import arena as arena_module
+    from assistant.arena import BattleGone
+
+    arena = Arena(Assistant(loaded, Limits(max_new_tokens=8, battle_idle_seconds=1)), Store(tmp_path))
+    battle = arena.start()
+    list(arena.ask(battle.id, "Hi.", None, SAMPLED))
+    kept = arena.start()
+    time.sleep(0.6)
+    arena.get(kept.id)  # used: its idle time starts again
+    time.sleep(0.6)
+    for act in (
+        lambda: arena.vote(battle.id, "a"),
+        lambda: list(arena.ask(battle.id, "And?", None, SAMPLED)),
+        lambda: arena.get(battle.id),
+    ):
+        with pytest.raises(
+            BattleGone, match="^this battle expired after 1 second without a turn or a vote; start"
+        ):
+            act()
+    assert arena.get(kept.id) is kept and battle.id not in arena._battles
+    with pytest.raises(RequestError, match="no such battle") as unknown:
+        arena.get("never-was")
+    assert not isinstance(unknown.value, BattleGone)
+
+    monkeypatch.setattr(arena_module, "MAX_BATTLES", 3)
+    first, *rest = [arena.start() for _ in range(5)]
+    assert len(arena._battles) == 3 and len(arena._gone) <= 3
+    with pytest.raises(BattleGone, match="closed to make room"):
+        arena.get(first.id)

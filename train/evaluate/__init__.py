@@ -15,7 +15,8 @@ One module per job, read top to bottom:
   * ``stats``: Wilson and Newcombe intervals, tree-clustered bootstrap intervals, exact paired tests
     counted per conversation tree;
   * ``report`` / ``plots``: report.md from a template, and the plots;
-  * ``votes``: arena votes and the Bradley-Terry leaderboard.
+  * the arena votes and their Bradley-Terry leaderboard come from ``assistant.votes`` and
+    ``assistant.leaderboard`` (the Space serves the same code).
 A report belongs to one adapter: report.json records the sha256 of its weights and the identity of
 the base weights used, and the model card embeds a report only when that sha256 matches.
 
@@ -196,7 +197,7 @@ def write_outputs(out: Path, report: dict, rows: list[dict] | None) -> None:
             (tmp / "samples.md").write_text(render_samples(report), encoding="utf-8")
             (tmp / "report.md").write_text(render_report(report), encoding="utf-8")
         if "leaderboard" in report:
-            from train.evaluate.votes import leaderboard_markdown
+            from assistant.leaderboard import leaderboard_markdown
 
             (tmp / "leaderboard.md").write_text(leaderboard_markdown(report["leaderboard"]), encoding="utf-8")
         (tmp / "report.json").write_text(
@@ -225,7 +226,7 @@ def run(args: EvalArguments) -> dict:
         pairs = kept[: args.limit]
     votes = None
     if args.votes:
-        from train.evaluate.votes import VotesError, read_votes
+        from assistant.votes import VotesError, read_votes
 
         try:
             votes = read_votes(args.votes)
@@ -237,7 +238,7 @@ def run(args: EvalArguments) -> dict:
     if pairs is not None:
         report, rows = evaluate_adapter(args, pairs, excluded)
     if votes is not None:
-        from train.evaluate.votes import leaderboard
+        from assistant.leaderboard import leaderboard
 
         report["leaderboard"] = {"file": short_name(str(args.votes)), **leaderboard(votes, seed=args.seed)}
     report["runtime_s"] = round(time.perf_counter() - start, 1)
