@@ -146,9 +146,9 @@ def served_models(data_dir: str) -> list[str]:
 def endpoint_rows(url, endpoint: str, levels: list[int], new_tokens: int, models, count) -> list[dict]:
     from gradio_client import Client
 
-    client = Client(url, verbose=False)
-    one(client, endpoint, PROMPTS[-1], new_tokens, models)  # warm-up, not counted
-    alone = [one(client, endpoint, p, new_tokens, models) for p in PROMPTS[: max(levels)]]
+    # A fresh client for every request: a client keeps its session's chat history.
+    one(Client(url, verbose=False), endpoint, PROMPTS[-1], new_tokens, models)  # warm-up, not counted
+    alone = [one(Client(url, verbose=False), endpoint, p, new_tokens, models) for p in PROMPTS[: max(levels)]]
     reference = summary(alone, count)
     rows = []
     for n in levels:
@@ -174,6 +174,7 @@ def endpoint_rows(url, endpoint: str, levels: list[int], new_tokens: int, models
                 "tokens_per_s_over_alone": round(
                     stats["tokens_per_s_per_user"] / reference["tokens_per_s_per_user"], 2
                 ),
+                "answers": len(results),
                 "identical_to_alone": sum(
                     r["texts"] == a["texts"] for r, a in zip(results, alone, strict=False)
                 ),
@@ -204,7 +205,7 @@ def markdown(record: dict) -> str:
             f"{r['total_over_one_alone']} | {r['total_over_sequential']} | {r['first_token_p50_s']} | "
             f"{r['first_token_p95_s']} | {r['first_token_p50_over_alone']} | "
             f"{r['tokens_per_s_per_user']} | {r['tokens_per_s_over_alone']} | "
-            f"{r['identical_to_alone']}/{r['users']} |"
+            f"{r['identical_to_alone']}/{r['answers']} |"
         )
     goal = next((r for r in record["rows"] if r["endpoint"] == "compare" and r["users"] == 8), None)
     if goal:

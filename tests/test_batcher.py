@@ -148,6 +148,24 @@ def test_sampled_rows_keep_their_own_settings_and_seed_in_a_shared_batch(loaded,
     assert final(loaded, PROMPTS[1], "default", SAMPLED) == by_itself["sampled"]  # reproducible
 
 
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95])
+@pytest.mark.parametrize("spread", [1.0, 4.0])
+def test_the_nucleus_is_the_one_transformers_keeps(top_p, spread):
+    import torch
+    from transformers import TopPLogitsWarper
+
+    from assistant.batcher import nucleus
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 49152) * spread  # spread 4: a peaked distribution, 1: a flat one
+    probs = torch.softmax(logits, dim=-1)[0]
+    top, ids = probs.topk(64)
+    ours = nucleus(probs, top, ids, top_p).nonzero().flatten().tolist()
+    theirs = TopPLogitsWarper(top_p)(None, logits.clone()).isfinite()[0].nonzero().flatten().tolist()
+    assert ours == theirs
+    assert 0 < len(ours) < 49152
+
+
 def test_a_bad_request_fails_alone_and_the_batch_it_was_in_still_answers(loaded, monkeypatch):
     jobs = {
         "good": lambda: final(loaded, PROMPTS[0], "default"),
