@@ -116,7 +116,7 @@ class _RowSampler(LogitsProcessor):
 
     The nucleus (top-p) is found among the ``TOP_K`` most likely tokens whenever they hold ``top_p`` of
     the probability, which gives the same set as sorting the whole vocabulary (what transformers'
-    ``TopPLogitsWarper`` does, for each row at each step: measured at 25 ms a row on this CPU, more
+    ``TopPLogitsWarper`` does, for each row at each step: about 25 ms a row on the shared 2-core CPU, more
     than a small model's step) and falls back to the full sort otherwise.
     """
 
