@@ -356,7 +356,8 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
         gr.api(leaderboard_api, api_name="leaderboard")
         gr.api(compare_api, api_name="compare")
 
-    demo.queue(max_size=limits.max_waiting)
+    # Every event may reach the model's batcher at once: it batches them and says "busy" beyond its queue.
+    demo.queue(max_size=limits.max_waiting, default_concurrency_limit=limits.max_batch + limits.max_waiting)
     return demo
 
 

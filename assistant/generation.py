@@ -1,19 +1,19 @@
-"""Generation on the one shared model: streaming, base-vs-tuned side by side, stopping and locking.
+"""Generation on the one shared model: streaming, base-vs-tuned side by side, stopping and routing.
 
-Every request names its own adapter routing (``"__base__"`` or the adapter's name, one per row) and
-one lock per model lets a single ``generate`` run at a time: under the lock, a mixed batch is routed by
-PEFT's ``adapter_names`` (which installs hooks on the shared layers for the call), and a batch through
-one adapter sets that state on the model for the call, so no request depends on state another left.
-A streamed request runs ``generate`` in a thread of its own that holds the lock; the caller reads
-snapshots from a queue, and stopping (or abandoning) the stream sets an event that a
-``StoppingCriteria`` checks at every step, so the model itself stops.
+Every request names its own adapter routing (``"__base__"`` or the adapter's name, one per row). The
+apps' requests (``stream``) go to the model's batcher (``assistant.batcher``): requests that arrive
+while the model is busy are generated together, one row each, in one ``generate`` call, and each row
+streams to its own caller and stops on its own. Offline batches (``generate``: evaluation, benchmarks)
+run one ``generate`` call per batch under the same per-model lock. Under the lock, a mixed batch is
+routed by PEFT's ``adapter_names`` (which installs hooks on the shared layers for the call), and a batch
+through one adapter sets that state on the model for the call, so no request depends on state another
+left. Stopping (or abandoning) a stream sets an event that a ``StoppingCriteria`` checks at every step.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,46 +71,11 @@ class Answer:
 # --- one lock per model -------------------------------------------------------------------------
 
 
-class _Gate:
-    """The lock around ``generate`` on one model, and a count of the requests waiting for it."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self._mutex = threading.Lock()
-        self.waiting = 0
-
-    @contextmanager
-    def hold(self, max_waiting: int | None = None):
-        with self._mutex:
-            if max_waiting is not None and self.waiting >= max_waiting:
-                raise Busy(f"the model is busy ({self.waiting} requests waiting); try again in a moment")
-            self.waiting += 1
-        try:
-            self.lock.acquire()
-        finally:
-            with self._mutex:
-                self.waiting -= 1
-        try:
-            yield
-        finally:
-            self.lock.release()
-
-
-_GATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_GATES_MUTEX = threading.Lock()
-
-
-def _gate(model) -> _Gate:
-    with _GATES_MUTEX:
-        gate = _GATES.get(model)
-        if gate is None:
-            gate = _GATES[model] = _Gate()
-        return gate
-
-
 def model_lock(loaded) -> threading.Lock:
     """The lock every ``generate`` on this model runs under (for callers that generate themselves)."""
-    return _gate(loaded.model).lock
+    from assistant.batcher import batcher_for  # the batcher builds on this module
+
+    return batcher_for(loaded.model).lock
 
 
 # --- adapters -------------------------------------------------------------------------------------
@@ -139,35 +104,44 @@ class RowStreamer(BaseStreamer):
     """Decodes every row of a batch as it grows; ``put()`` gets one token id per row per step.
 
     (transformers' ``TextIteratorStreamer`` takes batch size 1 only.) A row is done at a token that
-    ends the assistant's turn (``stop_ids``) or where its text starts a new user turn in a template whose
-    turn marker is plain text (``cut_texts``, e.g. Phi-2's ``Instruct:``); ``snapshot()`` gives the
-    answers so far.
+    ends the assistant's turn (``stop_ids``), where its text starts a new user turn in a template whose
+    turn marker is plain text (``cut_texts``, e.g. Phi-2's ``Instruct:``), at its own ``limit`` of new
+    tokens, or once ``stop`` is set; ``snapshot()`` gives the answers so far.
     """
 
-    def __init__(self, tokenizer, adapters: Sequence[str], stop_ids: set[int], on_step=None, cut_texts=()):
+    def __init__(
+        self, tokenizer, adapters, stop_ids: set[int], on_step=None, cut_texts=(), limit=None, stop=None
+    ):
         self.tokenizer = tokenizer
         self.adapters = list(adapters)
         self.eos_ids = stop_ids
         self.cut_texts = tuple(cut_texts)
         self.on_step = on_step
+        self.limit = limit  # this request's max_new_tokens, in a batch that may run longer
+        self.stop = stop
         size = len(self.adapters)
         self.tokens: list[list[int]] = [[] for _ in range(size)]
         self.texts = [""] * size
         self.ended = [False] * size
         self.cut = [False] * size
         self.finished = False
-        self._prompt_seen = False
+        self.prompt_seen = False
+
+    def _done(self, row: int) -> bool:
+        full = self.limit is not None and len(self.tokens[row]) >= self.limit
+        stopped = self.stop is not None and self.stop.is_set()
+        return self.ended[row] or self.cut[row] or full or stopped
 
     @property
     def done(self) -> list[bool]:
-        return [e or c for e, c in zip(self.ended, self.cut, strict=True)]
+        return [self._done(row) for row in range(len(self.adapters))]
 
     def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate's first call carries the prompt
-            self._prompt_seen = True
+        if not self.prompt_seen:  # generate's first call carries the prompt
+            self.prompt_seen = True
             return
         for row, token in enumerate(value.reshape(-1).tolist()):
-            if self.ended[row] or self.cut[row]:
+            if self._done(row):
                 continue  # generate pads finished rows; those tokens are not the answer's
             if token in self.eos_ids:
                 self.ended[row] = True
@@ -188,7 +162,7 @@ class RowStreamer(BaseStreamer):
     def snapshot(self) -> list[Answer]:
         answers = []
         for row, adapter in enumerate(self.adapters):
-            done = self.finished or self.ended[row] or self.cut[row]
+            done = self.finished or self._done(row)
             # A multi-byte character arrives over several tokens: hide its head until it is whole.
             text = self.texts[row] if done else self.texts[row].rstrip("\ufffd")
             answers.append(
@@ -219,9 +193,9 @@ def eos_ids(loaded) -> set[int]:
     return ids | turn_stops(loaded.tokenizer)[0]
 
 
-def _streamer(loaded, adapters, on_step=None) -> RowStreamer:
+def _streamer(loaded, adapters, on_step=None, limit=None, stop=None) -> RowStreamer:
     cut_texts = turn_stops(loaded.tokenizer)[1]
-    return RowStreamer(loaded.tokenizer, adapters, eos_ids(loaded), on_step, cut_texts)
+    return RowStreamer(loaded.tokenizer, adapters, eos_ids(loaded), on_step, cut_texts, limit, stop)
 
 
 def _encode(loaded, conversations: Sequence[list[dict]]):
@@ -261,14 +235,12 @@ def _routing(model, adapters: Sequence[str]):
         yield {}
 
 
-def _generate(loaded, conversations, adapters, settings, streamer, stop, max_waiting=None) -> None:
-    """One ``generate`` call for all rows, under the model's lock."""
+def _generate(loaded, conversations, adapters, settings, streamer, stop) -> None:
+    """One ``generate`` call for all rows with one set of settings, under the model's lock (offline
+    batches: the seed is global, as evaluation has always drawn its samples)."""
     _check_adapters(loaded, adapters)
     batch = _encode(loaded, conversations)
-    with _gate(loaded.model).hold(max_waiting):
-        if stop.is_set():  # stopped while waiting for the lock
-            streamer.end()
-            return
+    with model_lock(loaded):
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         kwargs = dict(
@@ -282,6 +254,13 @@ def _generate(loaded, conversations, adapters, settings, streamer, stop, max_wai
             loaded.model.generate(**kwargs, **routing)
 
 
+def _check_settings(settings: GenerationSettings) -> None:
+    if settings.max_new_tokens < 1 or settings.min_new_tokens < 0:
+        raise RequestError(f"max new tokens must be at least 1, not {settings.max_new_tokens}")
+    if settings.do_sample and not 0 < settings.top_p <= 1:
+        raise RequestError(f"top-p must be above 0 and at most 1, not {settings.top_p}")
+
+
 def stream(
     loaded,
     conversations: Sequence[list[dict]],
@@ -289,43 +268,42 @@ def stream(
     settings: GenerationSettings,
     stop: threading.Event | None = None,
     max_waiting: int | None = None,
+    max_batch: int = 16,
 ) -> Iterator[list[Answer]]:
-    """Generate one answer per conversation (row ``i`` through ``adapters[i]``) in one batch, yielding
-    snapshots of all rows as tokens arrive; the last snapshot is final.
+    """Generate one answer per conversation (row ``i`` through ``adapters[i]``), yielding snapshots of
+    all rows as tokens arrive; the last snapshot is final. The rows run in the model's batcher, in one
+    batch with whatever other requests are waiting then (up to ``max_batch`` rows); beyond
+    ``max_waiting`` waiting requests this raises ``Busy``.
 
-    Closing the iterator (or setting ``stop``) stops the generation itself within one step.
+    Closing the iterator (or setting ``stop``) stops this request's rows within one step.
     """
+    from assistant.batcher import FINISHED, Request, batcher_for  # the batcher builds on this module
+
     if len(conversations) != len(adapters):
         raise ValueError("give one adapter name per conversation")
+    _check_adapters(loaded, adapters)
+    _check_settings(settings)
     stop = stop or threading.Event()
     updates: queue.Queue = queue.Queue()
-    streamer = _streamer(loaded, adapters, on_step=updates.put)
-    finished = object()
-
-    def work() -> None:
-        try:
-            _generate(loaded, conversations, adapters, settings, streamer, stop, max_waiting)
-            updates.put(finished)
-        except BaseException as error:  # handed to the caller, who shows it to the user
-            updates.put(error)
-
-    threading.Thread(target=work, name="generate", daemon=True).start()
+    streamer = _streamer(loaded, adapters, updates.put, settings.max_new_tokens, stop)
+    request = Request(list(conversations), list(adapters), settings, streamer, updates.put, max_batch)
+    batcher_for(loaded.model).submit(loaded, request, max_waiting)
     shown = None
     try:
         while True:
             item = updates.get()
-            while item is not finished and not isinstance(item, BaseException):
+            while item is not FINISHED and not isinstance(item, BaseException):
                 try:  # a slow reader gets the newest snapshot, not a backlog
                     item = updates.get_nowait()
                 except queue.Empty:
                     break
             if isinstance(item, BaseException):
                 raise item
-            snapshot = streamer.snapshot() if item is finished else item
+            snapshot = streamer.snapshot() if item is FINISHED else item
             if snapshot != shown:
                 shown = snapshot
                 yield snapshot
-            if item is finished:
+            if item is FINISHED:
                 return
     finally:
         stop.set()

@@ -25,7 +25,8 @@ class Limits:
     max_message_chars: int = 8000  # FastChat's arena takes 12,000; these models read far less
     max_input_tokens: int = 1536
     max_new_tokens: int = 512
-    max_waiting: int = 16
+    max_waiting: int = 16  # requests waiting for the model beyond the batch it is running
+    max_batch: int = 16  # rows generated together (a chat is one row, a battle or comparison two)
     max_turns: int = 50  # per battle, as FastChat's arena
     # A battle left this long without a turn or a vote is forgotten (its memory freed); asking or voting
     # on it then says so. Half an hour covers reading two long answers; votes are kept, not battles.
@@ -38,6 +39,7 @@ class Limits:
             "max_input_tokens": "ASSISTANT_MAX_INPUT_TOKENS",
             "max_new_tokens": "ASSISTANT_MAX_NEW_TOKENS",
             "max_waiting": "ASSISTANT_MAX_QUEUE",
+            "max_batch": "ASSISTANT_MAX_BATCH",
             "battle_idle_seconds": "ASSISTANT_BATTLE_IDLE_SECONDS",
         }
         values = {}
@@ -158,7 +160,7 @@ class Assistant:
         self, prepared: Sequence[Prepared], models: Sequence[str], stop: threading.Event | None = None
     ) -> Iterator[tuple[Answer, ...]]:
         """One answer per (prepared, model), as they grow, from one batched generation with the
-        settings (and seed) of the first."""
+        settings (and seed) of the first; other people's requests may share the batch."""
         routes = [self.route(m) for m in models]
         rows = stream(
             self.loaded,
@@ -167,6 +169,7 @@ class Assistant:
             prepared[0].settings,
             stop,
             self.limits.max_waiting,
+            self.limits.max_batch,
         )
         with closing(rows):  # closing this generator closes the stream, which stops generate
             yield from (tuple(r) for r in rows)

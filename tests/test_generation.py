@@ -309,9 +309,9 @@ def test_a_full_queue_is_refused_and_the_model_keeps_serving(loaded):
         first = threading.Thread(target=lambda: list(waiting))
         first.start()
         deadline = time.time() + 10
-        from assistant.generation import _gate
+        from assistant.batcher import batcher_for
 
-        while _gate(loaded.model).waiting < 1 and time.time() < deadline:
+        while batcher_for(loaded.model).waiting < 1 and time.time() < deadline:
             time.sleep(0.01)
         with pytest.raises(Busy, match="busy"):
             list(assistant.chat(prepared))

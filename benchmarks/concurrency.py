@@ -1,0 +1,264 @@
+"""Many people at once: 1, 2, 4 and 8 simultaneous users of the real app, through gradio_client.
+
+    python benchmarks/concurrency.py [--new-tokens 32] [--levels 1,2,4,8] [--endpoints compare,chat,battle]
+
+Starts ``python app.py`` (offline: SmolLM2 with the demo adapters) as a subprocess on loopback, then for
+each endpoint (``/compare``: base and first adapter side by side; ``/chat``: the first adapter, streamed;
+``/battle``: a named battle, base against the first adapter) sends each of 8 different prompts alone,
+one after another (the same-run baseline: "one user alone"), then N users at once (N > 1), each with its
+own client and prompt, all released together. Per level: the total time until the last answer, the
+time to first token p50/p95 (``/chat`` streams; ``/compare`` and ``/battle`` return whole answers, so
+there it is the time to the answer), and tokens per second per user (answers re-tokenized); each against
+one user alone, as ratios; and whether every answer is identical to the same prompt's answer alone.
+Sampling is the app's default (temperature 0.7, top-p 0.95) with seed 0, so identical answers show
+that a row's sampling does not depend on the rows it shares a batch with.
+Writes benchmarks/results/concurrency.json and concurrency.md. Goal (issue 20): 8 concurrent 32-token
+``/compare`` requests take at most 3x as long as one alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+from serving_common import ROOT, THREADS_HELP, machine, write
+from start_time import free_port
+
+PROMPTS = [
+    "Explain the difference between a list and a tuple in Python.",
+    "Give me three tips for a good night's sleep.",
+    "Write a short, friendly email declining a meeting invitation.",
+    "What causes the seasons on Earth?",
+    "How do I boil an egg?",
+    "Name three planets and one fact about each.",
+    "Why is the sky blue?",
+    "Suggest a name for a small bakery.",
+]
+SETTINGS = dict(system="", temperature=0.7, top_p=0.95, seed=0)
+
+
+def start_app(threads: int, data_dir: str, timeout: float = 300) -> tuple[subprocess.Popen, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    env.update(OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    port = free_port()
+    log = open(os.path.join(data_dir, "app.log"), "w")  # noqa: SIM115 (the app writes to it until closed)
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port), "--data-dir", data_dir],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url, began = f"http://127.0.0.1:{port}/", time.perf_counter()
+    while time.perf_counter() - began < timeout:
+        if process.poll() is not None:
+            raise RuntimeError(f"app.py exited with {process.returncode}; see {log.name}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                if reply.status == 200:
+                    return process, url
+        except OSError:
+            time.sleep(0.2)
+    process.terminate()
+    raise RuntimeError(f"app.py did not answer within {timeout} s; see {log.name}")
+
+
+def one(client, endpoint: str, prompt: str, new_tokens: int, models) -> dict:
+    """One request; the seconds to the first token (or the whole answer) and to the end, and the text."""
+    began = time.perf_counter()
+    first = None
+    if endpoint == "chat":
+        chat = (SETTINGS["system"], SETTINGS["temperature"], SETTINGS["top_p"], new_tokens, SETTINGS["seed"])
+        job = client.submit(prompt, models[1], *chat, api_name="/chat")
+        for partial in job:
+            if first is None and partial:
+                first = time.perf_counter() - began
+        texts = [job.outputs()[-1]]
+    elif endpoint == "compare":
+        texts = list(client.predict(prompt, api_name="/compare", max_new_tokens=new_tokens, **SETTINGS))
+    else:
+        reply = client.predict(
+            prompt,
+            api_name="/battle",
+            model_a=models[0],
+            model_b=models[1],
+            max_new_tokens=new_tokens,
+            **SETTINGS,
+        )
+        texts = [reply["answer_a"], reply["answer_b"]]
+    seconds = time.perf_counter() - began
+    return {"first": first if first is not None else seconds, "seconds": seconds, "texts": texts}
+
+
+def at_once(url: str, endpoint: str, prompts: list[str], new_tokens: int, models) -> tuple[float, list]:
+    """Every prompt from its own client, released together; the total seconds and each result."""
+    from gradio_client import Client
+
+    clients = [Client(url, verbose=False) for _ in prompts]
+    barrier, results = threading.Barrier(len(prompts) + 1), [None] * len(prompts)
+
+    def user(i):
+        barrier.wait()
+        results[i] = one(clients[i], endpoint, prompts[i], new_tokens, models)
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    began = time.perf_counter()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - began, results
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20, method="inclusive")[-1] if len(values) > 1 else values[0]
+
+
+def summary(results: list[dict], count_tokens) -> dict:
+    firsts = [r["first"] for r in results]
+    rates = [sum(count_tokens(t) for t in r["texts"]) / r["seconds"] for r in results]
+    return {
+        "first_token_p50_s": round(statistics.median(firsts), 3),
+        "first_token_p95_s": round(p95(firsts), 3),
+        "tokens_per_s_per_user": round(statistics.mean(rates), 2),
+        "answer_tokens_mean": round(statistics.mean(count_tokens(t) for r in results for t in r["texts"]), 1),
+    }
+
+
+def served_models(data_dir: str) -> list[str]:
+    """The base's and the adapters' names, from the line the app prints at start."""
+    log = open(os.path.join(data_dir, "app.log")).read()
+    match = re.search(r"Serving the base (\S+) and \d+ adapters? on it: ([^;]+);", log)
+    if match is None:
+        raise RuntimeError("the app serves no adapter, so there is nothing to compare or battle")
+    return [match.group(1), *match.group(2).split(", ")]
+
+
+def endpoint_rows(url, endpoint: str, levels: list[int], new_tokens: int, models, count) -> list[dict]:
+    from gradio_client import Client
+
+    # A fresh client for every request: a client keeps its session's chat history.
+    one(Client(url, verbose=False), endpoint, PROMPTS[-1], new_tokens, models)  # warm-up, not counted
+    alone = [one(Client(url, verbose=False), endpoint, p, new_tokens, models) for p in PROMPTS[: max(levels)]]
+    reference = summary(alone, count)
+    rows = []
+    for n in levels:
+        if n == 1:  # one user alone: each prompt by itself, as above
+            results, total = alone, statistics.median(r["seconds"] for r in alone)
+            one_alone = total
+        else:
+            total, results = at_once(url, endpoint, PROMPTS[:n], new_tokens, models)
+            one_alone = statistics.median(r["seconds"] for r in alone[:n])
+        stats = summary(results, count)
+        rows.append(
+            {
+                "endpoint": endpoint,
+                "users": n,
+                "total_s": round(total, 3),
+                "one_alone_s": round(one_alone, 3),
+                "total_over_one_alone": round(total / one_alone, 2),
+                "total_over_sequential": round(total / sum(r["seconds"] for r in alone[:n]), 2),
+                **stats,
+                "first_token_p50_over_alone": round(
+                    stats["first_token_p50_s"] / reference["first_token_p50_s"], 2
+                ),
+                "tokens_per_s_over_alone": round(
+                    stats["tokens_per_s_per_user"] / reference["tokens_per_s_per_user"], 2
+                ),
+                "answers": len(results),
+                "identical_to_alone": sum(
+                    r["texts"] == a["texts"] for r, a in zip(results, alone, strict=False)
+                ),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def markdown(record: dict) -> str:
+    lines = [
+        "# Concurrent users through the real app",
+        "",
+        f"`python benchmarks/concurrency.py` — `python app.py` on loopback (offline: {', '.join(record['models'])}),"
+        f" gradio_client, {record['new_tokens']} new tokens at most, temperature 0.7, seed 0, "
+        f"{record['app_threads']} torch thread(s) in the app. One user alone: each of the prompts sent by "
+        "itself, one after another, in the same run (median). First token: `/chat` streams; `/compare` "
+        "and `/battle` return whole answers, so theirs is the time to the answer. Tokens per second: the "
+        "request's answers re-tokenized, over its time. Identical: answers equal to the same prompt's alone.",
+        "",
+        "| endpoint | users | total s | one alone s | total / alone | total / sequential | first token p50 s "
+        "| p95 s | p50 / alone | tok/s per user | / alone | identical |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        lines.append(
+            f"| /{r['endpoint']} | {r['users']} | {r['total_s']} | {r['one_alone_s']} | "
+            f"{r['total_over_one_alone']} | {r['total_over_sequential']} | {r['first_token_p50_s']} | "
+            f"{r['first_token_p95_s']} | {r['first_token_p50_over_alone']} | "
+            f"{r['tokens_per_s_per_user']} | {r['tokens_per_s_over_alone']} | "
+            f"{r['identical_to_alone']}/{r['answers']} |"
+        )
+    goal = next((r for r in record["rows"] if r["endpoint"] == "compare" and r["users"] == 8), None)
+    if goal:
+        verdict = "met" if goal["total_over_one_alone"] <= 3 else "not met"
+        lines += [
+            "",
+            f"Goal (issue 20): 8 concurrent `/compare` requests at most 3x one alone: "
+            f"**{goal['total_over_one_alone']}x, {verdict}**; identical answers "
+            f"{goal['identical_to_alone']}/8.",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--levels", default="1,2,4,8")
+    parser.add_argument("--endpoints", default="compare,chat,battle")
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    args = parser.parse_args()
+    from transformers import AutoTokenizer
+
+    from assistant.models import packaged_smollm2
+
+    tokenizer = AutoTokenizer.from_pretrained(packaged_smollm2())
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    levels = [int(n) for n in args.levels.split(",")]
+    info = machine()
+    info["torch_threads"] = args.threads  # the app's, not this client's
+    data_dir = tempfile.mkdtemp(prefix="concurrency-")
+    process, url = start_app(args.threads, data_dir)
+    try:
+        models = served_models(data_dir)
+        rows = [
+            row
+            for endpoint in args.endpoints.split(",")
+            for row in endpoint_rows(url, endpoint, levels, args.new_tokens, models, count)
+        ]
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    record = {
+        "new_tokens": args.new_tokens,
+        "app_threads": args.threads,
+        "models": models,
+        "rows": rows,
+        "machine": info,
+    }
+    write("concurrency", record, markdown(record))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Batched serving across people, on the real SmolLM2 with a random LoRA built here: requests that wait
+while the model is held are generated together, and each row answers as it would alone."""
+
+import random
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+from gradio_client import Client
+
+from assistant.batcher import batcher_for
+from assistant.generation import BASE, GenerationSettings, generate_texts, model_lock, stream
+from assistant.models import load_model
+from assistant.service import Assistant, Limits
+from tests._helpers_space import make_random_lora
+
+GREEDY = GenerationSettings(max_new_tokens=16, temperature=0)
+SAMPLED = GenerationSettings(max_new_tokens=12, temperature=0.9, top_p=0.95, seed=5)
+PROMPTS = ["What is the capital of France?", "Name a fruit.", "Write a long story about a dragon."]
+
+
+def conv(text):
+    return [{"role": "user", "content": text}]
+
+
+@pytest.fixture(scope="module")
+def loaded(smollm2_dir, tmp_path_factory):
+    adapter = make_random_lora(smollm2_dir, tmp_path_factory.mktemp("lora") / "tuned")
+    return load_model(str(smollm2_dir), str(adapter))
+
+
+def alone(loaded, prompt, adapter, settings=GREEDY):
+    """One request through the offline path, one row per generate call: the reference."""
+    return generate_texts(loaded, [conv(prompt)], settings, adapter, batch_size=1)[0]
+
+
+def final(loaded, prompt, adapter, settings=GREEDY, stop=None):
+    return list(stream(loaded, [conv(prompt)], [adapter], settings, stop))[-1][0]
+
+
+@contextmanager
+def generate_calls(loaded, monkeypatch):
+    """The number of rows of every generate call made on the model."""
+    rows, real = [], loaded.model.generate
+    monkeypatch.setattr(
+        loaded.model, "generate", lambda **kw: rows.append(kw["input_ids"].shape[0]) or real(**kw)
+    )
+    yield rows
+    monkeypatch.setattr(loaded.model, "generate", real)
+
+
+def together(loaded, jobs: dict) -> tuple[dict, dict]:
+    """Runs each job in its own thread while the model is held, and lets the model go once every job
+    waits in the batcher, so that the batcher takes them all at its next batch boundary."""
+    results, errors = {}, {}
+
+    def run(key, job):
+        try:
+            results[key] = job()
+        except Exception as error:  # a failure in a thread must reach the test
+            errors[key] = error
+
+    threads = [threading.Thread(target=run, args=item) for item in jobs.items()]
+    with model_lock(loaded):
+        for t in threads:
+            t.start()
+        deadline = time.time() + 60
+        while batcher_for(loaded.model).waiting < len(jobs):
+            assert time.time() < deadline, "the requests never reached the batcher"
+            time.sleep(0.01)
+    for t in threads:
+        t.join(timeout=300)
+    return results, errors
+
+
+def test_waiting_requests_run_as_one_batch_and_each_row_answers_as_it_would_alone(loaded, monkeypatch):
+    short = GenerationSettings(max_new_tokens=5, temperature=0)
+    jobs = {
+        "chat": lambda: final(loaded, PROMPTS[0], "default"),
+        "base": lambda: final(loaded, PROMPTS[1], BASE),
+        "short": lambda: final(loaded, PROMPTS[2], "default", short),
+        "compare": lambda: list(stream(loaded, [conv(PROMPTS[1])] * 2, [BASE, "default"], GREEDY))[-1],
+    }
+    with generate_calls(loaded, monkeypatch) as rows:
+        results, errors = together(loaded, jobs)
+    assert not errors
+    assert rows == [5]  # one generate call, one row per person (two for the comparison)
+    assert results["chat"].text == alone(loaded, PROMPTS[0], "default").text
+    assert results["base"].text == alone(loaded, PROMPTS[1], BASE).text
+    assert results["base"].text != alone(loaded, PROMPTS[1], "default").text  # routing is visible
+    assert [a.text for a in results["compare"]] == [
+        alone(loaded, PROMPTS[1], BASE).text,
+        alone(loaded, PROMPTS[1], "default").text,
+    ]
+    assert results["short"] == alone(loaded, PROMPTS[2], "default", short)
+    assert results["short"].tokens == 5 and not results["short"].ended  # its own max_new_tokens
+
+
+def test_each_row_stops_on_its_own_end_of_turn_and_its_own_limit(loaded):
+    capital, story = [
+        lambda p=p, n=n: final(loaded, p, BASE, GenerationSettings(max_new_tokens=n, temperature=0))
+        for p, n in ((PROMPTS[0], 40), (PROMPTS[2], 24))
+    ]
+    results, errors = together(loaded, {"capital": capital, "story": story})
+    assert not errors
+    assert results["capital"].ended and results["capital"].tokens < 24  # ended by the model, early
+    assert not results["story"].ended and results["story"].tokens == 24  # its limit, not the other's 40
+    assert results["capital"] == alone(loaded, PROMPTS[0], BASE, GenerationSettings(40, temperature=0))
+    assert results["story"] == alone(loaded, PROMPTS[2], BASE, GenerationSettings(24, temperature=0))
+
+
+def test_stopping_one_row_leaves_the_others_running(loaded, monkeypatch):
+    stop, seen = threading.Event(), []
+    settings = GenerationSettings(max_new_tokens=24, temperature=0)
+
+    def stopped():
+        for (answer,) in stream(loaded, [conv(PROMPTS[2])], ["default"], settings, stop):
+            seen.append(answer)
+            stop.set()  # what the stop button does, after the first token
+        return seen[-1]
+
+    jobs = {"stopped": stopped, "other": lambda: final(loaded, PROMPTS[2], BASE, settings)}
+    with generate_calls(loaded, monkeypatch) as rows:
+        results, errors = together(loaded, jobs)
+    assert not errors and rows == [2]
+    assert results["stopped"].tokens < 5 and results["stopped"].done
+    assert results["other"] == alone(loaded, PROMPTS[2], BASE, settings)  # all 24 tokens, unchanged
+
+
+def test_sampled_rows_keep_their_own_settings_and_seed_in_a_shared_batch(loaded, monkeypatch):
+    hotter = GenerationSettings(max_new_tokens=12, temperature=1.3, top_p=1.0, seed=6)
+    by_itself = {
+        "sampled": final(loaded, PROMPTS[1], "default", SAMPLED),
+        "hotter": final(loaded, PROMPTS[1], "default", hotter),
+        "greedy": final(loaded, PROMPTS[1], "default", GREEDY),
+    }
+    assert len({a.text for a in by_itself.values()}) == 3  # the settings and seeds matter
+    jobs = {
+        key: (lambda s=s: final(loaded, PROMPTS[1], "default", s))
+        for key, s in (("sampled", SAMPLED), ("hotter", hotter), ("greedy", GREEDY))
+    }
+    with generate_calls(loaded, monkeypatch) as rows:
+        results, errors = together(loaded, jobs)
+    assert not errors and rows == [3]
+    assert results == by_itself
+    assert final(loaded, PROMPTS[1], "default", SAMPLED) == by_itself["sampled"]  # reproducible
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95])
+@pytest.mark.parametrize("spread", [1.0, 4.0])
+def test_the_nucleus_is_the_one_transformers_keeps(top_p, spread):
+    import torch
+    from transformers import TopPLogitsWarper
+
+    from assistant.batcher import nucleus
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 49152) * spread  # spread 4: a peaked distribution, 1: a flat one
+    probs = torch.softmax(logits, dim=-1)[0]
+    top, ids = probs.topk(64)
+    ours = nucleus(probs, top, ids, top_p).nonzero().flatten().tolist()
+    theirs = TopPLogitsWarper(top_p)(None, logits.clone()).isfinite()[0].nonzero().flatten().tolist()
+    assert ours == theirs
+    assert 0 < len(ours) < 49152
+
+
+def test_a_bad_request_fails_alone_and_the_batch_it_was_in_still_answers(loaded, monkeypatch):
+    jobs = {
+        "good": lambda: final(loaded, PROMPTS[0], "default"),
+        "bad": lambda: list(stream(loaded, [[{"role": "user"}]], [BASE], GREEDY)),  # no content
+        "other": lambda: final(loaded, PROMPTS[1], BASE),
+    }
+    with generate_calls(loaded, monkeypatch) as rows:
+        results, errors = together(loaded, jobs)
+    assert set(errors) == {"bad"} and "content" in str(errors["bad"])
+    assert rows == [1, 1]  # the batch failed before its first token; the good ones ran again alone
+    assert results["good"].text == alone(loaded, PROMPTS[0], "default").text
+    assert results["other"].text == alone(loaded, PROMPTS[1], BASE).text
+    assert final(loaded, PROMPTS[1], BASE).text  # and the model keeps serving
+
+
+# --- through the app ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+COMPARE = dict(system="", temperature=0, top_p=1, max_new_tokens=12, seed=0)
+
+
+def test_the_app_lets_requests_reach_the_batcher_together_and_says_busy_beyond_its_queue(
+    loaded, monkeypatch, tmp_path
+):
+    from app import build_demo
+    from assistant.store import Store
+
+    limits = Limits(max_new_tokens=32, max_waiting=4)
+    demo = build_demo(loaded, limits, Store(tmp_path), rng=random.Random(0))
+    _, url, _ = demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True
+    )
+    core = Assistant(loaded, limits)
+    try:
+        clients = [Client(url, verbose=False) for _ in range(5)]
+        with generate_calls(loaded, monkeypatch) as rows:
+            with model_lock(loaded):
+                jobs = [
+                    c.submit(p, api_name="/compare", **COMPARE)
+                    for c, p in zip(clients[:3], PROMPTS, strict=True)
+                ]
+                deadline = time.time() + 60
+                while batcher_for(loaded.model).waiting < 3:  # Gradio let all three through at once
+                    assert time.time() < deadline, "Gradio held the requests back"
+                    time.sleep(0.01)
+                with pytest.raises(Exception, match="max new tokens"):  # a bad request, refused alone
+                    clients[3].predict(PROMPTS[0], api_name="/compare", **{**COMPARE, "max_new_tokens": 0})
+                jobs.append(clients[3].submit(PROMPTS[0], api_name="/compare", **COMPARE))
+                while batcher_for(loaded.model).waiting < 4:
+                    assert time.time() < deadline, "the fourth request never reached the batcher"
+                    time.sleep(0.01)
+                with pytest.raises(Exception, match="busy"):
+                    clients[4].predict(PROMPTS[1], api_name="/compare", **COMPARE)
+            answers = [job.result(timeout=300) for job in jobs]
+        assert rows == [8]  # four comparisons, two rows each, in one generate call
+        for prompt, answer in zip([*PROMPTS, PROMPTS[0]], answers, strict=True):
+            prepared = core.prepare(prompt, [], "", core.settings(0, 1, 12, 0))
+            assert tuple(answer) == tuple(a.text for a in list(core.compare(prepared))[-1])
+        assert clients[4].predict(PROMPTS[1], api_name="/compare", **COMPARE)[0]  # served afterwards
+    finally:
+        demo.close()
