@@ -23,7 +23,8 @@ TRL_OPTIONS = (
 
 def missing_train_libraries() -> list[str]:
     """The training extra's libraries this environment lacks (empty when the extra is installed)."""
-    return [name for name in ("trl", "datasets", "scipy") if importlib.util.find_spec(name) is None]
+    extra = ("trl", "datasets", "sentence_transformers", "matplotlib")
+    return [name for name in extra if importlib.util.find_spec(name) is None]
 
 
 def require_train_extra(command: str) -> None:
@@ -42,7 +43,9 @@ def train_help() -> str:
     from train.config import TrainArguments
 
     recipe = argparse.ArgumentParser(add_help=False)  # a parent, so that --config is listed first
-    recipe.add_argument("--config", metavar="RECIPE.yaml", help="The recipe: a flat YAML file (see recipes/).")
+    recipe.add_argument(
+        "--config", metavar="RECIPE.yaml", help="The recipe: a flat YAML file (see recipes/)."
+    )
     parser = HfArgumentParser(
         TrainArguments,
         parents=[recipe],

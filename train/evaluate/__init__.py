@@ -260,9 +260,12 @@ def summary_lines(report: dict, out: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from train.cli import require_train_extra
+
+    require_train_extra("python -m train.evaluate")
     from trl import TrlParser
 
-    (args,) = TrlParser(EvalArguments).parse_args_and_config(argv)
+    (args,) = TrlParser(EvalArguments, prog="python -m train.evaluate").parse_args_and_config(argv)
     from assistant.generation import RequestError
     from assistant.models import ModelLoadError
 
