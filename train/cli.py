@@ -40,6 +40,9 @@ def train_help() -> str:
 
     from transformers import HfArgumentParser
 
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        """Defaults shown, and the paragraphs wrapped here, never inside an option's name."""
+
     from train.config import TrainArguments
 
     recipe = argparse.ArgumentParser(add_help=False)  # a parent, so that --config is listed first
@@ -51,15 +54,24 @@ def train_help() -> str:
         parents=[recipe],
         prog="python -m train",
         usage=TRAIN_USAGE,
-        description="Fine-tune a causal LM with LoRA on Open Assistant preference pairs (GRPO, DPO or a "
-        "reward model, with TRL). The recipe's keys are the options below and TRL's; --key value "
-        "overrides the recipe.",
-        epilog=TRL_OPTIONS,
+        description=wrap(
+            "Fine-tune a causal LM with LoRA on Open Assistant preference pairs (GRPO, DPO or a reward "
+            "model, with TRL). The recipe's keys are the options below and TRL's; --key value overrides "
+            "the recipe."
+        ),
+        epilog=wrap(TRL_OPTIONS),
+        formatter_class=Formatter,
     )
     text = parser.format_help()
     if missing_train_libraries():
         text += f"\nTraining needs the train extra, not installed here: {TRAIN_EXTRA}\n"
     return text
+
+
+def wrap(text: str) -> str:
+    import textwrap
+
+    return textwrap.fill(text, width=88, break_on_hyphens=False, break_long_words=False)
 
 
 def wants_train_help(argv: list[str]) -> bool:
