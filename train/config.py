@@ -261,12 +261,6 @@ def check_rewards(train_args: TrainArguments, reward_weights: list[float] | None
             "reward_funcs names reward_model but reward_model_name_or_path is not set: name the "
             "sequence-classification model (a Hub id or a folder)"
         )
-    if "reward_model" in names:
-        from train.pieces import missing_model
-
-        missing = missing_model(train_args.reward_model_name_or_path, "reward_model_name_or_path")
-        if missing:
-            raise ConfigError(missing)
 
 
 def check_pairs(train_args: TrainArguments) -> None:
@@ -282,8 +276,3 @@ def check_pairs(train_args: TrainArguments) -> None:
         )
     if path.name != "train.jsonl":
         raise ConfigError(f"pairs_file must end in train.jsonl to be built from dataset_source, got {path}")
-    from train.pieces import missing_source
-
-    missing = missing_source(train_args.dataset_source)
-    if missing:
-        raise ConfigError(f"pairs_file {path} is not built yet and {missing}")

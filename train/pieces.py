@@ -55,3 +55,17 @@ def missing_source(sources: list[str] | None) -> str | None:
         if source and looks_local(source) and not Path(source).exists():
             return f"dataset_source {source} is not here: {DATA_HELP}"
     return None
+
+
+def check_recipe(train_args) -> None:
+    """Before a run starts (not when a recipe is only parsed): the pairs or the sources they are built
+    from, then the reward model; raises ConfigError naming the first missing piece."""
+    from train.config import ConfigError
+
+    pairs = Path(train_args.pairs_file)
+    if not pairs.exists() and (missing := missing_source(train_args.dataset_source)):
+        raise ConfigError(f"pairs_file {pairs} is not built yet and {missing}")
+    if train_args.method == "grpo" and "reward_model" in train_args.reward_funcs:
+        name = train_args.reward_model_name_or_path
+        if missing := missing_model(name, "reward_model_name_or_path"):
+            raise ConfigError(missing)
