@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks, one line each
     if default_device() == "cpu":
         # PEFT imports bitsandbytes whenever it is installed, and its import compiles kernels with
         # torch.compile: 2-4 s of a CPU start for a library that only 4-bit bases use (GPU only here).

@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BASE = "microsoft/phi-2"
 DEFAULT_ADAPTER = "phi2-assistant/phi-2-oasst1-grpo-qlora"
-DEMO_DIR = PROJECT_ROOT / "demo"
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -132,13 +131,16 @@ def hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path |
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    local_only = _HUB_REACHABLE is False or hub_offline()
     try:
-        local_only = _HUB_REACHABLE is False or hub_offline()
         return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=local_only))
     except Exception as error:  # offline, unreachable, missing: the caller decides what follows
         if isinstance(error, LocalEntryNotFoundError):
             _HUB_REACHABLE = False
-        log.info("cannot fetch %s from %s: %s", filename, repo_id, str(error).splitlines()[0][:200])
+        # Offline (or already found out of reach), a file not in the cache is expected: the caller falls
+        # back and says why once; only a failure that asked the network is worth a line at start-up.
+        level = logging.DEBUG if local_only else logging.INFO
+        log.log(level, "cannot fetch %s from %s: %s", filename, repo_id, str(error).splitlines()[0][:200])
         return None
 
 
@@ -169,14 +171,24 @@ def short_name(name_or_path: str) -> str:
     return path.name if path.is_absolute() or path.is_dir() or name_or_path.startswith(".") else name_or_path
 
 
+def demo_dir() -> Path | None:
+    """The committed demo adapters: demo/ at the root of a checkout, or inside the package where an
+    installed wheel carries it (setup.py ships demo/ as ``assistant.demo``); None when neither exists."""
+    for folder in (Path(__file__).resolve().parent / "demo", PROJECT_ROOT / "demo"):
+        if folder.is_dir():
+            return folder
+    return None
+
+
 def demo_adapters() -> list[str]:
     """Every folder under demo/ that holds a chat adapter (the method study's GRPO and DPO demos); the
     offline judge there is a reward model (task type SEQ_CLS), not something to chat with."""
-    if not DEMO_DIR.is_dir():
+    folder = demo_dir()
+    if folder is None:
         return []
     return [
         str(p.parent)
-        for p in sorted(DEMO_DIR.glob("*/adapter_config.json"))
+        for p in sorted(folder.glob("*/adapter_config.json"))
         if json.loads(p.read_text()).get("task_type", "CAUSAL_LM") == "CAUSAL_LM"
     ]
 

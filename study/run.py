@@ -62,8 +62,12 @@ def sh(command: list[str]) -> dict:
 
 
 def build_data() -> None:
+    from train.pieces import missing_source
+
     if (ROOT / DATA / "stats.json").exists():
         return
+    if missing := missing_source([str(source) for source in SOURCES]):
+        raise SystemExit(f"error: the study's split {DATA} is not built yet and {missing}")
     sh([sys.executable, "-m", "train.data", "--source", *map(str, SOURCES), "--depth", "all",
         "--eval_fraction", str(EVAL_FRACTION), "--output-dir", str(DATA)])  # fmt: skip
 

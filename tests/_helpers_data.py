@@ -6,19 +6,34 @@ form to the Hub's flat table written independently of train/data.py (so the test
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MINI_TREES_FILE = FIXTURES / "data_mini.trees.jsonl"
 MINI_FLAT_FILE = FIXTURES / "data_mini.flat.jsonl"
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-SAMPLE = SHARED_DATA / "oasst2_sample.trees.jsonl"
-OASST1_EN = SHARED_DATA / "oasst1-validation-en.jsonl"  # the real oasst1 validation split, English
+# Real data committed with the tests (tests/data/README.md: what, from where, licence), and the full
+# files they were cut from, which only the tests of the published counts need.
+SUBSETS = Path(__file__).resolve().parent / "data"
+SAMPLE = SUBSETS / "oasst2_sample.subset.trees.jsonl.gz"
+OASST1_EN = SUBSETS / "oasst1-validation-en.subset.jsonl.gz"  # whole trees of oasst1 validation, English
+HH = SUBSETS / "hh-rlhf-helpful"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def full_data(name: str) -> Path:
+    """A full file of ../shared/data, or the test is skipped with one line saying what to put where."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"needs the full {name} in {SHARED_DATA} (tests/data/README.md says where it comes from)")
+    return path
+
 
 DETOXIFY = [
     "toxicity",
@@ -312,7 +327,8 @@ def write_parquet(rows: list[dict], path: Path, extra_columns: bool = True) -> P
 
 
 def read_trees(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 

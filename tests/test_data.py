@@ -20,6 +20,7 @@ from tests._helpers_data import (
     SAMPLE,
     a,
     flat_to_trees,
+    full_data,
     message,
     mini_trees,
     read_trees,
@@ -555,8 +556,6 @@ def test_cli_process_exit_code_without_traceback(tmp_path):
 
 @pytest.fixture(scope="module")
 def sample_forms(tmp_path_factory):
-    if not SAMPLE.exists():
-        pytest.skip(f"real sample not found at {SAMPLE}")
     tmp = tmp_path_factory.mktemp("sample")
     rows = trees_to_flat(read_trees(SAMPLE))
     return {
@@ -597,7 +596,8 @@ def test_real_sample_flat_and_trees_give_identical_pairs(sample_forms, languages
 def test_real_sample_counts_agree_with_a_direct_count(sample_forms):
     """Cross-check against a count written straight on the raw JSON: with every filter off, the rank
     pairs are exactly the distinct trees with a live prompt and at least two live ranked replies."""
-    trees = {t["message_tree_id"]: t for t in read_trees(SAMPLE)}  # the sample repeats 31 trees
+    lines = read_trees(SAMPLE)
+    trees = {t["message_tree_id"]: t for t in lines}  # the sample repeats trees
     live = lambda m: not m["deleted"] and m["review_result"] is not False  # noqa: E731
     expected_rank = sum(
         1
@@ -614,7 +614,14 @@ def test_real_sample_counts_agree_with_a_direct_count(sample_forms):
         max_reply_chars=10**9,
     )
     assert stats["candidates"]["rank"] == expected_rank
-    assert stats["trees"] == len(trees) == 520
+    assert stats["trees"] == len(trees) < len(lines)
+
+
+def test_the_full_sample_counts_match_its_readme():
+    """The data README: 551 lines, 520 distinct trees, 1,552 messages of which 52 repeat."""
+    full = full_data("oasst2_sample.trees.jsonl")
+    _, _, stats = build_pairs(full, languages=["all"])
+    assert stats["trees"] == 520
     assert stats["duplicate_messages"] == 1552 - 1500
 
 
@@ -716,10 +723,8 @@ def test_cli_takes_several_sources_and_depth(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def oasst1_forms(tmp_path_factory):
-    if not OASST1_EN.exists():
-        pytest.skip(f"real oasst1 split not found at {OASST1_EN}")
     tmp = tmp_path_factory.mktemp("oasst1")
-    rows = [json.loads(line) for line in OASST1_EN.read_text(encoding="utf-8").splitlines()]
+    rows = [json.loads(line) for line in gzip.decompress(OASST1_EN.read_bytes()).decode("utf-8").splitlines()]
     return {
         "flat": OASST1_EN,
         "flat_parquet": write_parquet(rows, tmp / "oasst1.parquet"),
@@ -729,8 +734,9 @@ def oasst1_forms(tmp_path_factory):
 
 def test_real_oasst1_counts_match_its_readme(oasst1_forms):
     """The data README: 2,022 messages, 191 trees (3 fragments), 186 first-turn ranked groups, 416 in all."""
-    _, _, first = build_pairs(OASST1_EN, tree_states=["all"], **NO_LIMITS)
-    _, _, every = build_pairs(OASST1_EN, depth="all", tree_states=["all"], **NO_LIMITS)
+    full = full_data("oasst1-validation-en.jsonl")
+    _, _, first = build_pairs(full, tree_states=["all"], **NO_LIMITS)
+    _, _, every = build_pairs(full, depth="all", tree_states=["all"], **NO_LIMITS)
     assert first["messages"] == 2022 and first["trees"] == 191
     assert first["trees_skipped"]["no_initial_prompt"] == 3
     assert first["candidates"]["rank"] == 186
@@ -742,8 +748,7 @@ def test_real_oasst1_counts_match_its_readme(oasst1_forms):
 def test_real_oasst1_flat_and_trees_give_identical_pairs(oasst1_forms, depth):
     results = {form: build_pairs(path, depth=depth) for form, path in oasst1_forms.items()}
     train, evaluation, stats = results["flat"]
-    # the default length limits drop a few of the 186 / 416 ranked groups
-    assert len(train) + len(evaluation) == (186 if depth == "first" else 408)
+    assert len(train) + len(evaluation) == (31 if depth == "first" else 69)  # the committed 32 trees
     for form in ("flat_parquet", "trees"):
         assert results[form][0] == train, form
         assert results[form][1] == evaluation, form
@@ -753,5 +758,7 @@ def test_real_oasst1_flat_and_trees_give_identical_pairs(oasst1_forms, depth):
 
 def test_real_oasst1_and_the_sample_share_two_trees(sample_path):
     _, _, stats = build_pairs([OASST1_EN, sample_path], depth="all", tree_states=["all"], **NO_LIMITS)
-    assert stats["trees_in_earlier_source"] == 2
-    assert stats["trees"] == 191 + 520 - 2
+    assert stats["trees_in_earlier_source"] == 2  # both subsets keep the two trees the full files share
+    oasst1 = {json.loads(line)["message_tree_id"] for line in gzip.open(OASST1_EN, "rt", encoding="utf-8")}
+    sample = {t["message_tree_id"] for t in read_trees(sample_path)}
+    assert stats["trees"] == len(oasst1) + len(sample) - 2

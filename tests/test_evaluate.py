@@ -379,6 +379,27 @@ def test_pairs_from_trees_the_adapter_was_trained_on_are_left_out(setup, tmp_pat
     assert not (tmp_path / "none").exists()
 
 
+def test_a_missing_reward_model_leaves_the_objective_out_said_before_generating(setup, tmp_path, capsys):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(setup["untrained"], adapter)
+    missing = tmp_path / "reward-model"
+    (adapter / "recipe.yaml").write_text(
+        f"method: grpo\nreward_funcs: [reward_model, not_empty]\nreward_model_name_or_path: {missing}\n"
+    )
+    out = tmp_path / "eval"
+    args = ["--adapter", str(adapter), "--pairs", str(setup["pairs_file"]), "--output-dir", str(out),
+            "--max-new-tokens", "2", "--num-generations", "1", "--samples", "0"]  # fmt: skip
+    assert evaluate.main(args) == 0
+    note = (
+        f"the training-objective section is left out: its reward model {missing} is not here; "
+        "train it or give another folder"
+    )
+    assert capsys.readouterr().err.splitlines()[0] == f"note: {note}"  # the first line, before any model
+    report = json.loads((out / "report.json").read_text())
+    assert report["training_objective_left_out"] == note and "training_objective" not in report
+    assert f"Not computed: {note}." in (out / "report.md").read_text()
+
+
 def test_a_stale_report_stays_out_of_the_card(setup, evaluated, tmp_path):
     """Re-training into a folder with an old eval/ must not publish the old numbers."""
     from train.card import report_matches

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
-import pytest
-
+from tests._helpers_data import HH, OASST1_EN, full_data
 from train import hh_rlhf
-
-HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-helpful"
 
 
 def test_a_dialogue_becomes_prompt_chosen_rejected():
@@ -34,23 +30,25 @@ def test_a_dialogue_becomes_prompt_chosen_rejected():
 
 
 def test_the_real_helpfulness_files():
-    if not HH.exists():
-        pytest.skip(f"HH-RLHF not found at {HH}")
-    assert hh_rlhf.is_hh_rlhf(HH) and not hh_rlhf.is_hh_rlhf(HH.parent / "oasst1-validation-en.jsonl")
+    assert hh_rlhf.is_hh_rlhf(HH) and not hh_rlhf.is_hh_rlhf(OASST1_EN)
     train, held_out, stats = hh_rlhf.build_pairs(HH)
-    assert len(train) + len(held_out) + sum(stats["skipped"].values()) == 6240
-    assert 0.08 < len(held_out) / (len(train) + len(held_out)) < 0.12
-    assert not {p["tree_id"] for p in train} & {p["tree_id"] for p in held_out}
+    assert len(train) + len(held_out) + sum(stats["skipped"].values()) == 3 * 60  # the committed lines
+    assert held_out and not {p["tree_id"] for p in train} & {p["tree_id"] for p in held_out}
     again, _, _ = hh_rlhf.build_pairs(HH, limit=100)
     assert again == train[:100]  # a fixed hash order: limits never reshuffle
+
+
+def test_the_full_helpfulness_files_count_as_their_readme():
+    full = full_data("hh-rlhf-helpful")
+    train, held_out, stats = hh_rlhf.build_pairs(full)
+    assert len(train) + len(held_out) + sum(stats["skipped"].values()) == 6240
+    assert 0.08 < len(held_out) / (len(train) + len(held_out)) < 0.12
 
 
 def test_reward_recipe_trains_a_judge_that_scores(tmp_path, tiny_phi_dir):
     from train.scorer import Scorer
     from train.train import main
 
-    if not HH.exists():
-        pytest.skip(f"HH-RLHF not found at {HH}")
     recipe = tmp_path / "judge.yaml"
     recipe.write_text(
         f"method: reward\nmodel_name_or_path: {tiny_phi_dir}\nuse_peft: true\nlora_r: 4\nlora_alpha: 8\n"

@@ -140,9 +140,12 @@ def build_pairs(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from train.cli import require_train_extra
+
+    require_train_extra("python -m train.hh_rlhf")
     from trl import TrlParser
 
-    (args,) = TrlParser(HHArguments).parse_args_and_config(argv)
+    (args,) = TrlParser(HHArguments, prog="python -m train.hh_rlhf").parse_args_and_config(argv)
     try:
         train, evaluation, stats = build_pairs(args.source, args.limit, args.eval_limit, args.eval_fraction)
         write_pairs(args.output_dir, train, evaluation, stats)

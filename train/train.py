@@ -437,9 +437,19 @@ def _end(trainer):
 
 def main(argv: list[str] | None = None) -> int:
     from assistant.models import ModelLoadError
+    from train import cli
+    from train.pieces import check_recipe
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    trl_help = cli.trl_help_argv(argv)
+    if trl_help is None and cli.wants_train_help(argv):
+        print(cli.train_help(), end="")
+        return 0
+    cli.require_train_extra("python -m train")
+    argv = trl_help or argv
     try:
         parsed = parse_args(argv)
+        check_recipe(parsed.train)  # the data and reward model it needs, before anything loads
     except (ValueError, OSError) as error:  # bad recipe file or values: one line, no traceback
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2

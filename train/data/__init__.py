@@ -294,6 +294,10 @@ def _report(stats: dict, output_dir: str, seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import yaml
+
+    from train.cli import require_train_extra
+
+    require_train_extra("python -m train.data")
     from trl import TrlParser  # here, not at import: readers of pair files need no trl
 
     try:

@@ -77,13 +77,27 @@ def judge_identity(judge: str) -> dict:
     return {"name": short_name(judge), "weights_sha256": sha, "description": description}
 
 
-def evaluate_adapter(args: EvalArguments, pairs: list[dict], excluded: int) -> tuple[dict, list[dict]]:
-    """Every measurement of one adapter against its base; (report, one row per prompt)."""
+def objective_left_out(recipe: dict) -> str | None:
+    """Why the training-objective section cannot be computed here (its reward model is not at hand),
+    found before anything is generated; None when it can (or the method has no such section)."""
+    from train.pieces import missing_model
+
+    names = recipe.get("reward_funcs") or []
+    if recipe.get("method", "grpo") != "grpo" or "reward_model" not in names:
+        return None
+    missing = missing_model(recipe.get("reward_model_name_or_path") or "", "its reward model")
+    return f"the training-objective section is left out: {missing}" if missing else None
+
+
+def evaluate_adapter(
+    args: EvalArguments, pairs: list[dict], excluded: int, recipe: dict, left_out: str | None
+) -> tuple[dict, list[dict]]:
+    """Every measurement of one adapter against its base; (report, one row per prompt); ``left_out``
+    says why the training-objective section is left out (objective_left_out), if it is."""
     from assistant.generation import GenerationSettings
     from assistant.models import load_model
 
     loaded = load_model(base=args.base, adapter=args.adapter, revision=args.revision, device=args.device)
-    recipe = read_recipe(args.adapter, args.revision)
     max_new_tokens, temperature, from_recipe = generation_defaults(args, recipe)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=args.seed)
     settings = settings if args.top_p is None else replace(settings, top_p=args.top_p)
@@ -106,7 +120,12 @@ def evaluate_adapter(args: EvalArguments, pairs: list[dict], excluded: int) -> t
     report["adapter"]["method"] = recipe.get("method")  # what the preference margin means depends on it
     answers = measure(args, loaded, pairs, prompts, settings, report)
     report["stop_guard"] = answering.stop_guard(report["answers"])
-    report["training_objective"] = answering.training_objective(loaded, prompts, answers, recipe, args.seed)
+    if left_out:
+        report["training_objective_left_out"] = left_out
+    else:
+        report["training_objective"] = answering.training_objective(
+            loaded, prompts, answers, recipe, args.seed
+        )
     rows = generation_rows(prompts, answers, report.get("judge_verdicts"), args.seed)
     by_key = {row["parent_id"]: row for row in rows}
     report["samples"] = [sample(pair, by_key[prompt_key(pair)]) for pair in pick_samples(pairs, args.samples)]
@@ -224,6 +243,10 @@ def run(args: EvalArguments) -> dict:
         if excluded:
             print(f"note: left out {excluded} pairs from trees the adapter was trained on", file=sys.stderr)
         pairs = kept[: args.limit]
+    recipe = read_recipe(args.adapter, args.revision) if pairs is not None else {}
+    left_out = objective_left_out(recipe)
+    if left_out:
+        print(f"note: {left_out}", file=sys.stderr)
     votes = None
     if args.votes:
         from assistant.votes import VotesError, read_votes
@@ -236,7 +259,7 @@ def run(args: EvalArguments) -> dict:
     report: dict = {"schema_version": SCHEMA_VERSION}
     rows = None
     if pairs is not None:
-        report, rows = evaluate_adapter(args, pairs, excluded)
+        report, rows = evaluate_adapter(args, pairs, excluded, recipe, left_out)
     if votes is not None:
         from assistant.leaderboard import leaderboard
 
@@ -274,9 +297,12 @@ def summary_lines(report: dict, out: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from train.cli import require_train_extra
+
+    require_train_extra("python -m train.evaluate")
     from trl import TrlParser
 
-    (args,) = TrlParser(EvalArguments).parse_args_and_config(argv)
+    (args,) = TrlParser(EvalArguments, prog="python -m train.evaluate").parse_args_and_config(argv)
     from assistant.generation import RequestError
     from assistant.models import ModelLoadError
 
