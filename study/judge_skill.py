@@ -28,6 +28,7 @@ from train.data import load_pairs, prompt_messages
 RESULTS = Path("study/judge_skill")
 DEV = Path("data/study-splits/dev.jsonl")
 HH_SOURCE = "../shared/data/hh-rlhf-helpful"
+SETS = ("hh_rlhf_held_out", "open_assistant_dev")
 MATCHED = 1.25  # the longer reply at most 25% longer than the shorter
 
 
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.judge_skill", description=__doc__.splitlines()[0])
     parser.add_argument("judges", nargs="*", help="judge folders or Hub ids (train.scorer.Scorer loads them)")
     parser.add_argument("--hh-limit", type=int, default=None, help="first N held-out HH-RLHF pairs only")
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS), help="pair sets to judge on")
     args = parser.parse_args(argv)
     if not DEV.is_file():
         print(
@@ -129,11 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     results["pairs"] = {where: heuristics(pairs) for where, pairs in sets.items()}
     for judge in args.judges:
         scorer = Scorer(judge)
-        results["judges"][Path(judge).name] = {
-            "path": judge, **{where: judge_figures(scorer, pairs) for where, pairs in sets.items()},
-        }  # fmt: skip
-        if args.hh_limit:
-            results["judges"][Path(judge).name]["hh_rlhf_limit"] = args.hh_limit
+        entry = results["judges"].setdefault(Path(judge).name, {})
+        entry.update({where: judge_figures(scorer, sets[where]) for where in args.sets}, path=judge)
+        if args.hh_limit and "hh_rlhf_held_out" in args.sets:
+            entry["hh_rlhf_limit"] = args.hh_limit
         print(f"{judge}: measured", flush=True)
     write_text(path, json.dumps(results, indent=2) + "\n")
     write_text(RESULTS.with_suffix(".md"), markdown(results))

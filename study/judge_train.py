@@ -34,7 +34,7 @@ from train.encoder_judge import FEATURES, MINILM_ID, encoder_path, features, sav
 HH_SOURCE = "../shared/data/hh-rlhf-helpful"
 CACHE = Path("outputs/judge-features")
 MAX_LENGTH = 256  # what all-MiniLM-L6-v2 was trained at
-L2 = (0.1, 1.0, 10.0, 100.0)  # candidate strengths, on standardised features
+L2 = (1.0, 10.0, 100.0, 1000.0, 10000.0)  # candidate strengths, on standardised features
 
 
 def question(prompt) -> str:

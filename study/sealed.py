@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ledger = record_start(LEDGER, ledger, candidates, TEST)
     for c in candidates:
         sh([sys.executable, "-m", "train.evaluate", "--adapter", str(RUNS / c["name"]), "--pairs", str(TEST),
-            "--judge", str(JUDGE), *options(args.max_new_tokens),
+            "--judge", str(JUDGE), *options(args.max_new_tokens), "--sealed",
             "--output-dir", str(Path(c["report"]).parent)])  # fmt: skip
     record_finish(LEDGER, ledger)
     print(f"sealed test: {len(candidates)} evaluated now, {ledger['evaluations']} in all; ledger {LEDGER}")

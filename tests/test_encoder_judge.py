@@ -30,7 +30,7 @@ def encoded():
 
 def test_the_scorer_gives_the_fitted_head_its_training_features(tmp_path, encoded):
     size = encoded["chosen"]["pooled"].shape[1]
-    weights = np.random.default_rng(0).normal(size=2 * size)
+    weights = np.random.default_rng(0).normal(size=len(FEATURES) * size)
     info = {"encoder": MINILM_ID, "features": list(FEATURES), "max_length": judge_train.MAX_LENGTH}
     save_head(tmp_path / "judge", weights, info, {"training_info.json": json.dumps({"description": "t"})})
     scorer = Scorer(str(tmp_path / "judge"))

@@ -104,3 +104,17 @@ def test_the_command_refuses_in_one_line_before_loading_anything(capsys, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1
     assert (ledger.read_bytes() if ledger.exists() else None) == before
+
+
+def test_train_evaluate_refuses_the_sealed_test_unless_study_sealed_runs_it(test_file, tmp_path):
+    from dataclasses import replace
+
+    from train.evaluate.inputs import EvalArguments, EvalError, check_args
+
+    args = EvalArguments(
+        output_dir=str(tmp_path / "eval"), adapter="demo/smollm2-dpo-demo", pairs=str(test_file)
+    )
+    with pytest.raises(EvalError, match="a sealed test .* only python -m study.sealed evaluates on it"):
+        check_args(args)
+    check_args(replace(args, pairs=str(test_file.parent / "dev.jsonl")))
+    check_args(replace(args, sealed=True))

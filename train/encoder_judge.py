@@ -17,7 +17,7 @@ import torch
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 HEAD_FILE = "judge_head.json"
-FEATURES = ("pooled", "answer_mean")
+FEATURES = ("pooled", "answer_mean", "relevance")
 
 
 def encoder_path(name: str) -> str:
@@ -32,20 +32,30 @@ def encoder_path(name: str) -> str:
 
 
 def features(output, batch, sep_token_id: int, names: tuple[str, ...]) -> torch.Tensor:
-    """The head's input, one row per text pair: ``pooled`` (the encoder's pooled [CLS]) and/or
-    ``answer_mean`` (the mean of the answer's token vectors, read beside the question)."""
+    """The head's input, one row per text pair: ``pooled`` (the encoder's pooled [CLS]), ``answer_mean``
+    (the mean of the answer's token vectors, read beside the question) and ``relevance`` (that mean times
+    the question's, element by element: a linear head on it is a weighted similarity)."""
     parts = []
     for name in names:
         if name == "pooled":
             parts.append(output.pooler_output)
         elif name == "answer_mean":
-            ids, kinds = batch["input_ids"], batch["token_type_ids"]
-            mask = (kinds == 1) & (ids != sep_token_id) & (batch["attention_mask"] == 1)
-            mask = mask.unsqueeze(-1).to(output.last_hidden_state.dtype)
-            parts.append((output.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1))
+            parts.append(segment_mean(output.last_hidden_state, batch, sep_token_id, 1))
+        elif name == "relevance":
+            answer = segment_mean(output.last_hidden_state, batch, sep_token_id, 1)
+            parts.append(answer * segment_mean(output.last_hidden_state, batch, sep_token_id, 0))
         else:
             raise ValueError(f"unknown judge feature {name!r}; known: {', '.join(FEATURES)}")
     return torch.cat(parts, dim=-1)
+
+
+def segment_mean(hidden: torch.Tensor, batch, sep_token_id: int, segment: int) -> torch.Tensor:
+    """The mean of one segment's token vectors (0: the question, 1: the answer), without [CLS]/[SEP]."""
+    ids = batch["input_ids"]
+    mask = (batch["token_type_ids"] == segment) & (ids != sep_token_id) & (batch["attention_mask"] == 1)
+    mask[:, 0] = False  # [CLS]
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 class EncoderJudge(torch.nn.Module):

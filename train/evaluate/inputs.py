@@ -23,6 +23,10 @@ class EvalArguments:
     pairs: str | None = field(
         default=None, metadata={"help": "Held-out pairs (eval.jsonl of python -m train.data)."}
     )
+    sealed: bool = field(
+        default=False,
+        metadata={"help": "This is the sealed test's one evaluation: only python -m study.sealed passes it."},
+    )
     base: str | None = field(
         default=None, metadata={"help": "Base model (default: the one the adapter names)."}
     )
@@ -90,9 +94,25 @@ def check_output_dir(path: str) -> Path:
     return out
 
 
+def is_sealed_test(pairs: str) -> bool:
+    """The test.jsonl of a three-split folder (its stats.json names a test range)."""
+    stats = Path(pairs).parent / "stats.json"
+    if Path(pairs).name != "test.jsonl" or not stats.is_file():
+        return False
+    try:
+        return "test" in json.loads(stats.read_text()).get("held_out", {})
+    except (ValueError, AttributeError):
+        return False
+
+
 def check_args(args: EvalArguments) -> None:
     if (args.adapter is None) != (args.pairs is None):
         raise EvalError("--adapter and --pairs go together: the pairs are what the adapter is evaluated on")
+    if args.pairs is not None and is_sealed_test(args.pairs) and not args.sealed:
+        raise EvalError(
+            f"--pairs {args.pairs}: a sealed test (train.data.splits); only python -m study.sealed evaluates "
+            "on it, once, and keeps its ledger: evaluate on dev.jsonl instead"
+        )
     if args.votes is None and args.adapter is None:
         raise EvalError(
             "give --adapter and --pairs to evaluate a model, or --votes for the leaderboard (or both)"
