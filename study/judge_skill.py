@@ -58,7 +58,14 @@ def heuristics(pairs: list[dict]) -> dict:
     return out
 
 
-def judge_figures(scorer, pairs: list[dict]) -> dict:
+def judge_figures(scorer, pairs: list[dict], matched_only: bool = False) -> dict:
+    """`figures` of the judge on `pairs`; with `matched_only` (a CPU budget for a slow judge) it scores
+    only the length-matched pairs and gives only the figures on them."""
+    if matched_only:
+        chosen, rejected = lengths(pairs)
+        keep = np.maximum(chosen, rejected) <= MATCHED * np.minimum(chosen, rejected)
+        figs = judge_figures(scorer, [p for p, k in zip(pairs, keep, strict=True) if k])
+        return {"accuracy_length_matched": figs["accuracy_length_matched"], "scored": "length-matched only"}
     conversations = [prompt_messages(p["prompt"]) for p in pairs]
     margin = np.subtract(
         scorer.score(conversations, [p["chosen"] for p in pairs]),
@@ -118,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.judge_skill", description=__doc__.splitlines()[0])
     parser.add_argument("judges", nargs="*", help="judge folders or Hub ids (train.scorer.Scorer loads them)")
     parser.add_argument("--hh-limit", type=int, default=None, help="first N held-out HH-RLHF pairs only")
+    parser.add_argument("--matched-only", action="store_true", help="score the length-matched pairs only")
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS), help="pair sets to judge on")
     args = parser.parse_args(argv)
     if not DEV.is_file():
@@ -132,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     for judge in args.judges:
         scorer = Scorer(judge)
         entry = results["judges"].setdefault(Path(judge).name, {})
-        entry.update({where: judge_figures(scorer, sets[where]) for where in args.sets}, path=judge)
+        entry.update(
+            {where: judge_figures(scorer, sets[where], args.matched_only) for where in args.sets}, path=judge
+        )
         if args.hh_limit and "hh_rlhf_held_out" in args.sets:
             entry["hh_rlhf_limit"] = args.hh_limit
         print(f"{judge}: measured", flush=True)

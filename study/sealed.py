@@ -117,6 +117,20 @@ def record_finish(path: Path, ledger: dict) -> dict:
     return ledger
 
 
+def ledger_line(path: Path = LEDGER) -> str:
+    """One sentence for the study's table: how often the sealed test has been read, and for whom."""
+    ledger = read_ledger(path)
+    if not ledger["runs"]:
+        return "The sealed test has not been read: no candidate has been evaluated on it."
+    changed = sum(c["changed_after_seen"] for r in ledger["runs"] for c in r["candidates"])
+    return (
+        f"The sealed test has evaluated {ledger['evaluations']} candidate(s) in {len(ledger['runs'])} run(s) "
+        f"({', '.join(ledger['candidates'])}; last on {ledger['runs'][-1]['ran_at']})"
+        + (f"; {changed} after its recipe changed" if changed else "")
+        + f" (`{path}`)."
+    )
+
+
 def candidate_info(name: str, runs: Path) -> dict:
     """What identifies the adapter evaluated; refuses one that is missing or trained on other pairs."""
     from study.run import stale

@@ -118,3 +118,11 @@ def test_train_evaluate_refuses_the_sealed_test_unless_study_sealed_runs_it(test
         check_args(args)
     check_args(replace(args, pairs=str(test_file.parent / "dev.jsonl")))
     check_args(replace(args, sealed=True))
+
+
+def test_the_ledger_line_says_how_often_the_test_was_read(tmp_path, recipes, test_file):
+    path = tmp_path / "sealed.json"
+    assert "has not been read" in sealed.ledger_line(path)
+    candidates, ledger = evaluate_once(path, recipes, ["dpo", "grpo-tuned"])
+    sealed.record_start(path, ledger, candidates, test_file)
+    assert "has evaluated 2 candidate(s) in 1 run(s) (dpo, grpo-tuned;" in sealed.ledger_line(path)
