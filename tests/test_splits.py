@@ -86,3 +86,10 @@ def test_a_recipe_missing_its_pairs_builds_the_three_splits(tmp_path, splits):
     assert pairs == load_pairs(out / "train.jsonl") and counts["used"] == len(pairs)
     for name in ("dev.jsonl", "test.jsonl", "stats.json"):
         assert (tmp_path / "built" / name).read_bytes() == (out / name).read_bytes()
+
+
+def test_an_adapter_trained_before_the_splits_is_stale():
+    """study.run retrains (and sealed refuses) an adapter whose training pairs held sealed-test trees."""
+    recipe = study.ROOT / "recipes/study/dpo.yaml"
+    assert study.stale({"pairs_file": "data/study/train.jsonl"}, recipe)
+    assert not study.stale({"pairs_file": "data/study-splits/train.jsonl"}, recipe)
