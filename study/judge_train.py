@@ -181,7 +181,7 @@ def levers(max_pairs: int | None) -> dict:
     dev_feats = pair_features(*load_encoder(), dev, CACHE / "oa-dev")
     rows = []
     for n in sorted({400, len(train)}):
-        for names in [(f,) for f in FEATURES] + [FEATURES]:
+        for names in [("pooled",), ("answer_mean", "relevance"), FEATURES]:
             for control in (False, True):
                 part = {k: v[:n] for k, v in feats.items()}
                 weights, chosen = train_head(part, names, control)
@@ -198,6 +198,32 @@ def levers(max_pairs: int | None) -> dict:
     return {"rows": rows}
 
 
+def levers_markdown(results: dict) -> str:
+    def cell(r):
+        return f"{r['rate']:.1%} [{r['ci95'][0]:.0%}, {r['ci95'][1]:.0%}] (n {r['n']})"
+
+    lines = [
+        "# What each lever bought (MiniLM judge)",
+        "",
+        "Written by `python -m study.judge_train --levers`; figures in `judge_levers.json`. Accuracy: how "
+        "often the human-chosen reply scores higher (Wilson 95%); length-matched: replies within 25% of "
+        "each other's length. The head's L2 strength is chosen by 5-fold cross-validation on the HH-RLHF "
+        "training pairs; nothing is chosen on the Open Assistant pairs.",
+        "",
+        "| HH-RLHF training pairs | features | length term fitted and dropped | HH-RLHF held out | "
+        "HH-RLHF, length-matched | Open Assistant dev | Open Assistant dev, length-matched |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        hh, oa = r["hh_rlhf_held_out"], r["open_assistant_dev"]
+        lines.append(
+            f"| {r['train_pairs']} | {' + '.join(r['features'])} | {'yes' if r['length_control'] else 'no'} | "
+            f"{cell(hh['accuracy'])} | {cell(hh['accuracy_length_matched'])} | {cell(oa['accuracy'])} | "
+            f"{cell(oa['accuracy_length_matched'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     from study.judge_skill import figures
 
@@ -211,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.levers:
         from assistant.atomic import write_text
 
-        write_text(Path("study/judge_levers.json"), json.dumps(levers(args.max_pairs), indent=2) + "\n")
+        results = levers(args.max_pairs)
+        write_text(Path("study/judge_levers.json"), json.dumps(results, indent=2) + "\n")
+        write_text(Path("study/judge_levers.md"), levers_markdown(results))
+        print(levers_markdown(results))
         return 0
     names = tuple(args.features)
     train, feats, held_out, held, data_stats = hh_features(args.max_pairs)
