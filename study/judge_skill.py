@@ -112,9 +112,8 @@ def markdown(results: dict) -> str:
         for name, judge in results["judges"].items():
             if where in judge:
                 j = judge[where]
-                lines.append(
-                    f"| judge `{name}` | {cell(j['accuracy'])} | {cell(j['accuracy_length_matched'])} |"
-                )
+                overall = cell(j["accuracy"]) if "accuracy" in j else "not scored"
+                lines.append(f"| judge `{name}` | {overall} | {cell(j['accuracy_length_matched'])} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@
 
 Every candidate is a recipe in recipes/study/, trained on the same training pairs (the English Open
 Assistant pairs of the oasst1 validation split and the oasst2 sample, at every depth) and evaluated by
-``python -m train.evaluate`` on the same dev pairs, with the same judge (recipes/judge-hh-rlhf.yaml, trained on HH-RLHF only) and the same
+``python -m train.evaluate`` on the same dev pairs, with the same judge (demo/judge-minilm-hh: python -m study.judge_train, trained on HH-RLHF only) and the same
 generation settings. Three splits by tree (train.data.splits): dev = the 25% of trees the study held out
 before (read many times: every choice is made on it), a sealed test = the next 25% (trees no evaluation
 had read), train = the rest. Nothing here reads the sealed test: ``python -m study.sealed`` evaluates the
@@ -35,7 +35,10 @@ DATA = Path("data/study-splits")
 # dev: the study's old held-out trees (145 pairs, 65 trees); the sealed test: the next 25% (114 prompts,
 # 52 trees: at least 100); train: the other 50% (254 pairs)
 EVAL_FRACTION = TEST_FRACTION = 0.25
-JUDGE = Path("demo/judge-hh-rlhf")
+# The judge: a frozen MiniLM cross-encoder with a head fitted on HH-RLHF (study/judge_levers.md); it
+# replaced demo/judge-hh-rlhf (a LoRA on the policy's own base), which knew less beyond length
+# (study/judge_skill.md).
+JUDGE = Path("demo/judge-minilm-hh")
 RUNS = Path("outputs/study")
 RESULTS = Path("study")
 # Policies, in the table's order; reward-model-oasst is the reward model both grpo-reward-model* need.
@@ -131,9 +134,11 @@ def check_reward_models() -> dict:
     if path.exists():
         return json.loads(path.read_text())
     checks = {}
-    if (ROOT / JUDGE / "adapter_config.json").exists():
-        held_out = load_pairs(ROOT / "data/hh-rlhf/eval.jsonl")[:200]  # the first 200 in hash order
-        checks["judge-hh-rlhf"] = {"hh_rlhf_held_out": judge_accuracy(Scorer(str(ROOT / JUDGE)), held_out)}
+    if (ROOT / JUDGE).is_dir():
+        from train.hh_rlhf import build_pairs
+
+        _, held_out, _ = build_pairs(SHARED / "hh-rlhf-helpful")  # all 613 held out
+        checks[JUDGE.name] = {"hh_rlhf_held_out": judge_accuracy(Scorer(str(ROOT / JUDGE)), held_out)}
     model = ROOT / RUNS / "reward-model-oasst"
     if (model / "adapter_config.json").exists():
         held_out = load_pairs(ROOT / DATA / "dev.jsonl")
@@ -208,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                 train(NEEDS[name], Path(f"recipes/study/{NEEDS[name]}.yaml"), RUNS / NEEDS[name])
             train(name, Path(f"recipes/study/{name}.yaml"), RUNS / name)
     if args.step in ("all", "evaluate"):
-        train("judge-hh-rlhf", Path("recipes/judge-hh-rlhf.yaml"), JUDGE)
+        if not (ROOT / JUDGE / "judge_head.json").exists():
+            sh([sys.executable, "-m", "study.judge_train", "--output", str(JUDGE)])
         for name in names:
             if name in CANDIDATES:
                 evaluate(name)

@@ -34,7 +34,7 @@ class EvalArguments:
         default=None,
         metadata={
             "help": "A sequence-classification reward model that scores both models' answers: a folder "
-            "(e.g. demo/judge-hh-rlhf) or a Hub id (OpenAssistant/reward-model-deberta-v3-large-v2)."
+            "(e.g. demo/judge-minilm-hh) or a Hub id (OpenAssistant/reward-model-deberta-v3-large-v2)."
         },
     )
     base_cache: str | None = field(
@@ -120,7 +120,7 @@ def check_args(args: EvalArguments) -> None:
     if args.judge is not None and not Path(args.judge).exists() and args.judge.count("/") != 1:
         raise EvalError(
             f"--judge {args.judge}: no such folder, and not a Hub id; give a sequence-classification "
-            "reward model (e.g. demo/judge-hh-rlhf or OpenAssistant/reward-model-deberta-v3-large-v2)"
+            "reward model (e.g. demo/judge-minilm-hh or OpenAssistant/reward-model-deberta-v3-large-v2)"
         )
     for name in ("max_new_tokens", "batch_size", "max_length", "num_generations"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
