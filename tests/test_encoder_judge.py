@@ -80,3 +80,21 @@ def test_length_heuristics_and_wilson_by_hand():
         3,
     )
     assert (f["agrees_with_longer"]["k"], f["agrees_with_longer"]["n"]) == (1, 3)  # only the first
+
+
+def test_the_committed_judge_loads_and_names_its_weights():
+    from study.run import JUDGE, ROOT
+    from train.evaluate import judge_identity
+
+    info = json.loads((ROOT / JUDGE / "training_info.json").read_text())
+    assert (
+        info["train_pairs"] == 5570
+        and info["length_control"]
+        and "Open Assistant" not in info["data"]["source"]
+    )
+    identity = judge_identity(str(ROOT / JUDGE))
+    assert identity["weights_sha256"] and identity["description"] == info["description"]
+    scorer = Scorer(str(ROOT / JUDGE))
+    good, bad = scorer.score([[{"role": "user", "content": p["prompt"]}] for p in PAIRS[:1]] * 2,
+                             [PAIRS[0]["chosen"], PAIRS[0]["rejected"]])  # fmt: skip
+    assert np.isfinite([good, bad]).all()
