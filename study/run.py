@@ -8,10 +8,14 @@
 
 Every candidate is a recipe in recipes/study/, trained on the same training pairs (the English Open
 Assistant pairs of the oasst1 validation split and the oasst2 sample, at every depth) and evaluated by
-``python -m train.evaluate`` on the same held-out pairs (25% of trees by id hash: no tree shared with
-training), with the same judge (recipes/judge-hh-rlhf.yaml, trained on HH-RLHF only) and the same
-generation settings. Finished steps are skipped, so a killed study resumes. Results: study/results.json,
-study/README.md (the table) and study/plots/; adapters and reports in outputs/study/<name>/.
+``python -m train.evaluate`` on the same dev pairs, with the same judge (demo/judge-minilm-hh: python -m study.judge_train, trained on HH-RLHF only) and the same
+generation settings. Three splits by tree (train.data.splits): dev = the 25% of trees the study held out
+before (read many times: every choice is made on it), a sealed test = the next 25% (trees no evaluation
+had read), train = the rest. Nothing here reads the sealed test: ``python -m study.sealed`` evaluates the
+final candidates on it, once. Finished steps are skipped, so a killed study resumes; an adapter trained on
+other pairs than its recipe's is set aside (outputs/study/stale/) and retrained. Results:
+study/results.json, study/README.md (the table) and study/plots/; adapters and reports in
+outputs/study/<name>/.
 """
 
 from __future__ import annotations
@@ -27,9 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 SOURCES = [SHARED / "oasst1-validation-en.jsonl", SHARED / "oasst2_sample.trees.jsonl"]
-DATA = Path("data/study")
-EVAL_FRACTION = 0.25  # >= 100 held-out pairs (145), none from a training tree
-JUDGE = Path("demo/judge-hh-rlhf")
+DATA = Path("data/study-splits")
+# dev: the study's old held-out trees (145 pairs, 65 trees); the sealed test: the next 25% (114 prompts,
+# 52 trees: at least 100); train: the other 50% (254 pairs)
+EVAL_FRACTION = TEST_FRACTION = 0.25
+# The judge: a frozen MiniLM cross-encoder with a head fitted on HH-RLHF (study/judge_levers.md); it
+# replaced demo/judge-hh-rlhf (a LoRA on the policy's own base), which knew less beyond length
+# (study/judge_skill.md).
+JUDGE = Path("demo/judge-minilm-hh")
 RUNS = Path("outputs/study")
 RESULTS = Path("study")
 # Policies, in the table's order; reward-model-oasst is the reward model both grpo-reward-model* need.
@@ -69,14 +78,32 @@ def build_data() -> None:
     if missing := missing_source([str(source) for source in SOURCES]):
         raise SystemExit(f"error: the study's split {DATA} is not built yet and {missing}")
     sh([sys.executable, "-m", "train.data", "--source", *map(str, SOURCES), "--depth", "all",
-        "--eval_fraction", str(EVAL_FRACTION), "--output-dir", str(DATA)])  # fmt: skip
+        "--eval_fraction", str(EVAL_FRACTION), "--test_fraction", str(TEST_FRACTION),
+        "--output-dir", str(DATA)])  # fmt: skip
 
 
 def train(name: str, recipe: Path, output: Path) -> None:
-    if (ROOT / output / "training_info.json").exists():
+    info = ROOT / output / "training_info.json"
+    if info.exists() and not stale(json.loads(info.read_text()), recipe):
         return
+    if info.exists():  # trained on other pairs (before the three splits): keep it aside, train anew
+        import shutil
+
+        aside = ROOT / RUNS / "stale" / output.name
+        shutil.rmtree(aside, ignore_errors=True)
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(ROOT / output, aside)
+        print(f"{name}: trained on other pairs than {recipe} names; moved to {aside.relative_to(ROOT)}")
     usage = sh([sys.executable, "-m", "train", "--config", str(recipe)])
     (ROOT / output / "run.json").write_text(json.dumps(usage, indent=2) + "\n")
+
+
+def stale(info: dict, recipe: Path) -> bool:
+    """An adapter whose training pairs are not the ones its recipe names now."""
+    import yaml
+
+    wanted = yaml.safe_load((ROOT / recipe).read_text()).get("pairs_file")
+    return wanted is not None and info.get("pairs_file") != wanted
 
 
 def evaluate(name: str) -> None:
@@ -84,7 +111,7 @@ def evaluate(name: str) -> None:
 
     if report_matches(ROOT / RUNS / name):
         return
-    sh([sys.executable, "-m", "train.evaluate", "--adapter", str(RUNS / name), "--pairs", str(DATA / "eval.jsonl"),
+    sh([sys.executable, "-m", "train.evaluate", "--adapter", str(RUNS / name), "--pairs", str(DATA / "dev.jsonl"),
         "--judge", str(JUDGE), *EVAL_OPTIONS, "--output-dir", str(RUNS / name / "eval")])  # fmt: skip
 
 
@@ -110,15 +137,15 @@ def check_reward_models() -> dict:
     if path.exists():
         return json.loads(path.read_text())
     checks = {}
-    if (ROOT / JUDGE / "adapter_config.json").exists():
-        held_out = load_pairs(ROOT / "data/hh-rlhf/eval.jsonl")[:200]  # the first 200 in hash order
-        checks["judge-hh-rlhf"] = {"hh_rlhf_held_out": judge_accuracy(Scorer(str(ROOT / JUDGE)), held_out)}
+    if (ROOT / JUDGE).is_dir():
+        from train.hh_rlhf import build_pairs
+
+        _, held_out, _ = build_pairs(SHARED / "hh-rlhf-helpful")  # all 613 held out
+        checks[JUDGE.name] = {"hh_rlhf_held_out": judge_accuracy(Scorer(str(ROOT / JUDGE)), held_out)}
     model = ROOT / RUNS / "reward-model-oasst"
     if (model / "adapter_config.json").exists():
-        held_out = load_pairs(ROOT / DATA / "eval.jsonl")
-        checks["reward-model-oasst"] = {
-            "open_assistant_held_out": judge_accuracy(Scorer(str(model)), held_out)
-        }
+        held_out = load_pairs(ROOT / DATA / "dev.jsonl")
+        checks["reward-model-oasst"] = {"open_assistant_dev": judge_accuracy(Scorer(str(model)), held_out)}
     from assistant.atomic import write_text
 
     write_text(path, json.dumps(checks, indent=2) + "\n")
@@ -199,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                 train(NEEDS[name], Path(f"recipes/study/{NEEDS[name]}.yaml"), RUNS / NEEDS[name])
             train(name, Path(f"recipes/study/{name}.yaml"), RUNS / name)
     if args.step in ("all", "evaluate"):
-        train("judge-hh-rlhf", Path("recipes/judge-hh-rlhf.yaml"), JUDGE)
+        if not (ROOT / JUDGE / "judge_head.json").exists():
+            sh([sys.executable, "-m", "study.judge_train", "--output", str(JUDGE)])
         for name in names:
             if name in CANDIDATES:
                 evaluate(name)

@@ -77,6 +77,10 @@ class TrainArguments:
         default=0.05,
         metadata={"help": "Share of trees held out (by tree-id hash) when building from dataset_source."},
     )
+    dataset_test_fraction: float = field(
+        default=0.0,
+        metadata={"help": "When above 0, build three splits (train, dev, a sealed test; train.data.splits)."},
+    )
     dataset_languages: list[str] = field(
         default_factory=lambda: ["en"],
         metadata={"help": "Languages when building pairs from dataset_source."},

@@ -11,7 +11,7 @@ import hashlib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin")
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "head.safetensors")
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -1,8 +1,9 @@
 """Score answers with a sequence-classification reward model: GRPO's ``reward_model`` reward and the
 evaluation's judge are both this.
 
-A model is a Hub id or a folder of a full model, or an adapter folder written by
-``python -m train`` with ``method: reward`` (a LoRA and a score head over a base it names). A tokenizer
+A model is a Hub id or a folder of a full model, an adapter folder written by
+``python -m train`` with ``method: reward`` (a LoRA and a score head over a base it names), or a
+frozen encoder with a linear score head (``train.encoder_judge``: a ``judge_head.json`` folder). A tokenizer
 with a chat template gets the whole conversation through it, as the reward models of this project
 were trained; one without (Open Assistant's DeBERTa reward models) gets the last question and the
 answer as a text pair, the way those models were trained.
@@ -29,7 +30,12 @@ class Scorer:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size, self.max_length = batch_size, max_length
         config = Path(name_or_path) / "adapter_config.json"
-        if config.is_file():  # a reward LoRA from python -m train: its base, then the adapter on it
+        if (Path(name_or_path) / "judge_head.json").is_file():  # a frozen encoder and a score head
+            from train.encoder_judge import EncoderJudge
+
+            model = EncoderJudge(name_or_path)
+            tokenizer = model.tokenizer
+        elif config.is_file():  # a reward LoRA from python -m train: its base, then the adapter on it
             from peft import PeftModel
 
             base = json.loads(config.read_text())["base_model_name_or_path"]
@@ -40,10 +46,12 @@ class Scorer:
             path = resolve_base(name_or_path)
             model = AutoModelForSequenceClassification.from_pretrained(path)
             tokenizer = AutoTokenizer.from_pretrained(path)
+        self.max_length = min(max_length, tokenizer.model_max_length)  # an encoder's positions end
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "right"  # the score head finds the last token by the pad id
-        model.config.pad_token_id = tokenizer.pad_token_id
+        if hasattr(model, "config"):
+            model.config.pad_token_id = tokenizer.pad_token_id
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
 

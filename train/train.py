@@ -197,16 +197,24 @@ def load_train_pairs(train_args, tokenizer) -> tuple[list[dict], dict]:
         sources = [sources] if isinstance(sources, str) else list(sources)  # a YAML string or a list
         print(f"building pairs from {' + '.join(sources)} into {path.parent}")
         if hh_rlhf.is_hh_rlhf(sources[0]):  # the judge's data
-            train, evaluation, stats = hh_rlhf.build_pairs(sources[0], limit=train_args.dataset_limit)
+            write_pairs(path.parent, *hh_rlhf.build_pairs(sources[0], limit=train_args.dataset_limit))
+        elif train_args.dataset_test_fraction:  # train, dev and a sealed test, as study.run builds them
+            from train.data.splits import write_splits
+
+            write_splits(
+                path.parent, sources, languages=train_args.dataset_languages, depth=train_args.dataset_depth,
+                eval_fraction=train_args.dataset_eval_fraction, test_fraction=train_args.dataset_test_fraction,
+                limit=train_args.dataset_limit,
+            )  # fmt: skip
         else:
-            train, evaluation, stats = build_pairs(
+            built = build_pairs(
                 sources,
                 languages=train_args.dataset_languages,
                 depth=train_args.dataset_depth,
                 eval_fraction=train_args.dataset_eval_fraction,
                 limit=train_args.dataset_limit,
             )
-        write_pairs(path.parent, train, evaluation, stats)
+            write_pairs(path.parent, *built)
     pairs = load_pairs(path)
     counts = {"in_file": len(pairs)}
     if train_args.max_prompt_tokens:

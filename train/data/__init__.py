@@ -54,7 +54,8 @@ its reason (``trees_skipped``: the reason of its first turn), every group that g
 (``groups_skipped``) and every reply of a considered group that was dropped (``messages_skipped``).
 
 Outputs, replaced together or not at all (the output folder is swapped in whole): ``train.jsonl``,
-``eval.jsonl`` (one pair a line: ``PAIR_KEYS``) and ``stats.json``.
+``eval.jsonl`` (one pair a line: ``PAIR_KEYS``) and ``stats.json``; with ``--test_fraction`` three splits
+by tree instead, ``train.jsonl``, ``dev.jsonl`` and a sealed ``test.jsonl`` (``train.data.splits``).
 """
 
 from __future__ import annotations
@@ -139,6 +140,13 @@ class DataArguments:
     eval_fraction: float = field(
         default=0.05,
         metadata={"help": "Share of trees held out by tree-id hash when the source has no validation split."},
+    )
+    test_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "When above 0, three splits by tree-id hash (train.data.splits): dev = the eval_fraction "
+            "trees (dev.jsonl), a sealed test = the next test_fraction (test.jsonl), train = the rest."
+        },
     )
     min_prompt_chars: int = field(default=5, metadata={"help": "Shortest prompt kept (characters)."})
     max_prompt_chars: int = field(default=2000, metadata={"help": "Longest prompt kept (characters)."})
@@ -264,13 +272,24 @@ def _summary(pairs: list[dict]) -> dict:
 
 def run(args: DataArguments) -> dict:
     """Build and write the pairs for `args`; return the stats."""
-    options = {k: v for k, v in asdict(args).items() if k not in ("source", "output_dir")}
+    options = {k: v for k, v in asdict(args).items() if k not in ("source", "output_dir", "test_fraction")}
+    if args.test_fraction:
+        from train.data.splits import write_splits
+
+        return write_splits(args.output_dir, args.source, test_fraction=args.test_fraction, **options)
     train, evaluation, stats = build_pairs(args.source, **options)
     write_pairs(args.output_dir, train, evaluation, stats)
     return stats
 
 
 def _report(stats: dict, output_dir: str, seconds: float) -> str:
+    if "test" in stats:
+        t, d, s = stats["train"], stats["dev"], stats["test"]
+        return (
+            f"read {stats['messages']:,} messages in {stats['trees']:,} trees from {stats['source']}\n"
+            f"wrote {t['pairs']} train pairs ({t['trees']} trees), {d['pairs']} dev pairs ({d['trees']} trees) "
+            f"and {s['pairs']} sealed-test pairs ({s['trees']} trees) to {output_dir} in {seconds:.1f}s"
+        )
     t, e = stats["train"], stats["eval"]
     skipped = ", ".join(f"{k} {v}" for k, v in stats["trees_skipped"].items()) or "none"
     method = stats["held_out"]

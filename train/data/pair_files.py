@@ -39,24 +39,31 @@ def _first_line(error: BaseException) -> str:
 
 
 PAIR_FILES = ("train.jsonl", "eval.jsonl", "stats.json")
+SPLIT_FILES = ("train.jsonl", "dev.jsonl", "test.jsonl", "stats.json")  # three splits (train.data.splits)
 
 
 def write_pairs(
     output_dir: str | os.PathLike, train: list[dict], evaluation: list[dict], stats: dict
 ) -> None:
-    """Write train.jsonl, eval.jsonl and stats.json together or not at all: the folder is replaced whole,
+    """Write train.jsonl, eval.jsonl and stats.json together or not at all (see `write_files`)."""
+    write_files(output_dir, {"train.jsonl": train, "eval.jsonl": evaluation}, stats)
+
+
+def write_files(output_dir: str | os.PathLike, files: dict[str, list[dict]], stats: dict) -> None:
+    """Write each pair file of `files` and stats.json together or not at all: the folder is replaced whole,
     so it must hold nothing else (a reader never sees new pairs beside old stats)."""
     from assistant.atomic import replace_folder
 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: cannot create the output folder (a file is in the way)")
-    others = sorted(p.name for p in out.iterdir() if p.name not in PAIR_FILES) if out.is_dir() else []
+    known = {*PAIR_FILES, *SPLIT_FILES}
+    others = sorted(p.name for p in out.iterdir() if p.name not in known) if out.is_dir() else []
     if others:
         raise DataError(f"{out}: holds other files ({', '.join(others[:3])}); give a new or empty folder")
     try:
         with replace_folder(out) as tmp:
-            for name, rows in (("train.jsonl", train), ("eval.jsonl", evaluation)):
+            for name, rows in files.items():
                 with open(tmp / name, "w", encoding="utf-8") as f:
                     f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in rows)
             (tmp / "stats.json").write_text(

@@ -1,6 +1,6 @@
 """Does the tuned model do better than its base on what people preferred, on data it never saw?
 
-    python -m train.evaluate --adapter DIR --pairs data/pairs/eval.jsonl --judge demo/judge-hh-rlhf --output-dir DIR/eval
+    python -m train.evaluate --adapter DIR --pairs data/pairs/eval.jsonl --judge demo/judge-minilm-hh --output-dir DIR/eval
     python -m train.evaluate --votes votes.jsonl --output-dir votes-report       # the arena's leaderboard
 
 One module per job, read top to bottom:

@@ -23,6 +23,10 @@ class EvalArguments:
     pairs: str | None = field(
         default=None, metadata={"help": "Held-out pairs (eval.jsonl of python -m train.data)."}
     )
+    sealed: bool = field(
+        default=False,
+        metadata={"help": "This is the sealed test's one evaluation: only python -m study.sealed passes it."},
+    )
     base: str | None = field(
         default=None, metadata={"help": "Base model (default: the one the adapter names)."}
     )
@@ -30,7 +34,7 @@ class EvalArguments:
         default=None,
         metadata={
             "help": "A sequence-classification reward model that scores both models' answers: a folder "
-            "(e.g. demo/judge-hh-rlhf) or a Hub id (OpenAssistant/reward-model-deberta-v3-large-v2)."
+            "(e.g. demo/judge-minilm-hh) or a Hub id (OpenAssistant/reward-model-deberta-v3-large-v2)."
         },
     )
     base_cache: str | None = field(
@@ -92,9 +96,25 @@ def check_output_dir(path: str) -> Path:
     return out
 
 
+def is_sealed_test(pairs: str) -> bool:
+    """The test.jsonl of a three-split folder (its stats.json names a test range)."""
+    stats = Path(pairs).parent / "stats.json"
+    if Path(pairs).name != "test.jsonl" or not stats.is_file():
+        return False
+    try:
+        return "test" in json.loads(stats.read_text()).get("held_out", {})
+    except (ValueError, AttributeError):
+        return False
+
+
 def check_args(args: EvalArguments) -> None:
     if (args.adapter is None) != (args.pairs is None):
         raise EvalError("--adapter and --pairs go together: the pairs are what the adapter is evaluated on")
+    if args.pairs is not None and is_sealed_test(args.pairs) and not args.sealed:
+        raise EvalError(
+            f"--pairs {args.pairs}: a sealed test (train.data.splits); only python -m study.sealed evaluates "
+            "on it, once, and keeps its ledger: evaluate on dev.jsonl instead"
+        )
     if args.votes is None and args.adapter is None:
         raise EvalError(
             "give --adapter and --pairs to evaluate a model, or --votes for the leaderboard (or both)"
@@ -102,7 +122,7 @@ def check_args(args: EvalArguments) -> None:
     if args.judge is not None and not Path(args.judge).exists() and args.judge.count("/") != 1:
         raise EvalError(
             f"--judge {args.judge}: no such folder, and not a Hub id; give a sequence-classification "
-            "reward model (e.g. demo/judge-hh-rlhf or OpenAssistant/reward-model-deberta-v3-large-v2)"
+            "reward model (e.g. demo/judge-minilm-hh or OpenAssistant/reward-model-deberta-v3-large-v2)"
         )
     for name in ("max_new_tokens", "batch_size", "max_length", "num_generations"):
         if getattr(args, name) is not None and getattr(args, name) < 1:

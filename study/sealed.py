@@ -1,0 +1,197 @@
+"""The sealed test, read once: the study's final candidates evaluated on test.jsonl, and a ledger of it.
+
+    python -m study.sealed NAME [NAME ...]              # outputs/study/NAME, evaluated on the sealed test
+    python -m study.sealed NAME --record-changed        # evaluate a candidate whose recipe changed after
+                                                        # the test saw it; the ledger says so
+
+This is the only code that reads ``data/study-splits/test.jsonl`` (train.data.splits); every choice of the
+study (learning rates, candidates, steps, the demo pick) is made on dev.jsonl by ``python -m study.run``.
+The ledger, ``study/sealed.json`` (committed), records every run: when it started, each candidate's
+recipe sha256 and adapter sha256, and where its report is; and how many candidate evaluations the
+sealed test has given in all. A run is written to the ledger *before* the evaluation starts: from that
+moment the test has been read, whether or not the evaluation finishes.
+
+Refusals (one line each, before any model loads): a candidate already evaluated with the same recipe
+(its report is there: reading the test again would only let a second look choose); a candidate whose
+recipe changed after the test saw it, unless ``--record-changed`` (the ledger then marks that run
+``changed_after_seen``: its result is no longer a sealed one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from assistant.atomic import write_text
+
+LEDGER = Path("study/sealed.json")
+TEST = Path("data/study-splits/test.jsonl")
+
+
+class SealedError(ValueError):
+    """A candidate the sealed test must not evaluate (or cannot): the message says why and what to do."""
+
+
+def recipe_file(name: str, runs: Path, recipes: Path) -> Path:
+    """The recipe that defines a candidate: recipes/study/NAME.yaml, else the adapter's own copy."""
+    for path in (recipes / f"{name}.yaml", runs / name / "recipe.yaml"):
+        if path.is_file():
+            return path
+    raise SealedError(
+        f"{name}: no recipe ({recipes / name}.yaml or {runs / name}/recipe.yaml); train it first"
+    )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_ledger(path: Path) -> dict:
+    if not path.exists():
+        return {"evaluations": 0, "runs": []}
+    try:
+        ledger = json.loads(path.read_text())
+        if not isinstance(ledger.get("runs"), list):
+            raise ValueError("no runs list")
+    except ValueError as e:
+        raise SealedError(
+            f"{path}: not a sealed-test ledger ({e}); restore it from git, never rewrite it"
+        ) from None
+    return ledger
+
+
+def seen(ledger: dict) -> dict[str, dict]:
+    """Per candidate, its latest evaluation on the sealed test."""
+    out = {}
+    for run in ledger["runs"]:
+        for candidate in run["candidates"]:
+            out[candidate["name"]] = {**candidate, "ran_at": run["ran_at"]}
+    return out
+
+
+def plan(ledger: dict, names: list[str], recipes: dict[str, str], record_changed: bool) -> list[dict]:
+    """The candidates to evaluate now, each {name, recipe_sha256, changed_after_seen}; raises SealedError
+    for one the sealed test must not evaluate."""
+    before, out = seen(ledger), []
+    for name in dict.fromkeys(names):
+        earlier = before.get(name)
+        changed = earlier is not None and earlier["recipe_sha256"] != recipes[name]
+        if earlier is not None and not changed:
+            raise SealedError(
+                f"{name}: already evaluated on the sealed test on {earlier['ran_at']} with this recipe "
+                f"(report: {earlier['report']}); it is read once"
+            )
+        if changed and not record_changed:
+            raise SealedError(
+                f"{name}: its recipe changed after the sealed test saw it on {earlier['ran_at']} "
+                f"(sha256 {earlier['recipe_sha256'][:12]} -> {recipes[name][:12]}); its result would not be "
+                "sealed: pass --record-changed to evaluate it anyway, and the ledger records that"
+            )
+        out.append({"name": name, "recipe_sha256": recipes[name], "changed_after_seen": changed})
+    return out
+
+
+def record_start(path: Path, ledger: dict, candidates: list[dict], test: Path) -> dict:
+    """Append this run to the ledger and write it (atomically) before the test is read."""
+    run = {
+        "ran_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "test_file": str(test),
+        "test_sha256": sha256(test),
+        "candidates": candidates,
+        "finished": False,
+    }
+    ledger = {**ledger, "runs": [*ledger["runs"], run]}
+    ledger["evaluations"] = sum(len(r["candidates"]) for r in ledger["runs"])
+    ledger["candidates"] = sorted({c["name"] for r in ledger["runs"] for c in r["candidates"]})
+    write_text(path, json.dumps(ledger, indent=2) + "\n")
+    return ledger
+
+
+def record_finish(path: Path, ledger: dict) -> dict:
+    ledger["runs"][-1]["finished"] = True
+    write_text(path, json.dumps(ledger, indent=2) + "\n")
+    return ledger
+
+
+def ledger_line(path: Path = LEDGER) -> str:
+    """One sentence for the study's table: how often the sealed test has been read, and for whom."""
+    ledger = read_ledger(path)
+    if not ledger["runs"]:
+        return "The sealed test has not been read: no candidate has been evaluated on it."
+    changed = sum(c["changed_after_seen"] for r in ledger["runs"] for c in r["candidates"])
+    return (
+        f"The sealed test has evaluated {ledger['evaluations']} candidate(s) in {len(ledger['runs'])} run(s) "
+        f"({', '.join(ledger['candidates'])}; last on {ledger['runs'][-1]['ran_at']})"
+        + (f"; {changed} after its recipe changed" if changed else "")
+        + f" (`{path}`)."
+    )
+
+
+def candidate_info(name: str, runs: Path) -> dict:
+    """What identifies the adapter evaluated; refuses one that is missing or trained on other pairs."""
+    from study.run import stale
+
+    folder = runs / name
+    weights, info = folder / "adapter_model.safetensors", folder / "training_info.json"
+    if not weights.is_file():
+        raise SealedError(f"{name}: no adapter in {folder}; run python -m study.run --only {name} first")
+    recipe = Path("recipes/study") / f"{name}.yaml"
+    if info.is_file() and recipe.is_file() and stale(json.loads(info.read_text()), recipe):
+        raise SealedError(
+            f"{name}: trained on other pairs than its recipe names (before the three splits, its training "
+            f"trees may hold sealed-test trees); retrain it with python -m study.run --only {name}"
+        )
+    return {"adapter_sha256": sha256(weights), "report": str(folder / "sealed" / "report.md")}
+
+
+def options(max_new_tokens: int) -> list[str]:
+    """The study's evaluation settings, at serving length (the apps serve up to 512 new tokens)."""
+    from study.run import EVAL_OPTIONS
+
+    out = list(EVAL_OPTIONS)
+    out[out.index("--max-new-tokens") + 1] = str(max_new_tokens)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    from study.run import JUDGE, ROOT, RUNS, sh
+
+    parser = argparse.ArgumentParser(prog="python -m study.sealed", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="+", help="final candidates (folders of outputs/study/)")
+    parser.add_argument(
+        "--record-changed", action="store_true", help="evaluate a candidate whose recipe changed after "
+        "the test saw it; the ledger marks the run changed_after_seen",
+    )  # fmt: skip
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    try:
+        if not TEST.is_file():
+            raise SealedError(
+                f"{TEST}: no sealed test; build the splits with python -m study.run --step train"
+            )
+        ledger = read_ledger(LEDGER)
+        recipes = {n: sha256(recipe_file(n, RUNS, Path("recipes/study"))) for n in args.names}
+        candidates = plan(ledger, args.names, recipes, args.record_changed)
+        candidates = [{**c, **candidate_info(c["name"], RUNS)} for c in candidates]
+    except SealedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ledger = record_start(LEDGER, ledger, candidates, TEST)
+    for c in candidates:
+        sh([sys.executable, "-m", "train.evaluate", "--adapter", str(RUNS / c["name"]), "--pairs", str(TEST),
+            "--judge", str(JUDGE), *options(args.max_new_tokens), "--sealed",
+            "--output-dir", str(Path(c["report"]).parent)])  # fmt: skip
+    record_finish(LEDGER, ledger)
+    print(f"sealed test: {len(candidates)} evaluated now, {ledger['evaluations']} in all; ledger {LEDGER}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
