@@ -17,15 +17,14 @@ ANONYMOUS, NAMED = "Anonymous: two models drawn at random", "Named: pick the two
 
 def panes(battle, partial=None):
     """Both chat panes: the battle's turns, and the turn being answered."""
-    turns = list(battle.turns) + ([partial] if partial else [])
-    return tuple(
-        [
-            m
-            for t in turns
-            for m in ({"role": "user", "content": t["prompt"]}, {"role": "assistant", "content": t[s]})
-        ]
-        for s in ("a", "b")
-    )
+
+    def pane(side):
+        if partial is None:
+            return battle.history(side)
+        answering = {"role": "assistant", "content": partial[side]}
+        return [*battle.history(side), {"role": "user", "content": partial["prompt"]}, answering]
+
+    return pane("a"), pane("b")
 
 
 def status(battle, where: str) -> str:
