@@ -12,12 +12,11 @@ background after each vote); ``assistant.generation`` locks generation. docs/spa
 from __future__ import annotations
 
 import os
-import uuid
 from contextlib import closing
 
 import streamlit as st
 
-from assistant.arena import CHOICES, Arena, BattleGone, utc_now
+from assistant.arena import CHOICES, Arena, BattleGone, feedback_record, revealed
 from assistant.generation import RequestError
 from assistant.leaderboard import LiveLeaderboard
 from assistant.models import ModelLoadError, load_for_serving
@@ -82,18 +81,7 @@ settings = assistant.settings(temperature, top_p, max_new_tokens, seed)
 def like(index: int, model: str) -> None:
     liked = st.session_state[f"feedback-{index}"]
     history = st.session_state.messages[: index + 1]
-    store.append(
-        "feedback",
-        {
-            "type": "feedback",
-            "id": uuid.uuid4().hex,
-            "time": utc_now(),
-            "model": model,
-            "liked": liked == 1,
-            "answer": history[-1]["content"],
-            "conversation": history,
-        },
-    )
+    store.append("feedback", feedback_record(model, liked == 1, history[-1]["content"], history))
 
 
 if view == "Chat":
@@ -199,9 +187,7 @@ elif view == "Arena":
             st.session_state.battle = None
             st.rerun()
         if battle.winner is not None:
-            st.success(
-                f"A was {battle.model_a}, B was {battle.model_b}. Your vote: {CHOICES[battle.winner]}."
-            )
+            st.success(revealed(battle))
     else:
         st.write("Ask something: two models answer side by side, their names hidden until you vote.")
 

@@ -70,6 +70,25 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def feedback_record(model: str, liked: bool, answer: str, conversation: list[dict]) -> dict:
+    """A Chat-tab like or dislike of ``answer`` (the last message of ``conversation``), as both apps
+    store it beside the votes (``read_votes`` skips it)."""
+    return {
+        "type": "feedback",
+        "id": uuid.uuid4().hex,
+        "time": utc_now(),
+        "model": model,
+        "liked": liked,
+        "answer": answer,
+        "conversation": conversation,
+    }
+
+
+def revealed(battle: Battle) -> str:
+    """What a voted battle says, in both apps: who was who, and the vote."""
+    return f"A was {battle.model_a}, B was {battle.model_b}. Your vote: {CHOICES[battle.winner]}."
+
+
 class Arena:
     def __init__(self, assistant: Assistant, store, rng: random.Random | None = None):
         self.assistant = assistant
