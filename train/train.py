@@ -27,6 +27,7 @@ from train.config import (
     GroupArguments,
     MethodArguments,
     TrainArguments,
+    check_adapters,
     check_group_sizes,
     check_keys,
     check_pairs,
@@ -59,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> Parsed:
     has no bf16.
     """
     import yaml
-    from trl import DPOConfig, GRPOConfig, ModelConfig, RewardConfig
+    from trl import DPOConfig, GRPOConfig, ModelConfig, RewardConfig, SFTConfig
 
     argv = list(sys.argv[1:] if argv is None else argv)
     recipe, where = {}, "the recipe"
@@ -73,7 +74,9 @@ def parse_args(argv: list[str] | None = None) -> Parsed:
     first, group, _ = _parser((MethodArguments, GroupArguments), add_help=False).parse_args_and_config(
         argv, return_remaining_strings=True
     )
-    config_class = {"grpo": GRPOConfig, "dpo": DPOConfig, "reward": RewardConfig}[first.method]
+    config_class = {"grpo": GRPOConfig, "dpo": DPOConfig, "reward": RewardConfig, "sft": SFTConfig}[
+        first.method
+    ]
     classes = (TrainArguments, config_class, ModelConfig)
     recipe_keys, command_line_keys = [k for k in recipe if k != "env"], _command_line_keys(argv, classes)
     check_keys(recipe_keys, classes, where)
@@ -93,6 +96,7 @@ def parse_args(argv: list[str] | None = None) -> Parsed:
     if train_args.method == "grpo":
         check_rewards(train_args, training_args.reward_weights)
     check_pairs(train_args)
+    check_adapters(train_args)
     keys = list(dict.fromkeys(recipe_keys + command_line_keys))
     return Parsed(train_args, training_args, model_args, keys, asked)
 
@@ -233,6 +237,17 @@ def to_dataset(pairs: list[dict], method: str):
 
     from train.data import prompt_messages
 
+    if method == "sft":  # the top-ranked reply of each prompt, as Open Assistant's own oasst_top1 SFT set
+        best = {}
+        for p in sorted(pairs, key=lambda p: p.get("chosen_rank") or 0, reverse=True):
+            best[p.get("prompt_id") or str(p["prompt"])] = p
+        best = best.values()
+        return Dataset.from_dict(
+            {
+                "prompt": [prompt_messages(p["prompt"]) for p in best],
+                "completion": [[{"role": "assistant", "content": p["chosen"]}] for p in best],
+            }
+        )
     rows = {"prompt": [prompt_messages(p["prompt"]) for p in pairs]}
     if method in ("dpo", "reward"):
         rows["chosen"] = [[{"role": "assistant", "content": p["chosen"]}] for p in pairs]
@@ -248,7 +263,7 @@ def to_dataset(pairs: list[dict], method: str):
 
 
 class Built(NamedTuple):
-    trainer: object  # trl.GRPOTrainer or trl.DPOTrainer
+    trainer: object  # trl.GRPOTrainer, DPOTrainer, RewardTrainer or SFTTrainer
     tokenizer: object
     device: str
     precision: str
@@ -287,10 +302,13 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
     skeleton = (
         model if model is not None else empty_model(model_args, path, revision, trust, train_args.method)
     )
-    model_args.lora_target_modules = check_target_modules(skeleton, model_args.lora_target_modules)
+    if not train_args.init_adapter:  # a warm start trains its own adapter's targets
+        model_args.lora_target_modules = check_target_modules(skeleton, model_args.lora_target_modules)
     if model is None:
         model = load_model(model_args, path, revision, tokenizer, device, trust, train_args.method)
     peft_config = get_peft_config(model_args)
+    if train_args.init_adapter:
+        model, peft_config = warm_start(model, train_args.init_adapter, model_args, notes)
     dataset = to_dataset(pairs, train_args.method)
 
     reward_weights = None
@@ -306,6 +324,7 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
             eos_token_ids=sorted({tokenizer.eos_token_id, *eos_ids}),
             embedding_model=train_args.embedding_model,
             reward_model_name_or_path=train_args.reward_model_name_or_path,
+            implicit_reward_adapter=train_args.implicit_reward_adapter,
         )
         weights = training_args.reward_weights or [1.0] * len(reward_funcs)
         reward_weights = dict(zip(train_args.reward_funcs, weights, strict=False))
@@ -319,9 +338,10 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
             callbacks=list(callbacks),
         )
     else:
-        from trl import DPOTrainer, RewardTrainer
+        from trl import DPOTrainer, RewardTrainer, SFTTrainer
 
-        trainer = (DPOTrainer if train_args.method == "dpo" else RewardTrainer)(
+        trainer_class = {"dpo": DPOTrainer, "reward": RewardTrainer, "sft": SFTTrainer}[train_args.method]
+        trainer = trainer_class(
             model=model,
             args=training_args,
             train_dataset=dataset,
@@ -353,6 +373,46 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
     )
 
 
+def warm_start(model, adapter: str, model_args, notes: list[str]):
+    """(model, None): ``model`` with the adapter at ``adapter`` loaded as its trainable "default" adapter.
+
+    Given a PeftModel and no peft_config, TRL's GRPOTrainer (when beta > 0) and DPOTrainer add a frozen copy
+    of it named "ref" and take their reference log-probabilities from that copy: the KL term and DPO's
+    ratios are then measured against the warm start, not against the base with the adapter off.
+    """
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    config = model.peft_config["default"]
+    # The adapter's own shape is what trains: record it, not the recipe's unused LoRA keys.
+    model_args.lora_r, model_args.lora_alpha = config.r, config.lora_alpha
+    model_args.lora_dropout = config.lora_dropout
+    targets = config.target_modules
+    model_args.lora_target_modules = targets if isinstance(targets, str) else sorted(targets)
+    notes.append(
+        f"warm start: trains on from the adapter in {adapter} (r={config.r}); TRL's reference is a frozen copy"
+    )
+    return model, None
+
+
+def gold_check(train_args, output_dir: Path):
+    """The GRPO run's gold check (train.callbacks.GoldCheckCallback), or None when the recipe has none."""
+    if train_args.method != "grpo" or not train_args.gold_check_every:
+        return None
+    from train.callbacks import GoldCheckCallback
+    from train.data import load_pairs
+    from train.scorer import scorer
+
+    pairs = load_pairs(train_args.gold_check_pairs)  # DataError names a missing or bad file
+    return GoldCheckCallback(
+        pairs,
+        scorer(train_args.gold_check_judge),
+        train_args.gold_check_every,
+        output_dir / "gold_check_start.json",
+        prompts=train_args.gold_check_prompts,
+    )
+
+
 def run(parsed: Parsed):
     """Train as ``parsed`` says and write the output folder; return the trainer.
 
@@ -378,8 +438,17 @@ def run(parsed: Parsed):
         raise ConfigError("push_to_hub is set but hub_model_id is not: name the Hub repo (owner/name)")
 
     metrics_log = MetricsJsonlCallback(output_dir / "metrics.jsonl")
-    built = build_trainer(parsed, callbacks=[metrics_log])
+    gold = gold_check(train_args, output_dir)
+    built = build_trainer(parsed, callbacks=[metrics_log] + ([gold] if gold else []))
     trainer = built.trainer
+    if gold:
+        overlap = {p["tree_id"] for p in gold.pairs} & set(built.train_tree_ids)
+        if overlap:
+            raise ConfigError(
+                f"gold_check_pairs {train_args.gold_check_pairs} shares {len(overlap)} trees with the training "
+                "pairs: point it at held-out (dev) pairs"
+            )
+        gold.bind(trainer)
     is_main = trainer.accelerator.is_main_process
     # The steps the Trainer plans for this recipe, computed by the Trainer itself.
     planned = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
