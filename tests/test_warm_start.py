@@ -78,23 +78,22 @@ def test_grpo_continues_the_sft_adapter_against_a_frozen_copy_of_it(sft_run, tin
         "--init_adapter", str(base / "out"), "--reward_model_name_or_path", str(classifier),
         "--lora_r", "8",  # ignored: the warm start's own shape trains
     ]  # fmt: skip
-    built = build_trainer(parse_args(argv))
-    model = built.trainer.model
-    default, ref = lora_weights(model, "default"), lora_weights(model, "ref")
-    # the SFT weights, not a fresh LoRA (whose lora_B would be all zeros)
-    assert default.keys() == start.keys() == ref.keys()
-    assert all(torch.equal(default[k], start[k]) for k in start)
+    trainer = run(parse_args(argv))
+    model = trainer.model
+    ref = lora_weights(model, "ref")
+    # TRL copied "ref" from the adapter as the trainer was built: so training began at the SFT weights,
+    # not at a fresh LoRA (whose lora_B would be all zeros), and the reference stayed there
+    assert ref.keys() == start.keys() and all(torch.equal(ref[k], start[k]) for k in start)
     assert all(not p.requires_grad for n, p in model.named_parameters() if ".ref." in n)
-    assert built.trainable == sum(v.numel() for v in start.values())
-    assert any(note.startswith("warm start:") for note in built.notes)
-
-    built.trainer.train()
     moved = lora_weights(model, "default")
     assert any(not torch.equal(moved[k], start[k]) for k in start)  # it trained
-    assert all(torch.equal(lora_weights(model, "ref")[k], start[k]) for k in start)  # the reference did not
-    assert any("kl" in r for r in built.trainer.state.log_history)
-    built.trainer.save_model(str(base / "grpo"))
-    assert all(torch.equal(saved(base / "grpo")[k], moved[k]) for k in start)
+    assert any("kl" in r for r in trainer.state.log_history)
+    out = base / "grpo"
+    assert all(torch.equal(saved(out)[k], moved[k]) for k in start)
+    assert not (out / "ref").exists()  # PEFT's copy of the reference: the warm start, already on disk
+    info = json.loads((out / "training_info.json").read_text())
+    assert info["trainable_params"] == sum(v.numel() for v in start.values())
+    assert info["lora"]["r"] == 4 and any(n.startswith("warm start:") for n in info["notes"])
 
 
 def test_dpo_continues_the_sft_adapter(sft_run, tiny_phi_dir):
@@ -118,3 +117,23 @@ def test_a_missing_warm_start_is_one_line(tmp_path, tiny_phi_dir):
     ]  # fmt: skip
     with pytest.raises(ConfigError, match="init_adapter .*nothing-here holds no adapter_config.json"):
         parse_args(argv)
+
+
+@pytest.mark.parametrize("name", ["sft", "grpo-from-dpo", "grpo-from-sft"])
+def test_the_warm_start_recipes_parse_and_keep_their_promises(name, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the recipes name the committed adapters relative to the repository
+    # grpo-from-sft names outputs/study/sft, which exists only once sft.yaml has run
+    extra = ["--init_adapter", "demo/smollm2-dpo-demo"] if name == "grpo-from-sft" else []
+    parsed = parse_args(["--config", f"recipes/study/{name}.yaml", *extra])
+    train, training = parsed.train, parsed.training
+    assert type(training).__name__ == ("SFTConfig" if name == "sft" else "GRPOConfig")
+    if name == "sft":
+        return
+    assert train.reward_funcs == ["dpo_implicit", "missing_eos_penalty"]
+    assert training.num_generations == 8 and 0.02 <= training.beta <= 0.05
+    assert train.dataset_depth == "all" and train.max_pairs is None  # every training prompt, every depth
+    assert train.gold_check_every and training.save_steps == train.gold_check_every
+    assert training.save_total_limit is None  # every checked step can be picked
+    # the reward was trained on this recipe's training pairs, nothing else
+    used = json.loads((Path(train.implicit_reward_adapter) / "training_info.json").read_text())
+    assert used["pairs_file"] == train.pairs_file and used["method"] == "dpo"

@@ -15,6 +15,7 @@ that stand alone live in those three modules.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from dataclasses import fields
@@ -482,6 +483,10 @@ def run(parsed: Parsed):
     if is_main:  # until the end is written, no training_info.json describes an adapter it did not make
         (output_dir / outputs.INFO).unlink(missing_ok=True)
     trainer.save_model(str(output_dir))
+    if is_main and train_args.init_adapter:
+        # PEFT saves every adapter, TRL's frozen reference copy too (as ref/): that is the warm start,
+        # already in init_adapter, and no part of this adapter.
+        shutil.rmtree(output_dir / "ref", ignore_errors=True)
     if is_main:
         outputs.write_run_folder(
             output_dir, parsed, built, trainer, train_metrics, checkpoint, started, requested
