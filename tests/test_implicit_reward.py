@@ -84,11 +84,17 @@ def test_skill_counts_the_reward_and_the_length_heuristic_on_all_and_matched_pai
         np.array([1.0, 0.0, 2.0, 5.0]),
         np.array([0.0, 1.0, 1.0, 5.0]),
     )  # right, wrong, right, tie
-    # lengths: chosen longer (far), shorter (far), matched and longer (100 vs 80), matched and shorter
-    lengths = np.array([[100, 10], [10, 100], [100, 80], [90, 100]])
+    # lengths: chosen longer (far) twice, matched and longer (100 vs 80), matched and shorter
+    lengths = np.array([[100, 10], [100, 10], [100, 80], [90, 100]])
     result = reward_skill.skill(chosen, rejected, lengths)
     assert (result["all"]["reward"]["k"], result["all"]["reward"]["n"]) == (2, 4)  # a tie is not a win
-    assert (result["all"]["longer_wins"]["k"], result["all"]["longer_wins"]["n"]) == (2, 4)
+    assert (result["all"]["longer_wins"]["k"], result["all"]["longer_wins"]["n"]) == (3, 4)
+    # on the same pairs: only length gets the second one right
+    assert {k: result["all"]["reward_vs_longer"][k] for k in ("better", "worse", "same")} == {
+        "better": 0,
+        "worse": 1,
+        "same": 3,
+    }
     matched = result["length_matched"]
     assert (matched["reward"]["k"], matched["reward"]["n"]) == (1, 2)
     assert (matched["longer_wins"]["k"], matched["longer_wins"]["n"]) == (1, 2)
@@ -114,3 +120,37 @@ def test_reward_skill_measures_skips_the_missing_and_refuses_a_reward_trained_on
     finally:
         (tiny_adapter / "training_info.json").unlink()
     assert "trained on 1 trees" in capsys.readouterr().out
+
+
+def test_reward_skill_reads_the_implicit_reward_from_the_adapters_own_report(tmp_path, tiny_adapter):
+    """The evaluation report of these weights on these pairs already holds both mean log-probs."""
+    import shutil
+
+    from train.identity import file_sha256
+
+    adapter = shutil.copytree(tiny_adapter, tmp_path / "adapter")
+    pairs = write_pairs_file(tmp_path / "pairs")
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    scored = [  # reversed: the report's order is its own; the chosen reply always gains more
+        {"chosen_id": r["chosen_id"], "rejected_id": r["rejected_id"],
+         "base": {"chosen": -2.0, "rejected": -2.0}, "tuned": {"chosen": -1.0, "rejected": -3.0 - i}}
+        for i, r in enumerate(reversed(rows))
+    ]  # fmt: skip
+    report = {
+        "adapter": {"sha256": file_sha256(adapter / "adapter_model.safetensors")},
+        "preference": {"max_length": 512, "pairs": scored},
+    }
+    (adapter / "eval").mkdir()
+    (adapter / "eval" / "report.json").write_text(json.dumps(report))
+    output = tmp_path / "skill"
+    argv = ["--pairs", str(pairs), "--output", str(output), "--reward", f"dpo_implicit:{adapter}"]
+    assert reward_skill.main(argv) == 0
+    (measured,) = json.loads(output.with_suffix(".json").read_text())["rewards"].values()
+    assert measured["scores_from"].endswith("report.json") and measured["max_length"] == 512
+    assert measured["all"]["reward"]["k"] == len(PAIRS)
+    # other weights than the report's: scored afresh
+    report["adapter"]["sha256"] = "0" * 64
+    (adapter / "eval" / "report.json").write_text(json.dumps(report))
+    assert reward_skill.main(argv) == 0
+    (measured,) = json.loads(output.with_suffix(".json").read_text())["rewards"].values()
+    assert measured["scores_from"] == "scored here"
