@@ -15,6 +15,7 @@ DEV = [
     ("What colour is the sky on a clear day?", "It is blue.", "Green, always."),
     ("What colour is the sky on a clear day?", "It is blue.", "Who knows."),  # same prompt: answered once
     ("How many days are in a week?", "Seven days.", "About a dozen."),
+    ("Summarise this: " + "lorem ipsum " * 100, "It is filler text.", "No."),  # longer than max_prompt_tokens
     ("What do bees make?", "Bees make honey.", "Bees make cars."),
 ]
 
@@ -44,6 +45,7 @@ def argv_for(tmp_path, tiny_phi_dir, dev: Path) -> list[str]:
         "--reward_funcs", "reward_model", "missing_eos_penalty", "--reward_weights", "1", "0.5",
         "--reward_model_name_or_path", str(judge),
         "--gold_check_every", "1", "--gold_check_pairs", str(dev), "--gold_check_judge", str(judge),
+        "--max_prompt_tokens", "64",
     ]  # fmt: skip
 
 
@@ -55,7 +57,7 @@ def test_gold_check_logs_reward_and_judge_on_dev_answers_and_plots_them(tmp_path
     gold = [r for r in records if "gold/judge" in r]
     assert [r["step"] for r in gold] == [0, 1, 2]  # before the first step, then every step
     for r in gold:
-        assert r["gold/prompts"] == 3  # distinct dev prompts
+        assert r["gold/prompts"] == 3  # distinct dev prompts that fit in max_prompt_tokens, as training's
         assert 0 <= r["gold/ended"] <= 1 and 0 < r["gold/length"] <= 6
         # the weighted sum of the per-reward means, as the recipe weighs them
         assert r["gold/reward"] == pytest.approx(

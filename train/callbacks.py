@@ -72,19 +72,32 @@ class GoldCheckCallback(TrainerCallback):
     """
 
     def __init__(self, pairs: list[dict], judge, every: int, start_file, prompts: int = 16, seed: int = 0):
-        from train.data import prompt_messages
-
         first = {}  # the first pair of each prompt, in file order
         for pair in pairs:
             first.setdefault(pair.get("prompt_id") or str(pair["prompt"]), pair)
-        self.pairs = list(first.values())[:prompts]
-        self.conversations = [prompt_messages(p["prompt"]) for p in self.pairs]
+        self.candidates, self.prompts = list(first.values()), prompts
+        self.pairs, self.conversations = [], []
         self.judge, self.every, self.seed = judge, every, seed
         self.start_file = Path(start_file)  # the warm start's judge scores: a resumed run compares with them
         self.trainer = None
 
-    def bind(self, trainer) -> None:
-        self.trainer = trainer
+    def bind(self, trainer, max_prompt_tokens: int | None = None) -> None:
+        """Take the first ``prompts`` dev prompts that fit in ``max_prompt_tokens``, as training prompts do."""
+        from train.data import prompt_messages
+
+        self.trainer, tokenizer = trainer, trainer.processing_class
+        for pair in self.candidates:
+            conversation = prompt_messages(pair["prompt"])
+            text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+            if (
+                max_prompt_tokens
+                and len(tokenizer(text, add_special_tokens=False)["input_ids"]) > max_prompt_tokens
+            ):
+                continue
+            self.pairs.append(pair)
+            self.conversations.append(conversation)
+            if len(self.pairs) == self.prompts:
+                break
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.global_step == 0:

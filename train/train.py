@@ -443,13 +443,13 @@ def run(parsed: Parsed):
     built = build_trainer(parsed, callbacks=[metrics_log] + ([gold] if gold else []))
     trainer = built.trainer
     if gold:
+        gold.bind(trainer, train_args.max_prompt_tokens)
         overlap = {p["tree_id"] for p in gold.pairs} & set(built.train_tree_ids)
         if overlap:
             raise ConfigError(
                 f"gold_check_pairs {train_args.gold_check_pairs} shares {len(overlap)} trees with the training "
                 "pairs: point it at held-out (dev) pairs"
             )
-        gold.bind(trainer)
     is_main = trainer.accelerator.is_main_process
     # The steps the Trainer plans for this recipe, computed by the Trainer itself.
     planned = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
