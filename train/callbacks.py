@@ -182,3 +182,20 @@ class GoldCheckCallback(TrainerCallback):
         Trainer.log(trainer, {k: v for k, v in record.items() if v is not None})
         trainer.control.should_log = should_log
         return record
+
+
+def gold_check(train_args, output_dir: Path):
+    """The GRPO run's gold check (train.callbacks.GoldCheckCallback), or None when the recipe has none."""
+    if train_args.method != "grpo" or not train_args.gold_check_every:
+        return None
+    from train.data import load_pairs
+    from train.scorer import scorer
+
+    pairs = load_pairs(train_args.gold_check_pairs)  # DataError names a missing or bad file
+    return GoldCheckCallback(
+        pairs,
+        scorer(train_args.gold_check_judge),
+        train_args.gold_check_every,
+        output_dir / "gold_check_start.json",
+        prompts=train_args.gold_check_prompts,
+    )

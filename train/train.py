@@ -36,7 +36,7 @@ from train.config import (
     check_values,
     lists_of_one,
 )
-from train.model import check_target_modules, empty_model, load_model, load_tokenizer
+from train.model import check_target_modules, empty_model, load_model, load_tokenizer, warm_start
 from train.outputs import metric_trends  # noqa: F401  (tests/_helpers_card imports it from here)
 
 # ----------------------------------------------------------------------------------------------
@@ -374,46 +374,6 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
     )
 
 
-def warm_start(model, adapter: str, model_args, notes: list[str]):
-    """(model, None): ``model`` with the adapter at ``adapter`` loaded as its trainable "default" adapter.
-
-    Given a PeftModel and no peft_config, TRL's GRPOTrainer (when beta > 0) and DPOTrainer add a frozen copy
-    of it named "ref" and take their reference log-probabilities from that copy: the KL term and DPO's
-    ratios are then measured against the warm start, not against the base with the adapter off.
-    """
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
-    config = model.peft_config["default"]
-    # The adapter's own shape is what trains: record it, not the recipe's unused LoRA keys.
-    model_args.lora_r, model_args.lora_alpha = config.r, config.lora_alpha
-    model_args.lora_dropout = config.lora_dropout
-    targets = config.target_modules
-    model_args.lora_target_modules = targets if isinstance(targets, str) else sorted(targets)
-    notes.append(
-        f"warm start: trains on from the adapter in {adapter} (r={config.r}); TRL's reference is a frozen copy"
-    )
-    return model, None
-
-
-def gold_check(train_args, output_dir: Path):
-    """The GRPO run's gold check (train.callbacks.GoldCheckCallback), or None when the recipe has none."""
-    if train_args.method != "grpo" or not train_args.gold_check_every:
-        return None
-    from train.callbacks import GoldCheckCallback
-    from train.data import load_pairs
-    from train.scorer import scorer
-
-    pairs = load_pairs(train_args.gold_check_pairs)  # DataError names a missing or bad file
-    return GoldCheckCallback(
-        pairs,
-        scorer(train_args.gold_check_judge),
-        train_args.gold_check_every,
-        output_dir / "gold_check_start.json",
-        prompts=train_args.gold_check_prompts,
-    )
-
-
 def run(parsed: Parsed):
     """Train as ``parsed`` says and write the output folder; return the trainer.
 
@@ -422,7 +382,7 @@ def run(parsed: Parsed):
     trains and calls save_model (ZeRO-3 and FSDP gather the weights from all of them, as open-r1 does);
     the main process alone writes the rest of the folder, the card and the push.
     """
-    from train.callbacks import MetricsJsonlCallback
+    from train.callbacks import MetricsJsonlCallback, gold_check
 
     train_args, training_args = parsed.train, parsed.training
     started = time.time()
