@@ -50,7 +50,7 @@ CANDIDATES = (
 )  # fmt: skip
 DEMO_V1 = ("ce38446", "demo/smollm2-grpo-demo")
 NEEDS = {"grpo-reward-model": "reward-model-oasst", "grpo-reward-model-long": "reward-model-oasst",
-         "grpo-from-sft": "sft"}  # fmt: skip
+         "grpo-from-sft": "sft", "grpo-from-dpo": "dpo-length-normalised"}  # fmt: skip
 # The same settings for every candidate; the base is evaluated once for all of them (--base-cache).
 # A CPU budget: 2 answers per prompt and model (the default is 3), pairs scored up to 512 tokens (a long
 # reply is cut, the same way for base and tuned). Answers run to the apps' serving length (train.evaluate's
