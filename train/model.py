@@ -123,3 +123,21 @@ def check_target_modules(model, targets) -> list[str] | str | None:
             f"({type(model).__name__}); its linear layers are: {', '.join(linear)}"
         )
     return targets
+
+
+def trainable_to_fp32(model) -> int:
+    """Cast the trainable parameters (LoRA A/B, a reward model's score head) back to fp32; return how many.
+
+    TRL's GRPO, DPO and Reward trainers cast them to bf16 when the base is quantized (QLoRA). bf16 keeps
+    8 bits of mantissa: next to a 0.02 weight its smallest step is about 1e-4, while AdamW at lr 2e-5
+    moves a weight ~2e-5 a step, so every update rounds away and the adapter silently does not train
+    (fp32 moves it to 0.018 in 100 steps). Call it after the trainer is built, before training starts
+    (the optimizer is created in train(), on these same parameter objects)."""
+    import torch
+
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.float()
+            cast += 1
+    return cast

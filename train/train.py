@@ -34,7 +34,13 @@ from train.config import (
     check_values,
     lists_of_one,
 )
-from train.model import check_target_modules, empty_model, load_model, load_tokenizer
+from train.model import (
+    check_target_modules,
+    empty_model,
+    load_model,
+    load_tokenizer,
+    trainable_to_fp32,
+)
 from train.outputs import metric_trends  # noqa: F401  (tests/_helpers_card imports it from here)
 
 # ----------------------------------------------------------------------------------------------
@@ -330,6 +336,8 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
             callbacks=list(callbacks),
         )
 
+    # TRL made them bf16 over a 4-bit base, where lr 2e-5 updates round away (see trainable_to_fp32).
+    trainable_to_fp32(trainer.model)
     # Counted on the model as built, never a constant (PEFT counts 4-bit weights at their real size).
     trainable, total = trainer.model.get_nb_trainable_parameters()
     targets = trainer.model.peft_config["default"].target_modules
