@@ -142,7 +142,7 @@ def test_gpu_precision_is_bf16_only_where_the_gpu_has_it(monkeypatch, bf16):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     assert models.default_device() == "cuda"
-    kwargs, label = models.precision_plan("cuda", quantize=True, model_type="phi")
+    kwargs, label = models.precision_plan("cuda", quantize=True, model_type="llama")
     half = torch.bfloat16 if bf16 else torch.float16
     assert kwargs["quantization_config"].bnb_4bit_compute_dtype == half
     assert label == f"4-bit NF4, {'bf16' if bf16 else 'fp16'} compute"
@@ -151,3 +151,5 @@ def test_gpu_precision_is_bf16_only_where_the_gpu_has_it(monkeypatch, bf16):
     assert phi["dtype"] == (torch.bfloat16 if bf16 else torch.float32)  # Phi-2 overflows in fp16
     assert other["dtype"] == half
     assert models.precision_plan("cpu", quantize=False) == ({"dtype": torch.float32}, "fp32")
+    kwargs, _ = models.precision_plan("cuda", quantize=True, model_type="phi")
+    assert kwargs["quantization_config"].bnb_4bit_compute_dtype == (torch.bfloat16 if bf16 else torch.float32)

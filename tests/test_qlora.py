@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from assistant.models import gpu_compute_dtype
 from tests._helpers_train import write_pairs_file
 from train.train import build_trainer, parse_args
 
@@ -70,3 +71,58 @@ def test_lora_over_a_4bit_base_trains_in_fp32_as_much_as_over_fp32(method, tiny_
     # two runs move alike; bf16 LoRA weights would round most of those moves away.
     assert 0.5 < moved_4bit / moved_fp32 < 2, (moved_4bit, moved_fp32)
     assert dtypes_4bit == dtypes_fp32 == {torch.float32}
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_phi_computes_in_fp32_on_a_gpu_without_bf16(bf16):
+    half = torch.bfloat16 if bf16 else torch.float16
+    assert gpu_compute_dtype(bf16, "phi") == (half if bf16 else torch.float32)
+    assert gpu_compute_dtype(bf16, "llama") == half
+
+
+def test_fp16_overflows_phi_attention_where_the_chosen_dtype_does_not():
+    """Why: the eager attention multiplies query and key in the compute dtype; large products overflow
+    fp16's 65504 to inf and the logits to NaN (Phi-2's real activations do; here scaled q/k weights)."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    config = PhiConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4
+    )
+    finite = {}
+    for dtype in (torch.float16, gpu_compute_dtype(False, "phi")):
+        torch.manual_seed(0)
+        model = PhiForCausalLM._from_config(config, attn_implementation="eager").eval()
+        attention = model.model.layers[0].self_attn
+        with torch.no_grad():
+            attention.q_proj.weight.mul_(2000)
+            attention.k_proj.weight.mul_(2000)
+            logits = model.to(dtype)(torch.arange(8)[None]).logits
+        finite[dtype] = torch.isfinite(logits).all().item()
+    assert finite == {torch.float16: False, torch.float32: True}
+
+
+@pytest.mark.parametrize("base", ["tiny_phi_dir", "smollm2_dir"])
+def test_training_on_a_gpu_without_bf16_keeps_phi_out_of_fp16(base, request, monkeypatch):
+    """The Phi-2 recipe asks for bf16; a GPU without it gets fp16 mixed precision, except for Phi."""
+    from trl import get_quantization_config
+
+    from train.train import adapt_to_device, mixed_precision_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # TrainingArguments is parsed on a CPU
+    model = request.getfixturevalue(base)
+    parsed = parse_args(
+        ["--config", str(RECIPES / "phi2-grpo-qlora.yaml"), "--model_name_or_path", str(model)]
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    training, model_args = parsed.training, parsed.model
+    training.bf16, training.fp16 = mixed_precision_for(parsed.mixed_precision)
+    training.mixed_precision = "fp16"  # what TrainingArguments makes of fp16 when parsed on such a GPU
+    adapt_to_device(parsed.train, training, model_args, parsed.mixed_precision)
+    compute = get_quantization_config(model_args).bnb_4bit_compute_dtype
+    if base == "tiny_phi_dir":
+        assert (training.bf16, training.fp16, training.mixed_precision) == (False, False, "no")
+        assert compute in (torch.float32, "float32")
+    else:
+        assert (training.bf16, training.fp16, training.mixed_precision) == (False, True, "fp16")
+        assert compute in (torch.float16, "float16")

@@ -159,12 +159,14 @@ def test_one_recipe_adapts_to_a_cpu(no_gpu):
 
 
 @pytest.mark.parametrize("bf16", [True, False])
-def test_one_recipe_adapts_to_a_gpu(bf16, monkeypatch):
-    """With CUDA the recipe runs as written: 4-bit NF4 base, bf16; a GPU without bf16 (a T4) gets fp16."""
+def test_one_recipe_adapts_to_a_gpu(bf16, monkeypatch, smollm2_dir):
+    """With CUDA the recipe runs as written: 4-bit NF4 base, bf16; a GPU without bf16 (a T4) gets fp16
+    (a non-Phi base: Phi stays out of fp16, tests/test_qlora.py)."""
     from train.train import adapt_to_device, mixed_precision_for
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    parsed = parse_args(["--config", str(RECIPES / "phi2-grpo-qlora.yaml")])
+    recipe = RECIPES / "phi2-grpo-qlora.yaml"
+    parsed = parse_args(["--config", str(recipe), "--model_name_or_path", str(smollm2_dir)])
     simulate_gpu(monkeypatch, bf16)
     parsed.training.bf16, parsed.training.fp16 = mixed_precision_for(parsed.mixed_precision)
     device, precision, notes = adapt_to_device(

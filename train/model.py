@@ -33,6 +33,22 @@ def load_tokenizer(model_args, trust_remote_code: bool = False):
     return tokenizer, path, revision
 
 
+def model_type(model_args, trust_remote_code: bool = False) -> str | None:
+    """The base's architecture name ("phi", "llama"), from its config alone."""
+    from transformers import AutoConfig
+
+    from assistant.models import ModelLoadError, resolve_base
+
+    name = model_args.model_name_or_path
+    path = resolve_base(name, model_args.model_revision)
+    revision = None if Path(path).is_dir() else model_args.model_revision
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise ModelLoadError(f"cannot read the config of {name!r}: {str(error).splitlines()[0]}") from None
+    return getattr(config, "model_type", None)
+
+
 def _model_class(method: str):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
