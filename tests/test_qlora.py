@@ -126,3 +126,41 @@ def test_training_on_a_gpu_without_bf16_keeps_phi_out_of_fp16(base, request, mon
     else:
         assert (training.bf16, training.fp16, training.mixed_precision) == (False, True, "fp16")
         assert compute in (torch.float16, "float16")
+
+
+def test_reward_model_over_a_4bit_base_trains_in_fp32(tiny_phi_dir, tmp_path):
+    """The reward model's trainable weights (LoRA and the score head) stay fp32 too, and they train."""
+    argv = [
+        "--config",
+        str(RECIPES / "study" / "reward-model-oasst.yaml"),
+        "--model_name_or_path",
+        str(tiny_phi_dir),
+        "--lora_target_modules",
+        "q_proj",
+        "v_proj",
+        "--pairs_file",
+        str(write_pairs_file(tmp_path / "pairs")),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "2",  # the first moves only LoRA B (A's gradient is zero while B is)
+        "--warmup_steps",
+        "0",
+        "--save_strategy",
+        "no",
+        "--use_cpu",
+        "true",
+        "--load_in_4bit",
+        "true",
+        "--quantize_on_cpu",
+        "true",
+    ]
+    built = build_trainer(parse_args(argv))
+    model = built.trainer.model
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    assert any("score" in n for n in trained) and {p.dtype for p in trained.values()} == {torch.float32}
+    before = {n: p.detach().clone() for n, p in trained.items()}
+    built.trainer.train()
+    moved = {n for n, p in trained.items() if not torch.equal(before[n], p)}
+    assert any("lora_A" in n for n in moved) and any("score" in n for n in moved)
