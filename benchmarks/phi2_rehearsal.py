@@ -57,8 +57,8 @@ def markdown(report: dict) -> str:
         "",
         f"{report['machine']}; recipe `{report['recipe']}` with {report['tokens']} new tokens per completion "
         f"(forced); median of {rows[0]['timed_steps']} timed step(s) after {report['warmup']} warm-up "
-        f"step(s). Baseline: `{rows[0]['run']}`. Random Phi-2 built and saved in "
-        f"{report['build_seconds'] or 'an earlier run, not timed'} s.",
+        f"step(s). Baseline: `{rows[0]['run']}`. Random Phi-2 built and saved "
+        + (f"in {report['build_seconds']:.0f} s." if report["build_seconds"] else "by an earlier run."),
         "",
         "| run | parameters | precision | trainable (dtype) | s/step | × baseline | peak RSS MB | × baseline "
         "| process s (load + steps) | load avg (start, end) |",
