@@ -201,24 +201,34 @@ def default_device() -> str:
     return "cpu"
 
 
+def gpu_compute_dtype(bf16_supported: bool, model_type: str | None) -> torch.dtype:
+    """The compute dtype on a GPU, for serving and training alike: bf16 where the GPU has it; on one
+    without (a T4) fp16, except for Phi. transformers 5 computes Phi's query-key product in the compute
+    dtype, and Phi-2's exceeds fp16's range (65504): inf, then NaN. Phi there computes in fp32."""
+    if bf16_supported:
+        return torch.bfloat16
+    return torch.float32 if model_type == "phi" else torch.float16
+
+
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
 def precision_plan(device: str, quantize: bool, model_type: str | None = None) -> tuple[dict, str]:
     """``from_pretrained`` keyword arguments for the weights' precision on ``device``, and its label.
 
-    bf16 only where the GPU has it (``torch.cuda.is_bf16_supported()``); a T4 has not, so a 4-bit base
-    computes in fp16 there. Phi-2's attention can overflow in fp16, so an unquantized Phi stays in fp32 on
-    such a GPU. On a CPU fp32 runs faster than bf16 emulation.
+    On a GPU the compute dtype is ``gpu_compute_dtype``'s (a 4-bit base computes in it; an unquantized
+    model is stored in it). On a CPU fp32 runs faster than bf16 emulation.
     """
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    half, half_name = (torch.bfloat16, "bf16") if bf16 else (torch.float16, "fp16")
+    half = torch.float32
+    if device != "cpu":
+        half = gpu_compute_dtype(device == "cuda" and torch.cuda.is_bf16_supported(), model_type)
     if quantize:
         from transformers import BitsAndBytesConfig
 
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=half)
         kwargs = {"quantization_config": config, "dtype": half, "device_map": {"": device}}
-        return kwargs, f"4-bit NF4, {half_name} compute"
-    if device == "cpu" or (not bf16 and model_type == "phi"):
-        return {"dtype": torch.float32}, "fp32"
-    return {"dtype": half}, half_name
+        return kwargs, f"4-bit NF4, {DTYPE_NAMES[half]} compute"
+    return {"dtype": half}, DTYPE_NAMES[half]
 
 
 @dataclass

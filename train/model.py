@@ -34,6 +34,22 @@ def load_tokenizer(model_args, trust_remote_code: bool = False):
     return tokenizer, path, revision
 
 
+def model_type(model_args, trust_remote_code: bool = False) -> str | None:
+    """The base's architecture name ("phi", "llama"), from its config alone."""
+    from transformers import AutoConfig
+
+    from assistant.models import ModelLoadError, resolve_base
+
+    name = model_args.model_name_or_path
+    path = resolve_base(name, model_args.model_revision)
+    revision = None if Path(path).is_dir() else model_args.model_revision
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise ModelLoadError(f"cannot read the config of {name!r}: {str(error).splitlines()[0]}") from None
+    return getattr(config, "model_type", None)
+
+
 def _model_class(method: str):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -146,3 +162,21 @@ def warm_start(model, adapter: str, model_args, notes: list[str]):
         f"warm start: trains on from the adapter in {adapter} (r={config.r}); TRL's reference is a frozen copy"
     )
     return model, None
+
+
+def trainable_to_fp32(model) -> int:
+    """Cast the trainable parameters (LoRA A/B, a reward model's score head) back to fp32; return how many.
+
+    TRL's GRPO, DPO and Reward trainers cast them to bf16 when the base is quantized (QLoRA). bf16 keeps
+    8 bits of mantissa: next to a 0.02 weight its smallest step is about 1e-4, while AdamW at lr 2e-5
+    moves a weight ~2e-5 a step, so every update rounds away and the adapter silently does not train
+    (fp32 moves it to 0.018 in 100 steps). Call it after the trainer is built, before training starts
+    (the optimizer is created in train(), on these same parameter objects)."""
+    import torch
+
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.float()
+            cast += 1
+    return cast

@@ -36,7 +36,15 @@ from train.config import (
     check_values,
     lists_of_one,
 )
-from train.model import check_target_modules, empty_model, load_model, load_tokenizer, warm_start
+from train.model import (
+    check_target_modules,
+    empty_model,
+    load_model,
+    load_tokenizer,
+    model_type,
+    trainable_to_fp32,
+    warm_start,
+)
 from train.outputs import metric_trends  # noqa: F401  (tests/_helpers_card imports it from here)
 
 # ----------------------------------------------------------------------------------------------
@@ -150,11 +158,18 @@ def adapt_to_device(
     if torch.cuda.is_available() and not training_args.use_cpu:
         device = "cuda"
         if mixed_precision == "bf16" and training_args.fp16:  # mixed_precision_for found no bf16
-            notes.append(
-                "GPU without bf16: fp16 mixed precision instead (Phi-2's attention can overflow in fp16)"
-            )
-            if model_args.dtype == "bfloat16":
-                model_args.dtype = "float16"
+            from assistant.models import gpu_compute_dtype
+
+            compute = gpu_compute_dtype(False, model_type(model_args, training_args.trust_remote_code))
+            if compute == torch.float32:
+                # TrainingArguments turned fp16 into its mixed_precision when parsed: both go.
+                training_args.fp16, training_args.mixed_precision = False, "no"
+                model_args.dtype = "float32"
+                notes.append("GPU without bf16: Phi computes in fp32 (its attention overflows in fp16)")
+            else:
+                notes.append("GPU without bf16: fp16 mixed precision instead")
+                if model_args.dtype == "bfloat16":
+                    model_args.dtype = "float16"
     else:
         device, why = "cpu", "use_cpu" if torch.cuda.is_available() else "no GPU"
         training_args.bf16 = training_args.fp16 = False  # parse_args has done it already
@@ -359,6 +374,8 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
             callbacks=list(callbacks),
         )
 
+    # TRL made them bf16 over a 4-bit base, where lr 2e-5 updates round away (see trainable_to_fp32).
+    trainable_to_fp32(trainer.model)
     # Counted on the model as built, never a constant (PEFT counts 4-bit weights at their real size).
     trainable, total = trainer.model.get_nb_trainable_parameters()
     targets = trainer.model.peft_config["default"].target_modules
