@@ -72,7 +72,7 @@ def report_scores(path: Path, pairs: list[dict]) -> tuple[np.ndarray, np.ndarray
     """A DPO adapter's implicit reward of each reply, read from its own evaluation report when that report
     scored exactly these pairs with exactly these weights: train.evaluate.preference computed the mean
     per-token log-probs of base and adapter, whose difference is the implicit reward (train.implicit)."""
-    from model_card import report_matches
+    from train.card import report_matches
 
     report = path / "eval" / "report.json"
     if not (report.is_file() and report_matches(path)):

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from tests._helpers_train import PAIRS, make_tiny_classifier, tiny_overrides, write_pairs_file
+from train.pieces import recipe_making
 from train.train import ConfigError, build_trainer, parse_args, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,16 +117,16 @@ def test_a_missing_warm_start_is_one_line(tmp_path, tiny_phi_dir):
         "--config", str(ROOT / "recipes/study/grpo-from-sft.yaml"), *tiny_overrides(tiny_phi_dir, pairs, tmp_path),
         "--init_adapter", str(tmp_path / "nothing-here"),
     ]  # fmt: skip
-    with pytest.raises(ConfigError, match="init_adapter .*nothing-here holds no adapter_config.json"):
-        parse_args(argv)
+    from train.pieces import check_recipe
+
+    with pytest.raises(ConfigError, match="^init_adapter .*nothing-here is not here; train it or give"):
+        check_recipe(parse_args(argv).train)  # checked when a run starts; the recipe still parses
 
 
 @pytest.mark.parametrize("name", ["sft", "grpo-from-dpo", "grpo-from-sft"])
 def test_the_warm_start_recipes_parse_and_keep_their_promises(name, monkeypatch):
-    monkeypatch.chdir(ROOT)  # the recipes name the committed adapters relative to the repository
-    # grpo-from-sft names outputs/study/sft, which exists only once sft.yaml has run
-    extra = ["--init_adapter", "demo/smollm2-dpo-demo"] if name == "grpo-from-sft" else []
-    parsed = parse_args(["--config", f"recipes/study/{name}.yaml", *extra])
+    monkeypatch.chdir(ROOT)  # the recipes name their adapters relative to the repository
+    parsed = parse_args(["--config", f"recipes/study/{name}.yaml"])  # the adapters they name come later
     train, training = parsed.train, parsed.training
     assert type(training).__name__ == ("SFTConfig" if name == "sft" else "GRPOConfig")
     if name == "sft":
@@ -134,6 +136,8 @@ def test_the_warm_start_recipes_parse_and_keep_their_promises(name, monkeypatch)
     assert train.dataset_depth == "all" and train.max_pairs is None  # every training prompt, every depth
     assert train.gold_check_every and training.save_steps == train.gold_check_every
     assert training.save_total_limit is None  # every checked step can be picked
-    # the reward was trained on this recipe's training pairs, nothing else
-    used = json.loads((Path(train.implicit_reward_adapter) / "training_info.json").read_text())
-    assert used["pairs_file"] == train.pairs_file and used["method"] == "dpo"
+    # the reward is the adapter that the study's DPO recipe trains on this recipe's training pairs
+    made_by = recipe_making(train.implicit_reward_adapter)
+    dpo = yaml.safe_load(made_by.read_text())
+    assert made_by.name == "dpo-length-normalised.yaml" and dpo["method"] == "dpo"
+    assert dpo["pairs_file"] == train.pairs_file

@@ -306,14 +306,8 @@ def check_rewards(train_args: TrainArguments, reward_weights: list[float] | None
 
 
 def check_adapters(train_args: TrainArguments) -> None:
-    """The adapter folders a recipe names must exist before anything loads."""
-    for key in ("init_adapter", "implicit_reward_adapter"):
-        folder = getattr(train_args, key)
-        if folder and not (Path(folder) / "adapter_config.json").is_file():
-            raise ConfigError(
-                f"{key} {folder} holds no adapter_config.json: train that adapter first (python -m train "
-                "--config recipes/...) or point at an adapter folder"
-            )
+    """Only grpo, dpo and sft continue an adapter (that the folders exist is checked when a run starts:
+    train.pieces.check_recipe)."""
     if train_args.init_adapter and train_args.method not in ("grpo", "dpo", "sft"):
         raise ConfigError(f"init_adapter warm-starts grpo, dpo or sft, not method {train_args.method}")
 

@@ -1,5 +1,6 @@
-"""What a recipe needs that must already exist (its data sources, its reward model), checked before any
-long work, each missing one reported in one line with where it comes from.
+"""What a recipe needs that must already exist (its data sources, its reward model, the adapters it
+continues or scores with), checked before any long work, each missing one reported in one line with
+where it comes from.
 
 A fresh clone has neither ``../shared/data`` (the real Open Assistant and HH-RLHF files the CPU recipes
 read) nor ``outputs/`` (the reward models other recipes train): without these checks a run dies minutes
@@ -65,6 +66,9 @@ def check_recipe(train_args) -> None:
     pairs = Path(train_args.pairs_file)
     if not pairs.exists() and (missing := missing_source(train_args.dataset_source)):
         raise ConfigError(f"pairs_file {pairs} is not built yet and {missing}")
+    for key in ("init_adapter", "implicit_reward_adapter"):  # a warm start, the implicit reward's adapter
+        if (name := getattr(train_args, key)) and (missing := missing_model(name, key)):
+            raise ConfigError(missing)
     if train_args.method == "grpo" and "reward_model" in train_args.reward_funcs:
         name = train_args.reward_model_name_or_path
         if missing := missing_model(name, "reward_model_name_or_path"):
