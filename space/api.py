@@ -1,5 +1,5 @@
 """The typed API: fixed names (``/battle``, ``/vote``, ``/leaderboard``, ``/compare``; ``/chat`` is the
-Chat tab's) for scripts and ``gradio_client``; the UI's own events are private. docs/api.md shows calls."""
+Chat tab's) for scripts and ``gradio_client``; the UI's own events are private. docs/space.md shows calls."""
 
 import gradio as gr
 

@@ -4,7 +4,7 @@
     python -m study.run --only dpo           # one candidate (trained and evaluated), then the table
     python -m study.run --step table         # only re-write the table from the finished runs
     python -m study.run --step demo          # the table, the best candidates become the demo adapters, and
-                                             # the table goes into the project README
+                                             # the table goes into docs/study.md
 
 Every candidate is a recipe in recipes/study/, trained on the same training pairs (the English Open
 Assistant pairs of the oasst1 validation split and the oasst2 sample, at every depth) and evaluated by

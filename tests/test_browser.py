@@ -1,6 +1,6 @@
 """The Gradio app in a real browser: Debian's headless Chromium driven by Playwright plays a whole battle.
 
-UPDATE_SCREENSHOTS=1 also writes the Arena and Leaderboard screenshots to docs/ (shown in the README).
+UPDATE_SCREENSHOTS=1 also writes the Arena and Leaderboard screenshots to docs/ (shown in docs/space.md).
 """
 
 import json

@@ -105,7 +105,7 @@ def test_a_missing_data_source_is_one_line_saying_where_it_comes_from(tmp_path, 
     )
     assert main(["--config", str(recipe)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert f"dataset_source {source} is not here" in line and "docs/fresh-clone.md" in line
+    assert f"dataset_source {source} is not here" in line and "docs/data.md" in line
 
 
 def test_the_committed_grpo_demo_is_evaluable_without_its_reward_model(monkeypatch):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DATA_HELP = "docs/fresh-clone.md says where it comes from (tests/data/ holds a small subset)"
+DATA_HELP = "docs/data.md says where it comes from (tests/data/ holds a small subset)"
 
 
 def looks_local(name: str) -> bool:
