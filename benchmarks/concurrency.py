@@ -1,6 +1,6 @@
 """Many people at once: 1, 2, 4 and 8 simultaneous users of the real app, through gradio_client.
 
-    python benchmarks/concurrency.py [--new-tokens 32] [--levels 1,2,4,8] [--endpoints compare,chat,battle]
+    python -m benchmarks.concurrency [--new-tokens 32] [--levels 1,2,4,8] [--endpoints compare,chat,battle]
 
 Starts ``python app.py`` (offline: SmolLM2 with the demo adapters) as a subprocess on loopback, then for
 each endpoint (``/compare``: base and first adapter side by side; ``/chat``: the first adapter, streamed;
@@ -29,8 +29,8 @@ import threading
 import time
 import urllib.request
 
-from serving_common import ROOT, THREADS_HELP, machine, write
-from start_time import free_port
+from benchmarks.serving_common import ROOT, THREADS_HELP, machine, write
+from benchmarks.start_time import free_port
 
 PROMPTS = [
     "Explain the difference between a list and a tuple in Python.",
@@ -188,7 +188,7 @@ def markdown(record: dict) -> str:
     lines = [
         "# Concurrent users through the real app",
         "",
-        f"`python benchmarks/concurrency.py` — `python app.py` on loopback (offline: {', '.join(record['models'])}),"
+        f"`python -m benchmarks.concurrency` — `python app.py` on loopback (offline: {', '.join(record['models'])}),"
         f" gradio_client, {record['new_tokens']} new tokens at most, temperature 0.7, seed 0, "
         f"{record['app_threads']} torch thread(s) in the app. One user alone: each of the prompts sent by "
         "itself, one after another, in the same run (median). First token: `/chat` streams; `/compare` "

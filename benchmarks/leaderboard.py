@@ -1,6 +1,6 @@
 """How long a page load and a vote wait for the leaderboard, with thousands of votes on file.
 
-    python benchmarks/leaderboard.py [--votes 5000] [--repeats 3]
+    python -m benchmarks.leaderboard [--votes 5000] [--repeats 3]
 
 Writes ``--votes`` synthetic anonymous votes (four models of known strengths, one to three turns each,
 ties and "both are bad" among them) through ``assistant.store.Store``, as the app writes them, then times:
@@ -29,10 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from serving_common import ROOT, machine, write
-
 from assistant.leaderboard import LiveLeaderboard, leaderboard, leaderboard_markdown
 from assistant.store import Store
+from benchmarks.serving_common import ROOT, machine, write
 
 BASELINE_COMMIT = "f25a3ed"  # the last commit with the leaderboard in train/evaluate/votes.py
 STRENGTH = {"base": 0.0, "dpo": 0.4, "grpo": 0.2, "other": -0.3}  # logits

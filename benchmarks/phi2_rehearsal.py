@@ -1,6 +1,6 @@
 """A rehearsal of the real Phi-2 run on a CPU: GRPO steps of a randomly initialised Phi-2-sized model.
 
-    PYTHONPATH=. python benchmarks/phi2_rehearsal.py [--steps 1 --warmup 1 --tokens 16]
+    python -m benchmarks.phi2_rehearsal [--steps 1 --warmup 1 --tokens 16]
 
 The model has Phi-2's exact configuration (2.7B parameters, from benchmarks/grpo_step.random_phi2: built
 in bf16 and saved once, since the weights cannot be downloaded here). It is then loaded the way
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from grpo_step import RESULTS, ROOT, child, random_phi2
+from benchmarks.grpo_step import RESULTS, ROOT, child, random_phi2
 
 RECIPE = ROOT / "recipes" / "phi2-grpo-qlora.yaml"
 # SmolLM2 (llama) names its Linear layers differently from Phi-2; every Linear of a block, as the recipe.
@@ -37,7 +37,17 @@ LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 def run_child(name: str, model: Path, args, work: Path) -> dict:
     out = work / f"{name}.json"
     out.unlink(missing_ok=True)
-    command = [sys.executable, __file__, "--child", name, "--model", str(model), "--child-out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.phi2_rehearsal",
+        "--child",
+        name,
+        "--model",
+        str(model),
+        "--child-out",
+        str(out),
+    ]
     command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--tokens", str(args.tokens)]
     print(f"--- {name} ({model})", flush=True)
     started = time.perf_counter()
