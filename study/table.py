@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from study.sealed import ledger_line
 from train.evaluate.answers import SIDES, stop_guard
 from train.evaluate.length import judge_caveat, judge_skill
 from train.evaluate.stats import ALPHA, fmt, fmt_p, tuned_won
@@ -55,6 +56,7 @@ def row(name: str, runs: Path) -> dict | None:
             "per_prompt": j.get("per_prompt"),
             "difference": j.get("tuned_minus_base"),
             "accuracy": (report.get("judge") or {}).get("accuracy"),  # its own, on these held-out pairs
+            "name": (report.get("judge") or {}).get("name"),
         },
         "settings": report["settings"],
         "objective": {
@@ -277,7 +279,7 @@ def embed(readme: Path, rows: list[dict], demos: dict[Path, str]) -> None:
         raise SystemExit(f"error: {readme} has no study table markers; add {BEGIN} and {END} lines")
     head, rest = text.split(BEGIN, 1)
     body = (
-        [table_markdown(rows), *reading(rows), ""]
+        [table_markdown(rows), *reading(rows), "", ledger_line(), ""]
         + [
             f"`{folder}` is the `{name}` adapter (the fixed rule `study.run.evidence`)."
             for folder, name in demos.items()
@@ -300,9 +302,10 @@ def write_table(candidates, runs: Path, results: Path, reward_models: dict) -> l
         return rows
     plot(rows, results / "plots" / "study.png")
     accuracy = next((r["judge"]["accuracy"] for r in rows if r["judge"]["accuracy"]), None)
+    judge = next((r["judge"]["name"] for r in rows if r["judge"].get("name")), "the judge")
     settings = rows[0]["settings"]
     checks = [
-        f"- `judge-hh-rlhf` on these held-out Open Assistant pairs: {judge_skill(accuracy)}."
+        f"- `{judge}` on these held-out Open Assistant pairs: {judge_skill(accuracy)}."
         + "".join(f" **{line}**" for line in [judge_caveat(accuracy)] if line)
     ] * bool(accuracy) + [
         f"- `{name}`, {where.replace('_', ' ')}: {judge_skill(rate)}."
@@ -323,6 +326,8 @@ def write_table(candidates, runs: Path, results: Path, reward_models: dict) -> l
             "",
             table_markdown(rows),
             *reading(rows),
+            "",
+            ledger_line(),
             "",
             "![Study](plots/study.png)",
             "",
