@@ -1,16 +1,12 @@
 """The options of ``python -m train``: ours here, TRL's GRPOConfig / DPOConfig and ModelConfig beside them.
 
-A recipe is one flat YAML file holding keys of all three, parsed by TRL's ``TrlParser`` (train.cli);
-``--key value`` on the command line overrides the file. The parser checks every value's type and choices
-and TRL's configs check their own values (GRPO's group sizes among them); the checks here are what only
-this project knows: reward names, the adapters and the pairs a recipe names, each one line before any
-model is loaded.
+A recipe is one flat YAML file holding keys of all three, parsed by TRL's ``TrlParser`` (train.recipe);
+``--key value`` on the command line overrides the file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -138,61 +134,3 @@ class TrainArguments:
     resume: bool = field(
         default=True, metadata={"help": "Resume from the last checkpoint-* in output_dir when there is one."}
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# What only we know (argparse checks the types and choices, TRL's configs their own values)
-
-
-def check_rewards(train_args: TrainArguments, reward_weights: list[float] | None) -> None:
-    from train.rewards import REWARDS
-
-    names = train_args.reward_funcs
-    unknown = [n for n in names if n not in REWARDS]
-    if unknown or not names:
-        raise ConfigError(
-            f"reward_funcs {'names ' + ', '.join(unknown) if unknown else 'is empty'}: "
-            f"use names from train.rewards.REWARDS ({', '.join(REWARDS)})"
-        )
-    if reward_weights and len(reward_weights) != len(names):
-        raise ConfigError(
-            f"reward_weights has {len(reward_weights)} values for {len(names)} reward_funcs "
-            f"({', '.join(names)}): give one weight per reward, in the same order"
-        )
-    if "reward_model" in names and not train_args.reward_model_name_or_path:
-        raise ConfigError(
-            "reward_funcs names reward_model but reward_model_name_or_path is not set: name the "
-            "sequence-classification model (a Hub id or a folder)"
-        )
-    if "dpo_implicit" in names and not train_args.implicit_reward_adapter:
-        raise ConfigError(
-            "reward_funcs names dpo_implicit but implicit_reward_adapter is not set: name a DPO adapter folder"
-        )
-
-
-def check_adapters(train_args: TrainArguments) -> None:
-    """The adapter folders a recipe names must exist before anything loads."""
-    for key in ("init_adapter", "implicit_reward_adapter"):
-        folder = getattr(train_args, key)
-        if folder and not (Path(folder) / "adapter_config.json").is_file():
-            raise ConfigError(
-                f"{key} {folder} holds no adapter_config.json: train that adapter first (python -m train "
-                "--config recipes/...) or point at an adapter folder"
-            )
-    if train_args.init_adapter and train_args.method not in ("grpo", "dpo", "sft"):
-        raise ConfigError(f"init_adapter warm-starts grpo, dpo or sft, not method {train_args.method}")
-
-
-def check_pairs(train_args: TrainArguments) -> None:
-    """Checked on every process before anything is built: a main process that failed while building the
-    pairs would leave the others waiting for it."""
-    path = Path(train_args.pairs_file)
-    if path.exists():
-        return
-    if not any(train_args.dataset_source or []):  # unset, or --dataset_source "" to unset it
-        raise ConfigError(
-            f"pairs_file {path} does not exist: run `python -m train.data --source SOURCE "
-            f"--output-dir {path.parent}` first, or set dataset_source in the recipe"
-        )
-    if path.name != "train.jsonl":
-        raise ConfigError(f"pairs_file must end in train.jsonl to be built from dataset_source, got {path}")

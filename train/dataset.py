@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from train.config import ConfigError, check_pairs
+from train.config import ConfigError
+from train.recipe import check_pairs
 
 
 def load_train_pairs(train_args, tokenizer) -> tuple[list[dict], dict]:

@@ -50,18 +50,6 @@ def model_type(model_args, trust_remote_code: bool = False) -> str | None:
     return getattr(config, "model_type", None)
 
 
-def mixed_precision_for(asked: str | None, use_cpu: bool = False) -> tuple[bool, bool]:
-    """(bf16, fp16) for this machine: as asked on a GPU that has it, fp16 on a GPU without bf16 (a T4),
-    neither on a CPU (bf16 autocast there is ~5x slower)."""
-    import torch
-
-    if use_cpu or not torch.cuda.is_available():
-        return False, False
-    if asked == "bf16" and not torch.cuda.is_bf16_supported():
-        return False, True
-    return asked == "bf16", asked == "fp16"
-
-
 def adapt_to_device(
     train_args, training_args, model_args, mixed_precision=None
 ) -> tuple[str, str, list[str]]:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from train import cli, outputs
-from train.cli import Parsed, parse_args
 from train.config import ConfigError
 from train.dataset import load_train_pairs, to_dataset
 from train.model import (
@@ -32,6 +31,7 @@ from train.model import (
     trainable_to_fp32,
     warm_start,
 )
+from train.recipe import Parsed, parse_args
 
 __all__ = ["Built", "ConfigError", "Parsed", "build_trainer", "main", "parse_args", "run"]
 
