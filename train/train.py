@@ -7,8 +7,9 @@ Reads top to bottom: build TRL's trainer for a parsed recipe (the recipe adapted
 pairs, the tokenizer, the LoRA targets checked on the empty architecture, the model, the rewards), then
 run it: train, resuming from the last complete checkpoint in output_dir or leaving a finished run alone,
 write the output folder and push when asked; last, the command's entry with its one-line errors.
-The parts live in train.cli (parsing the recipe), train.model (the model on this machine),
-train.dataset (the rows), train.callbacks (metrics, the gold check) and train.outputs (the folder).
+The parts live in train.recipe (reading and checking the recipe), train.cli (--help), train.model (the
+model on this machine), train.dataset (the rows), train.callbacks (metrics, the gold check) and
+train.outputs (the folder).
 """
 
 from __future__ import annotations
