@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from train.train import metric_trends
+from train.outputs import metric_trends
 
 RECIPE = {
     "model_name_or_path": "microsoft/phi-2",

@@ -68,7 +68,7 @@ def tiny(tiny_phi_dir, pairs_file, output_dir):
     ]
 
 
-def launch(argv, env=None, timeout=300):
+def launch(argv, env=None, timeout=300, fails=False):
     """Run the launch; on a timeout kill all its ranks (its own session), not only the launcher."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     process = subprocess.Popen(
@@ -86,8 +86,26 @@ def launch(argv, env=None, timeout=300):
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
         pytest.fail(f"the launch hung for {timeout} s:\n{stdout[-2000:]}{stderr[-3000:]}")
-    assert process.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    assert (process.returncode != 0) == fails, stdout[-2000:] + stderr[-3000:]
     return stdout + stderr
+
+
+def test_group_sizes_count_the_processes_of_the_launch(tmp_path, tiny_phi_dir):
+    """GRPOConfig's own check, on each rank of a real launch: a generation batch of 2 ranks x 1
+    completion cannot hold a group of 4, and every rank says so in one line before any model loads."""
+    argv = [
+        "--config",
+        str(RECIPES / "phi2-grpo-qlora.yaml"),
+        *tiny(tiny_phi_dir, write_pairs_file(tmp_path / "pairs"), tmp_path / "out"),
+        "--per_device_train_batch_size",
+        "1",
+        "--num_generations",
+        "4",
+    ]
+    log = launch(argv, fails=True)
+    errors = [line for line in log.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: generation_batch_size (2) must be divisible by num_generations (4)."] * 2, log
+    assert "trainable parameters:" not in log and not (tmp_path / "out").exists()
 
 
 def test_grpo_on_two_processes_builds_saves_writes_and_pushes_once(tmp_path, tiny_phi_dir, sample_path):

@@ -106,7 +106,8 @@ def test_training_on_a_gpu_without_bf16_keeps_phi_out_of_fp16(base, request, mon
     """The Phi-2 recipe asks for bf16; a GPU without it gets fp16 mixed precision, except for Phi."""
     from trl import get_quantization_config
 
-    from train.train import adapt_to_device, mixed_precision_for
+    from train.model import adapt_to_device
+    from train.recipe import mixed_precision_for
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # TrainingArguments is parsed on a CPU
     model = request.getfixturevalue(base)

@@ -4,18 +4,15 @@ The model folder given to every case has a config and a tokenizer but no weights
 after the weights were loaded would fail there instead ("cannot load base model"), not with its own line.
 """
 
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 from tests._helpers_train import tiny_overrides, write_pairs_file
-from train.config import ConfigError, GroupArguments, check_group_sizes
 from train.train import main
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-GRPO_DEFAULTS = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "num_generations": 8}
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +39,31 @@ def recipe_with(tmp_path, text: str):
 
 
 CASES = {
-    # recipe file lines or command-line arguments -> what the one line must say
-    "unknown key": ("learning_rat: 0.1", ["'learning_rat'", "did you mean learning_rate?"]),
+    # recipe file lines or command-line arguments -> what the one line must say. Types and choices are
+    # argparse's (TRL's parser, the recipe's values parsed as the command line's are), GRPO's group
+    # sizes GRPOConfig's own check; the rest are ours.
+    "unknown key": ("learning_rat: 0.1", ["'learning_rat'", "recipe.yaml", "did you mean learning_rate?"]),
     "unknown flag": (["--num_generation", "2"], ["'num_generation'", "the command line", "num_generations"]),
-    "float for an int": ("max_steps: 1.5", ["max_steps", "must be an integer, got 1.5"]),
-    "word for a number": ("learning_rate: fast", ["learning_rate", "must be a number", "'fast'"]),
-    "quoted bool": ("use_peft: 'yes'", ["use_peft", "must be true or false"]),
-    "number for a list": ("reward_funcs: 3", ["reward_funcs", "list of strings"]),
-    "bad flag value": (["--max_steps", "many"], ["--max_steps", "invalid int value: 'many'"]),
-    "unknown method": ("method: grop", ["method", "one of grpo, dpo, reward", "'grop'"]),
+    "float for an int": ("max_steps: 1.5", ["recipe.yaml", "--max_steps", "invalid int value: '1.5'"]),
+    "word for a number": (
+        "learning_rate: fast",
+        ["recipe.yaml", "--learning_rate", "invalid float value: 'fast'"],
+    ),
+    "word for a bool": ("use_peft: maybe", ["recipe.yaml", "--use_peft", "Truthy value expected: got maybe"]),
+    "number for a list": ("reward_funcs: 3", ["reward_funcs names 3", "train.rewards.REWARDS"]),
+    "bad flag value": (
+        ["--max_steps", "many"],
+        ["the command line", "--max_steps", "invalid int value: 'many'"],
+    ),
+    "unknown method": (
+        "method: grop",
+        ["recipe.yaml", "--method", "invalid choice: 'grop'", "'grpo', 'dpo'"],
+    ),
+    "unknown TRL choice": (
+        "lr_scheduler_type: cosin",
+        ["recipe.yaml", "invalid choice: 'cosin'", "'cosine'"],
+    ),
+    "broken YAML": ("reward_funcs: [preference", ["recipe.yaml is not YAML", "line"]),
     "reward not in the registry": (
         ["--reward_funcs", "preference", "helpfulness", "--reward_weights", "1", "1"],
         ["reward_funcs names helpfulness", "train.rewards.REWARDS", "concision"],
@@ -65,8 +78,9 @@ CASES = {
     ),
     "group that does not fit": (
         ["--per_device_train_batch_size", "3", "--num_generations", "2"],
-        ["not a multiple of num_generations 2", "set per_device_train_batch_size to 2"],
+        ["generation_batch_size (3) must be divisible by num_generations (2)"],
     ),
+    "group of one": (["--num_generations", "1"], ["at least 2 generations per prompt", "You provided 1"]),
     "missing pairs, no source": (
         ["--pairs_file", "nowhere/train.jsonl", "--dataset_source", ""],
         ["pairs_file nowhere/train.jsonl does not exist", "python -m train.data --source SOURCE"],
@@ -97,50 +111,6 @@ def test_bad_recipe_is_one_line_naming_the_key(case, tmp_path, weightless, capsy
     for part in expected:
         assert part in err, err
     assert not (tmp_path / "out").exists()  # nothing was written
-
-
-@pytest.mark.parametrize(
-    "sizes,processes,fix",
-    [
-        ({"per_device_train_batch_size": 2, "num_generations": 4}, 1, "per_device_train_batch_size to 4"),
-        ({"per_device_train_batch_size": 2, "num_generations": 4}, 3, "per_device_train_batch_size to 4"),
-        ({"per_device_train_batch_size": 1, "num_generations": 4}, 2, "per_device_train_batch_size to 2"),
-        (
-            {"per_device_train_batch_size": 3, "num_generations": 8, "gradient_accumulation_steps": 2},
-            2,
-            "to 2",
-        ),
-        (
-            {"per_device_train_batch_size": 3, "generation_batch_size": 6, "num_generations": 4},
-            1,
-            "size to 12",
-        ),
-        ({"num_generations": 1}, 1, "set it to 2 or more"),
-    ],
-)
-def test_group_sizes_say_what_to_change_for_any_process_count(sizes, processes, fix):
-    """The error names a value to set, and that value fits on the same number of processes."""
-    with pytest.raises(ConfigError, match=fix) as error:
-        check_group_sizes(GroupArguments(**sizes), GRPO_DEFAULTS, processes)
-    key, value = re.search(r"set (\w+) to (\d+)", str(error.value)).groups()
-    fixed = {**sizes, "num_generations" if key == "it" else key: int(value)}
-    check_group_sizes(GroupArguments(**fixed), GRPO_DEFAULTS, processes)  # the advice is right
-
-
-def test_group_sizes_use_the_process_count_of_the_launch(tmp_path, weightless, monkeypatch, capsys):
-    """accelerate launch / torchrun tell each rank WORLD_SIZE: 2 ranks x 1 completion cannot hold groups of 4."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    argv = [
-        "--config",
-        str(RECIPES / "phi2-grpo-qlora.yaml"),
-        *tiny_overrides(weightless, write_pairs_file(tmp_path / "pairs"), tmp_path / "out"),
-        "--per_device_train_batch_size",
-        "1",
-        "--num_generations",
-        "4",
-    ]
-    err = error_of(argv, capsys)
-    assert "1 x 2 processes x 1 steps = 2" in err and "set per_device_train_batch_size to 2" in err
 
 
 def test_help_still_prints_the_options(capsys):

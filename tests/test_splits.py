@@ -75,7 +75,7 @@ def test_the_study_recipes_train_on_the_three_splits():
 def test_a_recipe_missing_its_pairs_builds_the_three_splits(tmp_path, splits):
     """train.train builds the pairs a study recipe names exactly as study.run does."""
     from train.config import TrainArguments
-    from train.train import load_train_pairs
+    from train.dataset import load_train_pairs
 
     out, _ = splits
     args = TrainArguments(

@@ -1,6 +1,6 @@
 """The base model of a run: its tokenizer (with the shared chat template), its empty architecture (to
 check the LoRA targets before any weight loads), the model itself, quantized when the recipe says, and
-a warm start's adapter on it.
+a warm start's adapter on it; and how one recipe adapts to this machine (its precision, its 4-bit base).
 """
 
 from __future__ import annotations
@@ -48,6 +48,51 @@ def model_type(model_args, trust_remote_code: bool = False) -> str | None:
     except OSError as error:
         raise ModelLoadError(f"cannot read the config of {name!r}: {str(error).splitlines()[0]}") from None
     return getattr(config, "model_type", None)
+
+
+def adapt_to_device(
+    train_args, training_args, model_args, mixed_precision=None
+) -> tuple[str, str, list[str]]:
+    """GPU: the recipe as written (fp16 for bf16 where the GPU lacks it). CPU: fp32, 4-bit only if asked."""
+    import torch
+
+    notes = []
+    if torch.cuda.is_available() and not training_args.use_cpu:
+        device = "cuda"
+        if mixed_precision == "bf16" and training_args.fp16:  # mixed_precision_for found no bf16
+            from assistant.models import gpu_compute_dtype
+
+            compute = gpu_compute_dtype(False, model_type(model_args, training_args.trust_remote_code))
+            if compute == torch.float32:
+                # TrainingArguments turned fp16 into its mixed_precision when parsed: both go.
+                training_args.fp16, training_args.mixed_precision = False, "no"
+                model_args.dtype = "float32"
+                notes.append("GPU without bf16: Phi computes in fp32 (its attention overflows in fp16)")
+            else:
+                notes.append("GPU without bf16: fp16 mixed precision instead")
+                if model_args.dtype == "bfloat16":
+                    model_args.dtype = "float16"
+    else:
+        device, why = "cpu", "use_cpu" if torch.cuda.is_available() else "no GPU"
+        training_args.bf16 = training_args.fp16 = False  # parse_args has done it already
+        if mixed_precision:
+            notes.append(f"{why}: {mixed_precision} mixed precision off")
+        if model_args.dtype not in (None, "float32", "auto"):
+            notes.append(f"{why}: weights in float32 instead of {model_args.dtype}")
+        model_args.dtype = "float32"
+        if (model_args.load_in_4bit or model_args.load_in_8bit) and not train_args.quantize_on_cpu:
+            model_args.load_in_4bit = model_args.load_in_8bit = False
+            notes.append(f"{why}: base loaded in fp32, not quantized (set quantize_on_cpu to keep 4-bit)")
+    if model_args.load_in_4bit:
+        compute = model_args.dtype if model_args.dtype not in (None, "auto") else "float32"
+        precision = f"4-bit {model_args.bnb_4bit_quant_type.upper()} base, {compute} compute"
+    elif model_args.load_in_8bit:
+        precision = "8-bit base"
+    elif training_args.bf16 or training_args.fp16:
+        precision = f"{model_args.dtype or 'auto'} weights, {'bf16' if training_args.bf16 else 'fp16'} mixed precision"
+    else:
+        precision = model_args.dtype or "auto"
+    return device, precision, notes
 
 
 def _model_class(method: str):
