@@ -1,5 +1,5 @@
 """The sealed test's ledger: counting, recording, refusing. On real files: the study's recipes and the
-sealed test built from the real Open Assistant data."""
+sealed test built from the real Open Assistant subsets committed in tests/data."""
 
 import json
 import shutil
@@ -8,13 +8,14 @@ import pytest
 
 from study import run as study
 from study import sealed
+from tests._helpers_data import OASST1_EN, SAMPLE
 from train.data.splits import write_splits
 
 
 @pytest.fixture(scope="module")
 def test_file(tmp_path_factory):
     out = tmp_path_factory.mktemp("splits")
-    write_splits(out, [str(s) for s in study.SOURCES], depth="all", eval_fraction=0.25, test_fraction=0.25)
+    write_splits(out, [str(OASST1_EN), str(SAMPLE)], depth="all", eval_fraction=0.25, test_fraction=0.25)
     return out / "test.jsonl"
 
 

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from study import run as study
+from tests._helpers_data import full_data
 from train.data import DataError, build_pairs, load_pairs, main
 from train.data.splits import build_splits
 from train.evaluate.inputs import prompt_key
@@ -15,6 +16,10 @@ SOURCES = [str(s) for s in study.SOURCES]
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory):
+    for (
+        source
+    ) in study.SOURCES:  # the split's promises (100 test prompts, old trees in dev) are the full data's
+        full_data(source.name)
     out = tmp_path_factory.mktemp("splits") / "study-splits"
     args = ["--source", *SOURCES, "--depth", "all", "--eval_fraction", str(study.EVAL_FRACTION)]
     args += ["--test_fraction", str(study.TEST_FRACTION), "--output-dir", str(out)]
