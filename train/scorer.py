@@ -6,7 +6,9 @@ A model is a Hub id or a folder of a full model, an adapter folder written by
 frozen encoder with a linear score head (``train.encoder_judge``: a ``judge_head.json`` folder). A tokenizer
 with a chat template gets the whole conversation through it, as the reward models of this project
 were trained; one without (Open Assistant's DeBERTa reward models) gets the last question and the
-answer as a text pair, the way those models were trained.
+answer as a text pair, the way those models were trained. That is why GRPO's ``reward_model`` goes
+through here rather than GRPOTrainer's own loading of a reward-model id, which scores one concatenated
+text with a full ``AutoModelForSequenceClassification`` (no text pairs, no LoRA reward, no encoder head).
 """
 
 from __future__ import annotations
