@@ -19,19 +19,32 @@ next batch boundary, not mid-batch.
 
 from __future__ import annotations
 
+import queue
 import random
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from assistant.generation import Busy, GenerationSettings, RowStreamer, _encode, _routing, eos_ids
+from assistant.generation import (
+    Answer,
+    Busy,
+    GenerationSettings,
+    RowStreamer,
+    _check_adapters,
+    _check_settings,
+    _encode,
+    _lock_for,
+    _routing,
+    _streamer,
+    eos_ids,
+)
 
 FINISHED = object()  # put on a request's channel once its rows are done
 GATHER_S = 0.05  # how long an idle model waits for more requests before it starts a batch
@@ -159,8 +172,8 @@ class _RowSampler(LogitsProcessor):
 class Batcher:
     """The queue and the worker of one model; ``lock`` is held around every ``generate`` on it."""
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
         self._mutex = threading.Lock()
         self._waiting: deque[Request] = deque()
         self._working = False
@@ -257,5 +270,51 @@ def batcher_for(model) -> Batcher:
     with _BATCHERS_MUTEX:
         batcher = _BATCHERS.get(model)
         if batcher is None:
-            batcher = _BATCHERS[model] = Batcher()
+            batcher = _BATCHERS[model] = Batcher(_lock_for(model))
         return batcher
+
+
+def stream(
+    loaded,
+    conversations: Sequence[list[dict]],
+    adapters: Sequence[str],
+    settings: GenerationSettings,
+    stop: threading.Event | None = None,
+    max_waiting: int | None = None,
+    max_batch: int = 16,
+) -> Iterator[list[Answer]]:
+    """Generate one answer per conversation (row ``i`` through ``adapters[i]``), yielding snapshots of
+    all rows as tokens arrive; the last snapshot is final. The rows run in the model's batcher, in one
+    batch with whatever other requests are waiting then (up to ``max_batch`` rows); beyond
+    ``max_waiting`` waiting requests this raises ``Busy``.
+
+    Closing the iterator (or setting ``stop``) stops this request's rows within one step.
+    """
+    if len(conversations) != len(adapters):
+        raise ValueError("give one adapter name per conversation")
+    _check_adapters(loaded, adapters)
+    _check_settings(settings)
+    stop = stop or threading.Event()
+    updates: queue.Queue = queue.Queue()
+    streamer = _streamer(loaded, adapters, updates.put, settings.max_new_tokens, stop)
+    request = Request(list(conversations), list(adapters), settings, streamer, updates.put, max_batch)
+    batcher_for(loaded.model).submit(loaded, request, max_waiting)
+    shown = None
+    try:
+        while True:
+            item = updates.get()
+            while item is not FINISHED and not isinstance(item, BaseException):
+                try:  # a slow reader gets the newest snapshot, not a backlog
+                    item = updates.get_nowait()
+                except queue.Empty:
+                    break
+            if isinstance(item, BaseException):
+                raise item
+            snapshot = streamer.snapshot() if item is FINISHED else item
+            if snapshot != shown:
+                shown = snapshot
+                yield snapshot
+            if item is FINISHED:
+                return
+    finally:
+        stop.set()

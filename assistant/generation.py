@@ -1,7 +1,7 @@
 """Generation on the one shared model: streaming, base-vs-tuned side by side, stopping and routing.
 
 Every request names its own adapter routing (``"__base__"`` or the adapter's name, one per row). The
-apps' requests (``stream``) go to the model's batcher (``assistant.batcher``): requests that arrive
+apps' requests (``assistant.batcher.stream``) go to the model's batcher: requests that arrive
 while the model is busy are generated together, one row each, in one ``generate`` call, and each row
 streams to its own caller and stops on its own. Offline batches (``generate``: evaluation, benchmarks)
 run one ``generate`` call per batch under the same per-model lock. Under the lock, a mixed batch is
@@ -12,9 +12,9 @@ left. Stopping (or abandoning) a stream sets an event that a ``StoppingCriteria`
 
 from __future__ import annotations
 
-import queue
 import threading
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -68,14 +68,21 @@ class Answer:
     done: bool = True  # False for a snapshot of a row still being generated
 
 
-# --- one lock per model -------------------------------------------------------------------------
+# --- one lock per model (the batcher holds it too) -------------------------------------------------------------------------
+
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_MUTEX = threading.Lock()
+
+
+def _lock_for(model) -> threading.Lock:
+    with _LOCKS_MUTEX:
+        return _LOCKS.setdefault(model, threading.Lock())
 
 
 def model_lock(loaded) -> threading.Lock:
-    """The lock every ``generate`` on this model runs under (for callers that generate themselves)."""
-    from assistant.batcher import batcher_for  # the batcher builds on this module
-
-    return batcher_for(loaded.model).lock
+    """The lock every ``generate`` on this model runs under: the batcher's and the offline callers'."""
+    return _lock_for(loaded.model)
 
 
 # --- adapters -------------------------------------------------------------------------------------
@@ -261,54 +268,6 @@ def _check_settings(settings: GenerationSettings) -> None:
         raise RequestError(f"top-p must be above 0 and at most 1, not {settings.top_p}")
 
 
-def stream(
-    loaded,
-    conversations: Sequence[list[dict]],
-    adapters: Sequence[str],
-    settings: GenerationSettings,
-    stop: threading.Event | None = None,
-    max_waiting: int | None = None,
-    max_batch: int = 16,
-) -> Iterator[list[Answer]]:
-    """Generate one answer per conversation (row ``i`` through ``adapters[i]``), yielding snapshots of
-    all rows as tokens arrive; the last snapshot is final. The rows run in the model's batcher, in one
-    batch with whatever other requests are waiting then (up to ``max_batch`` rows); beyond
-    ``max_waiting`` waiting requests this raises ``Busy``.
-
-    Closing the iterator (or setting ``stop``) stops this request's rows within one step.
-    """
-    from assistant.batcher import FINISHED, Request, batcher_for  # the batcher builds on this module
-
-    if len(conversations) != len(adapters):
-        raise ValueError("give one adapter name per conversation")
-    _check_adapters(loaded, adapters)
-    _check_settings(settings)
-    stop = stop or threading.Event()
-    updates: queue.Queue = queue.Queue()
-    streamer = _streamer(loaded, adapters, updates.put, settings.max_new_tokens, stop)
-    request = Request(list(conversations), list(adapters), settings, streamer, updates.put, max_batch)
-    batcher_for(loaded.model).submit(loaded, request, max_waiting)
-    shown = None
-    try:
-        while True:
-            item = updates.get()
-            while item is not FINISHED and not isinstance(item, BaseException):
-                try:  # a slow reader gets the newest snapshot, not a backlog
-                    item = updates.get_nowait()
-                except queue.Empty:
-                    break
-            if isinstance(item, BaseException):
-                raise item
-            snapshot = streamer.snapshot() if item is FINISHED else item
-            if snapshot != shown:
-                shown = snapshot
-                yield snapshot
-            if item is FINISHED:
-                return
-    finally:
-        stop.set()
-
-
 def generate(
     loaded,
     conversations: Sequence[list[dict]],
@@ -316,7 +275,7 @@ def generate(
     settings: GenerationSettings,
     batch_size: int | None = None,
 ) -> list[Answer]:
-    """Like ``stream`` but returns the final answers, in batches of ``batch_size`` rows (default: all)."""
+    """Like ``assistant.batcher.stream`` but returns the final answers, in batches of ``batch_size`` rows (default: all)."""
     if len(conversations) != len(adapters):
         raise ValueError("give one adapter name per conversation")
     batch_size = batch_size or max(1, len(conversations))
@@ -374,7 +333,6 @@ __all__ = [
     "generate_side_by_side",
     "generate_texts",
     "model_lock",
-    "stream",
     "tokenizer_lock",
     "tuned_adapter",
 ]

@@ -12,7 +12,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 
-from assistant.generation import BASE, Answer, GenerationSettings, RequestError, stream
+from assistant.batcher import stream
+from assistant.generation import BASE, Answer, GenerationSettings, RequestError
 from assistant.prompt import InputTooLong, build_messages, fit_to_context, tokenizer_lock
 
 DEFAULTS = GenerationSettings()  # the one place for the sampling defaults the apps start from

@@ -27,13 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from assistant.atomic import write_text
+from study.ledger import LEDGER, SealedError, read_ledger
 
-LEDGER = Path("study/sealed.json")
 TEST = Path("data/study-splits/test.jsonl")
-
-
-class SealedError(ValueError):
-    """A candidate the sealed test must not evaluate (or cannot): the message says why and what to do."""
 
 
 def recipe_file(name: str, runs: Path, recipes: Path) -> Path:
@@ -48,20 +44,6 @@ def recipe_file(name: str, runs: Path, recipes: Path) -> Path:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def read_ledger(path: Path) -> dict:
-    if not path.exists():
-        return {"evaluations": 0, "runs": []}
-    try:
-        ledger = json.loads(path.read_text())
-        if not isinstance(ledger.get("runs"), list):
-            raise ValueError("no runs list")
-    except ValueError as e:
-        raise SealedError(
-            f"{path}: not a sealed-test ledger ({e}); restore it from git, never rewrite it"
-        ) from None
-    return ledger
 
 
 def seen(ledger: dict) -> dict[str, dict]:
@@ -115,20 +97,6 @@ def record_finish(path: Path, ledger: dict) -> dict:
     ledger["runs"][-1]["finished"] = True
     write_text(path, json.dumps(ledger, indent=2) + "\n")
     return ledger
-
-
-def ledger_line(path: Path = LEDGER) -> str:
-    """One sentence for the study's table: how often the sealed test has been read, and for whom."""
-    ledger = read_ledger(path)
-    if not ledger["runs"]:
-        return "The sealed test has not been read: no candidate has been evaluated on it."
-    changed = sum(c["changed_after_seen"] for r in ledger["runs"] for c in r["candidates"])
-    return (
-        f"The sealed test has evaluated {ledger['evaluations']} candidate(s) in {len(ledger['runs'])} run(s) "
-        f"({', '.join(ledger['candidates'])}; last on {ledger['runs'][-1]['ran_at']})"
-        + (f"; {changed} after its recipe changed" if changed else "")
-        + f" (`{path}`)."
-    )
 
 
 def candidate_info(name: str, runs: Path) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from study.sealed import ledger_line
+from study.ledger import ledger_line
 from train.evaluate.answers import SIDES, stop_guard
 from train.evaluate.length import judge_caveat, judge_skill
 from train.evaluate.stats import ALPHA, fmt, fmt_p, tuned_won

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 import pytest
 from gradio_client import Client
 
-from assistant.batcher import batcher_for
-from assistant.generation import BASE, GenerationSettings, generate_texts, model_lock, stream
+from assistant.batcher import batcher_for, stream
+from assistant.generation import BASE, GenerationSettings, generate_texts, model_lock
 from assistant.models import load_model
 from assistant.service import Assistant, Limits
 from tests._helpers_space import make_random_lora

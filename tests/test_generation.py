@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from assistant.batcher import stream
 from assistant.generation import (
     BASE,
     Busy,
@@ -15,7 +16,6 @@ from assistant.generation import (
     generate_side_by_side,
     generate_texts,
     model_lock,
-    stream,
     turn_stops,
 )
 from assistant.models import load_model

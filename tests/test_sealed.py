@@ -8,6 +8,7 @@ import pytest
 
 from study import run as study
 from study import sealed
+from study.ledger import ledger_line
 from tests._helpers_data import OASST1_EN, SAMPLE
 from train.data.splits import write_splits
 
@@ -123,7 +124,7 @@ def test_train_evaluate_refuses_the_sealed_test_unless_study_sealed_runs_it(test
 
 def test_the_ledger_line_says_how_often_the_test_was_read(tmp_path, recipes, test_file):
     path = tmp_path / "sealed.json"
-    assert "has not been read" in sealed.ledger_line(path)
+    assert "has not been read" in ledger_line(path)
     candidates, ledger = evaluate_once(path, recipes, ["dpo", "grpo-tuned"])
     sealed.record_start(path, ledger, candidates, test_file)
-    assert "has evaluated 2 candidate(s) in 1 run(s) (dpo, grpo-tuned;" in sealed.ledger_line(path)
+    assert "has evaluated 2 candidate(s) in 1 run(s) (dpo, grpo-tuned;" in ledger_line(path)
