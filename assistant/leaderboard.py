@@ -3,7 +3,7 @@
 ``leaderboard(votes)`` is the whole computation (``python -m train.evaluate --votes`` calls it too);
 ``LiveLeaderboard`` keeps its last result for the apps and refits in a background thread when a vote
 arrives, so no page load and no vote waits for a refit (a refit reads and vets every vote on file:
-about a second with 5,000 votes on this busy 2-core machine, benchmarks/results/leaderboard.md).
+0.19 s with 5,000 votes on a quiet 2-core machine, benchmarks/results/leaderboard.md).
 
 Which votes are rated: anonymous ones only (in a named battle the voter saw the names), and not those
 whose answers give a model's identity away (``assistant.votes.reveals_identity``); both kinds are kept
