@@ -52,10 +52,11 @@ DEMO_V1 = ("ce38446", "demo/smollm2-grpo-demo")
 NEEDS = {"grpo-reward-model": "reward-model-oasst", "grpo-reward-model-long": "reward-model-oasst",
          "grpo-from-sft": "sft", "grpo-from-dpo": "dpo-length-normalised"}  # fmt: skip
 # The same settings for every candidate; the base is evaluated once for all of them (--base-cache).
-# A CPU budget: 2 answers per prompt and model (the default is 3), pairs scored up to 512 tokens (a long
-# reply is cut, the same way for base and tuned). Answers run to the apps' serving length (train.evaluate's
-# default): a shorter cap hides a model that never stops.
-EVAL_OPTIONS = "--num-generations 2 --max-length 512 --temperature 0.7 --batch-size 16".split()
+# A CPU budget: 1 answer per prompt and model (the default is 3; at 256 tokens an answer takes seconds of
+# this CPU), pairs scored up to 512 tokens (a long reply is cut, the same way for base and tuned). Answers
+# run to the apps' serving length, 256 new tokens: a shorter cap hides a model that never stops.
+EVAL_OPTIONS = "--num-generations 1 --max-length 512 --temperature 0.7 --batch-size 16".split()
+EVAL_OPTIONS += ["--max-new-tokens", "256"]
 EVAL_OPTIONS += ["--base-cache", str(RUNS / "base-cache")]
 
 

@@ -116,19 +116,12 @@ def candidate_info(name: str, runs: Path) -> dict:
     return {"adapter_sha256": sha256(weights), "report": str(folder / "sealed" / "report.md")}
 
 
-def options(max_new_tokens: int) -> list[str]:
-    """The study's evaluation settings, at serving length (the apps serve up to 512 new tokens)."""
-    from study.run import EVAL_OPTIONS
-
-    out = list(EVAL_OPTIONS)
-    out[out.index("--max-new-tokens") + 1] = str(max_new_tokens)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    from study.run import JUDGE, ROOT, RUNS, sh
+    from study.run import EVAL_OPTIONS, JUDGE, ROOT, RUNS, sh
 
     parser = argparse.ArgumentParser(prog="python -m study.sealed", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="+", help="final candidates (folders of outputs/study/)")
@@ -136,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         "--record-changed", action="store_true", help="evaluate a candidate whose recipe changed after "
         "the test saw it; the ledger marks the run changed_after_seen",
     )  # fmt: skip
-    parser.add_argument("--max-new-tokens", type=int, default=256)
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     try:
@@ -154,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ledger = record_start(LEDGER, ledger, candidates, TEST)
     for c in candidates:
         sh([sys.executable, "-m", "train.evaluate", "--adapter", str(RUNS / c["name"]), "--pairs", str(TEST),
-            "--judge", str(JUDGE), *options(args.max_new_tokens), "--sealed",
+            "--judge", str(JUDGE), *EVAL_OPTIONS, "--sealed",
             "--output-dir", str(Path(c["report"]).parent)])  # fmt: skip
     record_finish(LEDGER, ledger)
     print(f"sealed test: {len(candidates)} evaluated now, {ledger['evaluations']} in all; ledger {LEDGER}")

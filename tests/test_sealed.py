@@ -128,3 +128,12 @@ def test_the_ledger_line_says_how_often_the_test_was_read(tmp_path, recipes, tes
     candidates, ledger = evaluate_once(path, recipes, ["dpo", "grpo-tuned"])
     sealed.record_start(path, ledger, candidates, test_file)
     assert "has evaluated 2 candidate(s) in 1 run(s) (dpo, grpo-tuned;" in ledger_line(path)
+
+
+def test_the_studys_evaluations_run_at_serving_length():
+    from train.evaluate.inputs import EvalArguments
+    from transformers import HfArgumentParser
+
+    argv = [*study.EVAL_OPTIONS, "--adapter", "demo/smollm2-dpo-demo", "--output-dir", "x"]
+    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(argv)
+    assert args.max_new_tokens == 256 and args.base_cache == str(study.RUNS / "base-cache")

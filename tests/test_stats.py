@@ -222,6 +222,8 @@ def test_length_controlled_win_rate_of_two_length_groups_by_hand():
     assert result["raw"]["rate"] == 0.45 and result["slope"] > 0
     low, high = result["ci95"]
     assert low < result["rate"] < high
+    # its test and its interval are the same Wald statistic: p < 0.05 exactly when 50% is outside
+    assert (result["p_value"] < 0.05) == (not low < 0.5 < high)
 
 
 def test_length_controlled_win_rate_removes_a_known_length_effect():
@@ -232,6 +234,7 @@ def test_length_controlled_win_rate_removes_a_known_length_effect():
     result = length_controlled(y, delta)
     assert result["raw"]["rate"] > 0.65
     assert result["ci95"][0] < 0.5 < result["ci95"][1] and result["rate"] == pytest.approx(0.5, abs=0.03)
+    assert result["p_value"] > 0.05
     # outcomes that ignore length: the control changes nothing
     fair = (rng.random(delta.size) < 0.7).astype(float)
     assert length_controlled(fair, delta)["rate"] == pytest.approx(fair.mean(), abs=0.03)

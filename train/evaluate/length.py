@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
+from scipy.stats import norm
 
 from train.evaluate.stats import Z, fmt, rate
 
@@ -91,7 +92,7 @@ def _firth_fit(X: np.ndarray, y: np.ndarray) -> np.ndarray:
 def length_controlled(outcome, length_difference, clusters=None) -> dict:
     """AlpacaEval 2's length-controlled win rate: P(tuned wins) = σ(β0 + β1·tanh(Δ / sd Δ)), with Δ the
     tuned − base answer length of each prompt, read at Δ = 0: σ(β0). ``outcome`` is 1 (tuned wins),
-    0 (loses) or 0.5 (tie). The interval is a Wald interval on β0 with the larger of the model's and the
+    0 (loses) or 0.5 (tie). The interval and p_value are Wald's on β0, with the larger of the model's and the
     tree-clustered sandwich variance. ``raw`` is the plain share, ties half, for comparison."""
     y = np.asarray(outcome, dtype=float)
     delta = np.asarray(length_difference, dtype=float)
@@ -114,6 +115,7 @@ def length_controlled(outcome, length_difference, clusters=None) -> dict:
     return {
         "rate": float(expit(beta[0])),
         "ci95": [float(expit(beta[0] - Z * se)), float(expit(beta[0] + Z * se))],
+        "p_value": float(2 * norm.sf(abs(beta[0]) / se)),  # Wald, H0: a win rate of 50% at equal length
         "n": int(y.size),
         "slope": float(beta[1]) if spread > 0 else 0.0,
         "raw": rate(y, clusters),
