@@ -49,8 +49,8 @@ CANDIDATES = (
     "dpo-length-normalised", "grpo-from-dpo", "grpo-from-sft",
 )  # fmt: skip
 DEMO_V1 = ("ce38446", "demo/smollm2-grpo-demo")
-NEEDS = {"grpo-reward-model": "reward-model-oasst", "grpo-reward-model-long": "reward-model-oasst",
-         "grpo-from-sft": "sft", "grpo-from-dpo": "dpo-length-normalised"}  # fmt: skip
+WARM_STARTS = {"grpo-from-sft": "sft", "grpo-from-dpo": "dpo-length-normalised"}  # GRPO must beat these too
+NEEDS = {"grpo-reward-model": "reward-model-oasst", "grpo-reward-model-long": "reward-model-oasst", **WARM_STARTS}
 # The same settings for every candidate; the base is evaluated once for all of them (--base-cache).
 # A CPU budget: 1 answer per prompt and model (the default is 3; at 256 tokens an answer takes seconds of
 # this CPU), pairs scored up to 512 tokens (a long reply is cut, the same way for base and tuned). Answers
@@ -157,7 +157,7 @@ def check_reward_models() -> dict:
 DEMOS = {"grpo": Path("demo/smollm2-grpo-demo"), "dpo": Path("demo/smollm2-dpo-demo")}
 DEMO_FILES = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
               "chat_template.jinja", "special_tokens_map.json", "recipe.yaml", "training_info.json",
-              "metrics.jsonl", "data_stats.json", "plots", "eval")  # fmt: skip
+              "metrics.jsonl", "data_stats.json", "plots", "eval", "sealed")  # fmt: skip
 
 
 def evidence(row: dict) -> tuple[float, float]:
@@ -239,10 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         checks = ROOT / RESULTS / "reward_models.json"
         # measured once (a few minutes) by a full run or --step demo, then read from its file
         reward_models = check_reward_models() if args.step != "table" or checks.exists() else {}
-        rows = write_table(CANDIDATES, RUNS, RESULTS, reward_models)
+        tables = write_table(CANDIDATES, RUNS, RESULTS, reward_models, WARM_STARTS)
         if args.step in ("all", "demo"):
-            demos = promote(rows)
-            embed(ROOT / "docs" / "study.md", rows, {DEMOS[method]: name for method, name in demos.items()})
+            demos = promote(tables[0])  # picked on dev
+            embed(ROOT / "docs" / "study.md", tables, {DEMOS[method]: name for method, name in demos.items()})
             print(f"demo adapters: {demos}")
     return 0
 

@@ -1,5 +1,7 @@
-"""The study's table and plot, written from the finished runs' own files (report.json of
-``python -m train.evaluate``, training_info.json of ``python -m train``, run.json of ``study.run``)."""
+"""The study's tables and plot, written from the finished runs' own files (report.json of
+``python -m train.evaluate`` on dev, in eval/, and of ``python -m study.sealed`` on the sealed test, in
+sealed/; training_info.json of ``python -m train``; run.json of ``study.run``), with each GRPO candidate
+against its warm start (study.versus)."""
 
 from __future__ import annotations
 
@@ -30,19 +32,23 @@ def _metric_mean(path: Path, key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def row(name: str, runs: Path) -> dict | None:
-    """A candidate's figures, or None until it has a report of its current weights."""
+SPLITS = {"eval": "dev", "sealed": "sealed test"}  # the folder of each split's report: its name
+
+
+def row(name: str, runs: Path, folder: str = "eval") -> dict | None:
+    """A candidate's figures on one split, or None until it has a report of its current weights."""
     from train.card import report_matches
 
-    if not report_matches(runs / name):
+    if not report_matches(runs / name, folder):
         return None
-    report = _read(runs / name / "eval" / "report.json")
+    report = _read(runs / name / folder / "report.json")
     info, usage = _read(runs / name / "training_info.json"), _read(runs / name / "run.json")
     p, j, a = report["preference"], report.get("judge_verdicts") or {}, report["answers"]
     method = info.get("method", "?")
     trend = (info.get("trends") or {}).get(OBJECTIVE.get(method, ""), {})
     return {
         "name": name,
+        "split": SPLITS[folder],
         "method": method,
         "adapter_sha256": report["adapter"]["sha256"],
         "pairs": p["n"],
@@ -237,7 +243,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.6 * len(rows) + 1.8), sharey=True)
-    names = [r["name"] for r in rows]
+    names = [f"{r['name']} ({r['split']})" for r in rows]
     for y, r in enumerate(rows):
         d = r["preference"]["difference"]
         left.errorbar(
@@ -259,7 +265,7 @@ def plot(rows: list[dict], path: Path) -> None:
     left.set_xlabel("preference accuracy: tuned − base (95% Newcombe, per tree)")
     right.set_xlabel("judge: share of prompts where tuned wins (95% Wilson, per tree)")
     left.invert_yaxis()
-    fig.suptitle(f"Method study on {rows[0]['pairs']} held-out Open Assistant pairs")
+    fig.suptitle("Method study: tuned against base on held-out Open Assistant trees (dev, sealed test)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -269,43 +275,100 @@ def plot(rows: list[dict], path: Path) -> None:
 BEGIN, END = "<!-- study table: written by python -m study.run -->", "<!-- end of study table -->"
 
 
-def embed(readme: Path, rows: list[dict], demos: dict[Path, str]) -> None:
-    """The table, its reading and which candidates the demo adapters are, in docs/study.md between the
-    markers (so its figures are the current results file's, never typed by hand)."""
+def sections(dev: list[dict], sealed: list[dict], versus: list[dict], level: str = "##") -> list[str]:
+    """The study's results in words and tables: dev (where every choice was made), the sealed test
+    (read once, with its ledger) and each GRPO candidate against its warm start."""
+    from study.versus import summary
+
+    def split(rows: list[dict]) -> list[str]:
+        if not rows:
+            return ["No candidate has been evaluated here yet."]
+        settings = rows[0]["settings"]
+        return [
+            f"{rows[0]['pairs']} pairs, none from a training tree. The judge's verdicts: {settings['k']} "
+            f"answer(s) per prompt and model, temperature {settings['temperature']}, at most "
+            f"{settings['max_new_tokens']} new tokens.",
+            "",
+            table_markdown(rows),
+            *reading(rows),
+        ]
+
+    return [
+        f"{level} Dev: every choice is made here",
+        "",
+        *split(dev),
+        "",
+        f"{level} Sealed test: read once",
+        "",
+        ledger_line(),
+        "",
+        *split(sealed),
+        "",
+        f"{level} GRPO against its warm start",
+        "",
+        *([f"- {summary(v)}." for v in versus] or ["No GRPO candidate with a warm start has been evaluated yet."]),
+        "",
+    ]
+
+
+def embed(readme: Path, rows: tuple[list, list, list], demos: dict[Path, str]) -> None:
+    """The tables, their reading and which candidates the demo adapters are, in docs/study.md between
+    the markers (so its figures are the current results file's, never typed by hand); ``rows`` is
+    write_table's (dev, sealed test, against the warm start)."""
     from assistant.atomic import write_text
 
     text = readme.read_text(encoding="utf-8")
     if BEGIN not in text or END not in text:
         raise SystemExit(f"error: {readme} has no study table markers; add {BEGIN} and {END} lines")
     head, rest = text.split(BEGIN, 1)
-    body = (
-        [table_markdown(rows), *reading(rows), "", ledger_line(), ""]
-        + [
-            f"`{folder}` is the `{name}` adapter (the fixed rule `study.run.evidence`)."
-            for folder, name in demos.items()
-        ]
-        if rows
-        else ["No candidate has been evaluated yet."]
-    )
+    body = sections(*rows, level="###") + [
+        f"`{folder}` is the `{name}` adapter (the fixed rule `study.run.evidence`, on dev)."
+        for folder, name in demos.items()
+    ]
     write_text(readme, head + BEGIN + "\n" + "\n".join(body) + "\n" + END + rest.split(END, 1)[1])
 
 
-def write_table(candidates, runs: Path, results: Path, reward_models: dict) -> list[dict]:
+def compare_warm_starts(runs: Path, warm_starts: dict[str, str]) -> list[dict]:
+    """Each candidate against its warm start on every split both were evaluated on; the result also
+    goes into the candidate's report folder (versus.json), for its card."""
+    from assistant.atomic import write_text
+    from study.versus import compare, summary
+    from train.card import report_matches
+
+    out = []
+    for name, warm in warm_starts.items():
+        for folder in SPLITS:
+            if report_matches(runs / name, folder) and report_matches(runs / warm, folder):
+                result = compare(runs / name / folder, runs / warm / folder, (name, warm))
+                result = {"split": SPLITS[folder], **result, "summary": summary(result)}
+                write_text(runs / name / folder / "versus.json", json.dumps(result, indent=2) + "\n")
+                out.append(result)
+    return out
+
+
+def write_table(
+    candidates, runs: Path, results: Path, reward_models: dict, warm_starts: dict[str, str] | None = None
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """results.json, README.md and the plot; returns (dev rows, sealed-test rows, against the warm start)."""
     from assistant.atomic import write_text
 
-    rows = [r for r in (row(name, runs) for name in candidates) if r]
+    dev, sealed = ([r for r in (row(name, runs, folder) for name in candidates) if r] for folder in SPLITS)
+    versus = compare_warm_starts(runs, warm_starts or {})
     write_text(
         results / "results.json",
-        json.dumps({"candidates": rows, "reward_models": reward_models}, indent=2) + "\n",
+        json.dumps(
+            {"dev": dev, "sealed_test": sealed, "versus_warm_start": versus, "reward_models": reward_models},
+            indent=2,
+        )
+        + "\n",
     )
-    if not rows:
-        return rows
-    plot(rows, results / "plots" / "study.png")
-    accuracy = next((r["judge"]["accuracy"] for r in rows if r["judge"]["accuracy"]), None)
-    judge = next((r["judge"]["name"] for r in rows if r["judge"].get("name")), "the judge")
-    settings = rows[0]["settings"]
+    if not dev:
+        return dev, sealed, versus
+    plot(dev + sealed, results / "plots" / "study.png")
+    accuracy = next((r["judge"]["accuracy"] for r in dev if r["judge"]["accuracy"]), None)
+    judge = next((r["judge"]["name"] for r in dev if r["judge"].get("name")), "the judge")
     checks = [
-        f"- `{judge}` on these held-out Open Assistant pairs: {judge_skill(accuracy)}."
+        f"- `{judge}` on the dev pairs: {judge_skill(accuracy)}."
         + "".join(f" **{line}**" for line in [judge_caveat(accuracy)] if line)
     ] * bool(accuracy) + [
         f"- `{name}`, {where.replace('_', ' ')}: {judge_skill(rate)}."
@@ -317,18 +380,11 @@ def write_table(candidates, runs: Path, results: Path, reward_models: dict) -> l
         [
             "# Method study: results",
             "",
-            "Written by `python -m study.run` from the runs' own files (`results.json` has every figure).",
-            f"{rows[0]['pairs']} held-out pairs, none from a training tree; rates with Wilson 95% intervals; "
-            "paired exact tests of tuned against base on the same pairs / prompts, counting each "
-            "conversation tree once. The judge's verdicts: "
-            f"{settings['k']} answers per prompt and model, temperature {settings['temperature']}, at most "
-            f"{settings['max_new_tokens']} new tokens.",
+            "Written by `python -m study.run` from the runs' own files (`results.json` has every figure). "
+            "Rates with Wilson 95% intervals; paired exact tests of tuned against base on the same pairs / "
+            "prompts, counting each conversation tree once.",
             "",
-            table_markdown(rows),
-            *reading(rows),
-            "",
-            ledger_line(),
-            "",
+            *sections(dev, sealed, versus),
             "![Study](plots/study.png)",
             "",
             "Held-out accuracy of the reward models (how often each prefers the human-chosen reply), beside "
@@ -339,4 +395,4 @@ def write_table(candidates, runs: Path, results: Path, reward_models: dict) -> l
         ]
     )
     write_text(results / "README.md", text)
-    return rows
+    return dev, sealed, versus

@@ -47,8 +47,9 @@ def _identity(report: dict, key: str):
     return value
 
 
-def compare(a: Path, b: Path) -> dict:
-    """A (the candidate) against B (its warm start): A's tuned answers against B's, prompt by prompt."""
+def compare(a: Path, b: Path, names: tuple[str, str] | None = None) -> dict:
+    """A (the candidate) against B (its warm start): A's tuned answers against B's, prompt by prompt;
+    ``names`` for the two (default: the adapters' names in the reports)."""
     (report_a, rows_a), (report_b, rows_b) = _read(a), _read(b)
     for key in SAME:
         if _identity(report_a, key) != _identity(report_b, key):
@@ -75,9 +76,10 @@ def compare(a: Path, b: Path) -> dict:
         )
         for side, rows in zip("ab", zip(*paired, strict=True))
     }
+    name_a, name_b = names or (report_a["adapter"]["name"], report_b["adapter"]["name"])
     return {
-        "a": report_a["adapter"]["name"],
-        "b": report_b["adapter"]["name"],
+        "a": name_a,
+        "b": name_b,
         "pairs": report_a["pairs"]["file"],
         "prompts": len(paired),
         "judge": report_a["judge"]["name"],

@@ -119,25 +119,26 @@ def build_training_output(
     return info
 
 
-def add_eval(out: Path) -> None:
-    """What `python -m train.evaluate` adds: a report whose links are relative to eval/, and a plot."""
+def add_eval(out: Path, folder: str = "eval") -> None:
+    """What `python -m train.evaluate` adds: a report whose links are relative to its folder (eval/:
+    dev; sealed/: the sealed test, as study.sealed writes it), and a plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    (out / "eval").mkdir(exist_ok=True)
+    (out / folder).mkdir(exist_ok=True)
     fig, ax = plt.subplots()
     ax.bar(["base", "tuned"], [0.4, 0.6])
-    fig.savefig(out / "eval" / "win_rate.png")
-    fig.savefig(out / "eval" / "lengths.png")
+    fig.savefig(out / folder / "win_rate.png")
+    fig.savefig(out / folder / "lengths.png")
     plt.close(fig)
-    (out / "eval" / "report.md").write_text(
+    (out / folder / "report.md").write_text(
         "### Evaluation: base vs tuned\n\n#### Generation quality\n\n"
         "Tuned wins **60%** of 20 held-out prompts.\n\n![Win rate](win_rate.png)\n\n"
         "The full answers are in [samples.md](samples.md).\n"
     )
-    (out / "eval" / "samples.md").write_text("# Samples\n")
+    (out / folder / "samples.md").write_text("# Samples\n")
     from train.identity import file_sha256
 
     weights = file_sha256(out / "adapter_model.safetensors")  # the report belongs to these weights
@@ -145,4 +146,5 @@ def add_eval(out: Path) -> None:
         "preference": {"test": {"better": 9, "worse": 1, "p_value": 0.021}},
         "judge_verdicts": {"per_prompt": {"test": {"better": 11, "worse": 9, "p_value": 0.82}}},
     }
-    (out / "eval" / "report.json").write_text(json.dumps({"adapter": {"sha256": weights}, **tests}))
+    pairs = {"file": "test.jsonl" if folder == "sealed" else "dev.jsonl", "prompts": 20}
+    (out / folder / "report.json").write_text(json.dumps({"adapter": {"sha256": weights}, "pairs": pairs, **tests}))

@@ -79,17 +79,29 @@ def test_evaluation_section_iff_report(run):
     add_eval(run)
     text = render_card(run).text
     assert "## Evaluation" in text
-    assert "\n### Evaluation: base vs tuned\n" in text  # the report's headings nest under the card's
+    assert "\n### Held-out pairs\n\n#### Evaluation: base vs tuned\n" in text  # nested under the card's
     assert (
-        "**Does it beat its base?** The tuned model beats its base at p < 0.05 on held-out preference "
-        "accuracy.\n" in text
+        "- *Held-out pairs* (20 prompts of `dev.jsonl`, the pairs the adapter was evaluated on): The tuned "
+        "model beats its base at p < 0.05 on held-out preference accuracy.\n" in text
     )
-    assert "\n#### Generation quality\n" in text
+    assert "\n##### Generation quality\n" in text
     assert "Tuned wins **60%** of 20 held-out prompts." in text
     assert "![Win rate](eval/win_rate.png)" in text  # its links rebased from eval/ to the root
     assert "[samples.md](eval/samples.md)" in text
     assert "![Lengths](eval/lengths.png)" in text  # its other plots are shown too
     assert text.count("eval/win_rate.png") == 1
+
+
+def test_the_sealed_test_leads_and_the_warm_start_comparison_is_told(run):
+    add_eval(run)
+    add_eval(run, "sealed")
+    (run / "sealed" / "versus.json").write_text(json.dumps({"summary": "`a` against `b`: the judge prefers `a`"}))
+    text = render_card(run).text
+    sealed, dev = text.index("- *Sealed test* (20 prompts of `test.jsonl`"), text.index("- *Held-out pairs*")
+    assert sealed < dev < text.index("\n### Sealed test\n") < text.index("\n### Held-out pairs\n")
+    assert "Against its warm start: `a` against `b`: the judge prefers `a`." in text
+    assert "![Win rate](sealed/win_rate.png)" in text and "![Win rate](eval/win_rate.png)" in text
+    assert text.count("sealed/lengths.png") == 1 and "[samples.md](sealed/samples.md)" in text
 
 
 def test_a_report_of_other_weights_is_refused(run, capsys):
@@ -108,7 +120,7 @@ def test_report_headings_shift_under_the_card(run):
         "# Results\n\n## Accuracy\n\nSee [the site](https://x.org/a.png).\n"
     )
     text = render_card(run).text
-    assert "\n### Results\n" in text and "\n#### Accuracy\n" in text
+    assert "\n#### Results\n" in text and "\n##### Accuracy\n" in text
     assert "[the site](https://x.org/a.png)" in text  # absolute links stay as they are
 
 
@@ -226,7 +238,7 @@ def test_the_card_says_what_length_and_stopping_explain(run):
         "tuned": {"ended_properly": rate([0] * 80)},
     }
     path.write_text(json.dumps(report))
-    verdict = render_card(run).text.split("**Does it beat its base?** ", 1)[1].split("\n", 1)[0]
+    verdict = render_card(run).text.split("the pairs the adapter was evaluated on): ", 1)[1].split("\n", 1)[0]
     assert verdict.startswith(
         "The tuned model beats its base at p < 0.05 on held-out preference accuracy (the DPO objective on "
         "held-out pairs) and on the independent judge. At equal answer length the judge's win rate is "

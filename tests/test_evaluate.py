@@ -429,28 +429,37 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
     weights = runs / "stale" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\1")
 
-    rows = write_table(("fresh", "stale", "missing"), runs, tmp_path / "results", {})
-    assert [r["name"] for r in rows] == ["fresh"]
+    tables = write_table(("fresh", "stale", "missing"), runs, tmp_path / "results", {})
+    rows, sealed_rows, _ = tables
+    assert [r["name"] for r in rows] == ["fresh"] and sealed_rows == []  # dev only: the test is unread
     report = evaluated[1]
     assert rows[0]["preference"]["tuned"] == report["preference"]["tuned"]["accuracy"]
     assert rows[0]["peak_rss_mb"] == 2048
     table = (tmp_path / "results" / "README.md").read_text()
     assert "`fresh`" in table and "`stale`" not in table and "reward 0.100 → 0.400" in table
-    assert json.loads((tmp_path / "results" / "results.json").read_text())["candidates"] == rows
+    assert json.loads((tmp_path / "results" / "results.json").read_text())["dev"] == rows
+    assert "## Sealed test: read once" in table and "The sealed test has not been read" in table
+    # against a warm start, from the real evaluation files: the same weights tie on every prompt
+    shutil.copytree(runs / "fresh", runs / "warm")
+    _, _, versus = write_table(("fresh",), runs, tmp_path / "results", {}, {"fresh": "warm", "stale": "warm"})
+    assert [(v["a"], v["b"], v["split"]) for v in versus] == [("fresh", "warm", "dev")]
+    assert versus[0]["per_prompt"]["tie"]["rate"] == 1.0 and versus[0]["prompts"] == report["pairs"]["prompts"]
+    assert json.loads((runs / "fresh" / "eval" / "versus.json").read_text())["summary"] == versus[0]["summary"]
+    assert f"- {versus[0]['summary']}." in (tmp_path / "results" / "README.md").read_text()
     assert (tmp_path / "results" / "plots" / "study.png").stat().st_size > 0
     # 4 of 4 pairs flipped right is McNemar p = 0.125: not enough pairs to call it a win
     assert "**No candidate beat its base at p < 0.05**" in table
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{BEGIN}\nold table\n{END}\noutro\n")
-    embed(readme, rows, {Path("demo/x"): "fresh"})
+    embed(readme, tables, {Path("demo/x"): "fresh"})
     text = readme.read_text()
-    assert text.startswith(f"intro\n{BEGIN}\n| candidate") and text.endswith(f"{END}\noutro\n")
+    assert text.startswith(f"intro\n{BEGIN}\n### Dev: every choice") and text.endswith(f"{END}\noutro\n")
     assert "old table" not in text and "`fresh` (grpo): preference accuracy" in text
     assert "`demo/x` is the `fresh` adapter" in text
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no study table markers"):
-        embed(readme, rows, {})
+        embed(readme, tables, {})
     assert readme.read_text() == "no markers\n"
 
     better = rows[0]["preference"]["test"]
@@ -500,7 +509,7 @@ def test_answers_are_judged_at_serving_length_not_the_training_length():
     assert generation_defaults(EvalArguments(output_dir="x", max_new_tokens=64), {})[0] == 64
     from study.run import EVAL_OPTIONS
 
-    assert "--max-new-tokens" not in EVAL_OPTIONS  # the study's final evaluations too
+    assert EVAL_OPTIONS[EVAL_OPTIONS.index("--max-new-tokens") + 1] == str(served)  # the study's too
 
 
 def test_the_verdict_claims_no_win_without_a_significant_paired_test(evaluated):

@@ -174,60 +174,89 @@ def _weights_line(identity: dict | None) -> str:
     return f"{identity.get('source', 'unknown')}" + (f" (`{sha[:12]}`)" if sha else "")
 
 
-def report_matches(output_dir: Path) -> bool:
-    """Whether eval/ holds a report of the adapter in ``output_dir`` (its weights' sha256 recorded in
-    report.json): a re-run of training into a folder with an old eval/ must not publish old numbers."""
+def report_matches(output_dir: Path, folder: str = "eval") -> bool:
+    """Whether ``folder`` (eval/: dev; sealed/: the sealed test) holds a report of the adapter in
+    ``output_dir`` (its weights' sha256 recorded in report.json): a re-run of training into a folder with
+    an old report must not publish old numbers."""
     from train.identity import file_sha256
 
-    report = _read_json(output_dir / "eval" / "report.json") or {}
+    report = _read_json(output_dir / folder / "report.json") or {}
     weights = output_dir / "adapter_model.safetensors"
     recorded = (report.get("adapter") or {}).get("sha256")
     return bool(recorded) and weights.is_file() and recorded == file_sha256(weights)
 
 
-def _eval_section(output_dir: Path) -> tuple[str | None, list[str]]:
-    """eval/report.md, with its headings nested under the card's and its relative links rebased; none
-    when the report belongs to other weights than the adapter's."""
-    report = output_dir / "eval" / "report.md"
+# The evaluations a card shows, sealed test first: (folder, heading, what the pairs are)
+EVALUATIONS = (
+    ("sealed", "Sealed test", "trees no choice was made on, read once by `python -m study.sealed`"),
+    ("eval", "Held-out pairs", "the pairs the adapter was evaluated on"),
+)
+
+
+def _eval_section(output_dir: Path, folder: str = "eval") -> tuple[str | None, list[str]]:
+    """``folder``/report.md, with its headings nested under the card's and its relative links rebased;
+    none when the report belongs to other weights than the adapter's."""
+    report = output_dir / folder / "report.md"
     if not report.is_file():
         return None, []
-    if not report_matches(output_dir):
+    if not report_matches(output_dir, folder):
         print(
-            f"note: {output_dir}/eval is not a report of this adapter (sha256 differs); left out of the card"
+            f"note: {output_dir}/{folder} is not a report of this adapter (sha256 differs); left out of the card"
         )
         return None, []
     text = report.read_text(encoding="utf-8").strip()
 
-    # The report lives in eval/, the card at the root: its relative links must gain the prefix.
+    # The report lives in its folder, the card at the root: its relative links must gain the prefix.
     def rebase(match: re.Match) -> str:
         target = match.group(2)
         if re.match(r"^([a-z][a-z0-9+.-]*:|/|#)", target, re.I):
             return match.group(0)
-        return f"{match.group(1)}eval/{target}{match.group(3)}"
+        return f"{match.group(1)}{folder}/{target}{match.group(3)}"
 
     text = re.sub(r"(\]\()([^)\s]+)(\))", rebase, text)
-    # Its top heading goes one level under the card's "## Evaluation", the rest keep their nesting.
+    # Its top heading goes under the card's "### <evaluation>", the rest keep their nesting.
     levels = [len(m) for m in re.findall(r"^(#{1,6}) ", text, flags=re.M)]
-    shift = max(0, 3 - min(levels)) if levels else 0
+    shift = max(0, 4 - min(levels)) if levels else 0
     text = re.sub(r"^(#{1,6}) ", lambda m: "#" * min(len(m.group(1)) + shift, 6) + " ", text, flags=re.M)
-    linked = set(re.findall(r"\]\((eval/[^)\s]+)\)", text))
+    linked = set(re.findall(rf"\]\(({folder}/[^)\s]+)\)", text))
     extra = [
-        f"eval/{p.name}"
-        for p in sorted((output_dir / "eval").glob("*.png"))
-        if f"eval/{p.name}" not in linked
+        f"{folder}/{p.name}"
+        for p in sorted((output_dir / folder).glob("*.png"))
+        if f"{folder}/{p.name}" not in linked
     ]
     return text, extra
 
 
-def _verdict(output_dir: Path, method: str) -> str:
+def _verdict(output_dir: Path, method: str, folder: str = "eval") -> str:
     """The report's verdict in words: with the length-controlled judge win, the judge's weakness
     beside length and the stop-rate flag, each where it applies (``method`` from training_info, for a
-    report that does not record it: for DPO the preference margin is its own objective)."""
+    report that does not record it: for DPO the preference margin is its own objective); and, where
+    the study compared the adapter with its warm start on the same pairs (versus.json), that too."""
     from train.evaluate.report import verdict
 
-    report = _read_json(output_dir / "eval" / "report.json") or {}
+    report = _read_json(output_dir / folder / "report.json") or {}
     adapter = {"method": method, **(report.get("adapter") or {})}
-    return verdict({**report, "adapter": {**adapter, "method": adapter["method"] or method}})
+    text = verdict({**report, "adapter": {**adapter, "method": adapter["method"] or method}})
+    versus = (_read_json(output_dir / folder / "versus.json") or {}).get("summary")
+    return text + (f" Against its warm start: {versus}." if versus else "")
+
+
+def _evaluations(output_dir: Path, method: str) -> list[dict]:
+    """Every evaluation of these weights the folder holds, sealed test first."""
+    out = []
+    for folder, heading, what in EVALUATIONS:
+        report, images = _eval_section(output_dir, folder)
+        if report:
+            report_json = _read_json(output_dir / folder / "report.json") or {}
+            pairs = report_json.get("pairs") or {}
+            out.append({
+                "heading": heading,
+                "what": f"{pairs.get('prompts', '?')} prompts of `{pairs.get('file', '?')}`, {what}",
+                "verdict": _verdict(output_dir, method, folder),
+                "report": report,
+                "images": [(_caption(Path(p)), p) for p in images],
+            })  # fmt: skip
+    return out
 
 
 def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard:
@@ -261,8 +290,7 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
     share = f" ({100 * trainable / total:.3g}% of {total:,})" if isinstance(trainable, int) and total else ""
     runtime = info.get("train_runtime_s")
     target_modules = info.get("target_modules") or adapter_config.get("target_modules")
-    eval_report, eval_images = _eval_section(output_dir)
-    eval_verdict = _verdict(output_dir, method) if eval_report else None
+    evaluations = _evaluations(output_dir, method)
 
     data = ModelCardData(
         base_model=base_model,
@@ -325,9 +353,7 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
         trends=_trend_rows(_dict(info.get("trends"))),
         logged_steps=len(metrics),
         plots=[(_caption(p), f"plots/{p.name}") for p in sorted((output_dir / "plots").glob("*.png"))],
-        eval_report=eval_report,
-        eval_verdict=eval_verdict,
-        eval_images=[(_caption(Path(p)), p) for p in eval_images],
+        evaluations=evaluations,
         versions=_dict(info.get("versions")),
     )
 
