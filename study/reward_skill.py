@@ -2,12 +2,12 @@
 "the longer reply wins", on all pairs and on the length-matched ones.
 
     python -m study.reward_skill --reward dpo_implicit:demo/smollm2-dpo-demo \
-        --reward reward_model:outputs/study/reward-model-oasst [--pairs data/study/eval.jsonl]
+        --reward reward_model:outputs/study/reward-model-oasst [--pairs data/study-splits/dev.jsonl]
 
 A reward scores (conversation, reply); it is right on a pair when it scores the chosen reply strictly
 above the rejected one. GRPO maximises its reward, so a reward below the length heuristic mostly teaches
 length. Length-matched pairs (replies within 25% of each other's length in characters) are where length
-cannot decide. A reward is refused when its training_info.json names a tree of the evaluated pairs: a
+cannot decide. Pairs of one conversation tree count together (train.evaluate.stats). A reward is refused when its training_info.json names a tree of the evaluated pairs: a
 reward trained on dev or test trees would be measured on what it saw. A DPO adapter's implicit reward is
 read from its eval/report.json when that report scored these pairs with these weights (the same
 computation, already done). Writes study/reward_skill.{json,md}.
@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 KINDS = ("dpo_implicit", "reward_model")
-MATCHED = 0.75  # the shorter reply is at least 75% of the longer one's length
 
 
 def load_reward(kind: str, path: str):
@@ -44,25 +43,21 @@ def trained_on(path: Path, pairs: list[dict]) -> set[str]:
     return set(json.loads(info.read_text()).get("train_tree_ids") or []) & {p["tree_id"] for p in pairs}
 
 
-def accuracy(chosen, rejected, subset) -> dict:
-    from train.evaluate.stats import rate
-
-    return rate(np.greater(chosen, rejected)[subset])
-
-
-def skill(chosen: np.ndarray, rejected: np.ndarray, lengths: np.ndarray) -> dict:
-    """Accuracy of scores and of the length heuristic, on all pairs and on the length-matched ones, and
-    the exact McNemar test of the two on the same pairs (better: pairs only the reward gets right)."""
-    from train.evaluate.stats import sign_test
+def skill(chosen: np.ndarray, rejected: np.ndarray, lengths: np.ndarray, trees: np.ndarray) -> dict:
+    """Accuracy of scores and of the length heuristic, on all pairs and on the length-matched ones (as
+    train.evaluate.length matches them), and the exact McNemar test of the two on the same pairs (better:
+    pairs only the reward gets right), each tree counted once."""
+    from train.evaluate.length import MATCHED
+    from train.evaluate.stats import rate, sign_test
 
     everything = np.ones(len(chosen), dtype=bool)
-    matched = lengths.min(1) >= MATCHED * lengths.max(1)
+    matched = lengths.max(1) <= MATCHED * lengths.min(1)
     right = np.greater(chosen, rejected).astype(float) - np.greater(lengths[:, 0], lengths[:, 1])
     return {
         subset_name: {
-            "reward": accuracy(chosen, rejected, subset),
-            "longer_wins": accuracy(lengths[:, 0], lengths[:, 1], subset),
-            "reward_vs_longer": sign_test(right[subset]),
+            "reward": rate(np.greater(chosen, rejected)[subset], trees[subset]),
+            "longer_wins": rate(np.greater(lengths[:, 0], lengths[:, 1])[subset], trees[subset]),
+            "reward_vs_longer": sign_test(right[subset], clusters=trees[subset]),
         }
         for subset_name, subset in (("all", everything), ("length_matched", matched))
     }
@@ -111,7 +106,7 @@ def measure(kind: str, path: Path, pairs: list[dict], max_length: int) -> dict:
         "path": str(path),
         "scores_from": source,
         "max_length": max_length,  # prompt + reply tokens; a longer reply is cut (train.evaluate.preference.fit)
-        **skill(chosen, rejected, lengths),
+        **skill(chosen, rejected, lengths, np.array([p.get("tree_id") for p in pairs], dtype=object)),
         # the spread sets how much a fixed penalty (missing_eos_penalty) weighs beside this reward
         "score_std": float(scores.std()),
         "score_mean": float(scores.mean()),
@@ -124,7 +119,7 @@ def markdown(results: dict) -> str:
     lines = [
         f"Reward accuracy on {results['pairs']} ({results['n']} pairs; chosen scored strictly above rejected; "
         "95% Wilson intervals; reward vs longer: pairs only the reward gets right / only length gets right, "
-        "exact McNemar test). Written by `python -m study.reward_skill`.",
+        "exact McNemar test; pairs of one tree count together). Written by `python -m study.reward_skill`.",
         "",
         "| reward | all pairs | longer wins | reward vs longer | length-matched | longer wins (matched) "
         "| reward vs longer (matched) | score std |",
@@ -144,7 +139,7 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.reward_skill", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--pairs", default="data/study/eval.jsonl", help="held-out pairs (dev when they exist)"
+        "--pairs", default="data/study-splits/dev.jsonl", help="held-out pairs: dev, where choices are made"
     )
     parser.add_argument(
         "--reward",

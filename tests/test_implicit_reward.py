@@ -86,7 +86,7 @@ def test_skill_counts_the_reward_and_the_length_heuristic_on_all_and_matched_pai
     )  # right, wrong, right, tie
     # lengths: chosen longer (far) twice, matched and longer (100 vs 80), matched and shorter
     lengths = np.array([[100, 10], [100, 10], [100, 80], [90, 100]])
-    result = reward_skill.skill(chosen, rejected, lengths)
+    result = reward_skill.skill(chosen, rejected, lengths, np.array(["a", "b", "c", "d"], dtype=object))
     assert (result["all"]["reward"]["k"], result["all"]["reward"]["n"]) == (2, 4)  # a tie is not a win
     assert (result["all"]["longer_wins"]["k"], result["all"]["longer_wins"]["n"]) == (3, 4)
     # on the same pairs: only length gets the second one right
@@ -99,6 +99,10 @@ def test_skill_counts_the_reward_and_the_length_heuristic_on_all_and_matched_pai
     assert (matched["reward"]["k"], matched["reward"]["n"]) == (1, 2)
     assert (matched["longer_wins"]["k"], matched["longer_wins"]["n"]) == (1, 2)
     assert matched["reward"]["ci95"][0] < 0.5 < matched["reward"]["ci95"][1]  # Wilson, not a point
+    # pairs of one tree count together: the first two pairs are one tree, one vote (length's: 0 and -1)
+    one_tree = reward_skill.skill(chosen, rejected, lengths, np.array(["a", "a", "c", "d"], dtype=object))
+    assert one_tree["all"]["reward_vs_longer"]["trees"] == {"better": 0, "worse": 1, "same": 2, "n": 3}
+    assert one_tree["all"]["reward"]["trees"] == 3
 
 
 def test_reward_skill_measures_skips_the_missing_and_refuses_a_reward_trained_on_the_pairs(
