@@ -50,7 +50,11 @@ CANDIDATES = (
 )  # fmt: skip
 DEMO_V1 = ("ce38446", "demo/smollm2-grpo-demo")
 WARM_STARTS = {"grpo-from-sft": "sft", "grpo-from-dpo": "dpo-length-normalised"}  # GRPO must beat these too
-NEEDS = {"grpo-reward-model": "reward-model-oasst", "grpo-reward-model-long": "reward-model-oasst", **WARM_STARTS}
+NEEDS = {
+    "grpo-reward-model": "reward-model-oasst",
+    "grpo-reward-model-long": "reward-model-oasst",
+    **WARM_STARTS,
+}
 # The same settings for every candidate; the base is evaluated once for all of them (--base-cache).
 # A CPU budget: 1 answer per prompt and model (the default is 3; at 256 tokens an answer takes seconds of
 # this CPU), pairs scored up to 512 tokens (a long reply is cut, the same way for base and tuned). Answers

@@ -116,8 +116,6 @@ def candidate_info(name: str, runs: Path) -> dict:
     return {"adapter_sha256": sha256(weights), "report": str(folder / "sealed" / "report.md")}
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     import os
 

@@ -306,7 +306,10 @@ def sections(dev: list[dict], sealed: list[dict], versus: list[dict], level: str
         "",
         f"{level} GRPO against its warm start",
         "",
-        *([f"- {summary(v)}." for v in versus] or ["No GRPO candidate with a warm start has been evaluated yet."]),
+        *(
+            [f"- {summary(v)}." for v in versus]
+            or ["No GRPO candidate with a warm start has been evaluated yet."]
+        ),
         "",
     ]
 

@@ -33,7 +33,9 @@ class VersusError(ValueError):
 def _read(folder: Path) -> tuple[dict, list[dict]]:
     report, rows = folder / "report.json", folder / "generations.jsonl"
     if not (report.is_file() and rows.is_file()):
-        raise VersusError(f"{folder}: no report.json and generations.jsonl; run python -m train.evaluate first")
+        raise VersusError(
+            f"{folder}: no report.json and generations.jsonl; run python -m train.evaluate first"
+        )
     lines = rows.read_text(encoding="utf-8").splitlines()
     return json.loads(report.read_text(encoding="utf-8")), [json.loads(line) for line in lines if line]
 
@@ -53,35 +55,36 @@ def compare(a: Path, b: Path, names: tuple[str, str] | None = None) -> dict:
     (report_a, rows_a), (report_b, rows_b) = _read(a), _read(b)
     for key in SAME:
         if _identity(report_a, key) != _identity(report_b, key):
-            raise VersusError(f"{a} and {b} differ in {key}: evaluate both with the same pairs, settings and judge")
+            raise VersusError(
+                f"{a} and {b} differ in {key}: evaluate both with the same pairs, settings and judge"
+            )
     by_key = {row["parent_id"]: row for row in rows_b}
     if set(by_key) != {row["parent_id"] for row in rows_a}:
         raise VersusError(f"{a} and {b} answered different prompts: evaluate both on the same pairs")
     if "judge" not in rows_a[0]["tuned"][0]:
         raise VersusError(f"{a}: no judge scores; evaluate with --judge")
-    paired = [(row, by_key[row["parent_id"]]) for row in rows_a]
-    trees = [row["tree_id"] for row, _ in paired]
+    rows = {"a": rows_a, "b": [by_key[row["parent_id"]] for row in rows_a]}  # in the same order
+    trees = [row["tree_id"] for row in rows_a]
 
-    def per_prompt(rows, key):
-        return np.array([np.mean([answer[key] for answer in row["tuned"]]) for row in rows], dtype=float)
+    def per_prompt(side: str, key: str) -> np.ndarray:
+        return np.array([np.mean([x[key] for x in row["tuned"]]) for row in rows[side]], dtype=float)
 
-    scores = {side: per_prompt(rows, "judge") for side, rows in zip("ab", zip(*paired, strict=True))}
-    tokens = {side: per_prompt(rows, "tokens") for side, rows in zip("ab", zip(*paired, strict=True))}
+    scores, tokens = ({side: per_prompt(side, key) for side in rows} for key in ("judge", "tokens"))
     difference = scores["a"] - scores["b"]
     outcome = np.where(difference > TIE_TOLERANCE, 1.0, np.where(difference < -TIE_TOLERANCE, 0.0, 0.5))
     ended = {
         side: rate(
-            [float(x["ended"]) for row in rows for x in row["tuned"]],
-            [row["tree_id"] for row in rows for _ in row["tuned"]],
+            [float(x["ended"]) for row in rows[side] for x in row["tuned"]],
+            [row["tree_id"] for row in rows[side] for _ in row["tuned"]],
         )
-        for side, rows in zip("ab", zip(*paired, strict=True))
+        for side in rows
     }
     name_a, name_b = names or (report_a["adapter"]["name"], report_b["adapter"]["name"])
     return {
         "a": name_a,
         "b": name_b,
         "pairs": report_a["pairs"]["file"],
-        "prompts": len(paired),
+        "prompts": len(trees),
         "judge": report_a["judge"]["name"],
         "a_minus_b": mean(difference, report_a["seed"], trees),
         "per_prompt": outcomes(difference, TIE_TOLERANCE, trees),
@@ -93,7 +96,11 @@ def compare(a: Path, b: Path, names: tuple[str, str] | None = None) -> dict:
 
 def summary(result: dict) -> str:
     """The comparison in one sentence, for the study's table and the cards."""
-    win, test, control = result["per_prompt"]["win"], result["per_prompt"]["test"], result["length_controlled"]
+    win, test, control = (
+        result["per_prompt"]["win"],
+        result["per_prompt"]["test"],
+        result["length_controlled"],
+    )
     trees = test.get("trees") or test
     return (
         f"`{result['a']}` against `{result['b']}` on {result['prompts']} prompts of {result['pairs']}: the judge "
@@ -106,7 +113,9 @@ def summary(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.versus", description=__doc__.splitlines()[0])
-    parser.add_argument("a", type=Path, help="the candidate's evaluation folder (train.evaluate --output-dir)")
+    parser.add_argument(
+        "a", type=Path, help="the candidate's evaluation folder (train.evaluate --output-dir)"
+    )
     parser.add_argument("b", type=Path, help="its warm start's evaluation folder, on the same pairs")
     args = parser.parse_args(argv)
     try:

@@ -147,4 +147,6 @@ def add_eval(out: Path, folder: str = "eval") -> None:
         "judge_verdicts": {"per_prompt": {"test": {"better": 11, "worse": 9, "p_value": 0.82}}},
     }
     pairs = {"file": "test.jsonl" if folder == "sealed" else "dev.jsonl", "prompts": 20}
-    (out / folder / "report.json").write_text(json.dumps({"adapter": {"sha256": weights}, "pairs": pairs, **tests}))
+    (out / folder / "report.json").write_text(
+        json.dumps({"adapter": {"sha256": weights}, "pairs": pairs, **tests})
+    )

@@ -95,7 +95,9 @@ def test_evaluation_section_iff_report(run):
 def test_the_sealed_test_leads_and_the_warm_start_comparison_is_told(run):
     add_eval(run)
     add_eval(run, "sealed")
-    (run / "sealed" / "versus.json").write_text(json.dumps({"summary": "`a` against `b`: the judge prefers `a`"}))
+    (run / "sealed" / "versus.json").write_text(
+        json.dumps({"summary": "`a` against `b`: the judge prefers `a`"})
+    )
     text = render_card(run).text
     sealed, dev = text.index("- *Sealed test* (20 prompts of `test.jsonl`"), text.index("- *Held-out pairs*")
     assert sealed < dev < text.index("\n### Sealed test\n") < text.index("\n### Held-out pairs\n")

@@ -443,8 +443,12 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
     shutil.copytree(runs / "fresh", runs / "warm")
     _, _, versus = write_table(("fresh",), runs, tmp_path / "results", {}, {"fresh": "warm", "stale": "warm"})
     assert [(v["a"], v["b"], v["split"]) for v in versus] == [("fresh", "warm", "dev")]
-    assert versus[0]["per_prompt"]["tie"]["rate"] == 1.0 and versus[0]["prompts"] == report["pairs"]["prompts"]
-    assert json.loads((runs / "fresh" / "eval" / "versus.json").read_text())["summary"] == versus[0]["summary"]
+    assert (
+        versus[0]["per_prompt"]["tie"]["rate"] == 1.0 and versus[0]["prompts"] == report["pairs"]["prompts"]
+    )
+    assert (
+        json.loads((runs / "fresh" / "eval" / "versus.json").read_text())["summary"] == versus[0]["summary"]
+    )
     assert f"- {versus[0]['summary']}." in (tmp_path / "results" / "README.md").read_text()
     assert (tmp_path / "results" / "plots" / "study.png").stat().st_size > 0
     # 4 of 4 pairs flipped right is McNemar p = 0.125: not enough pairs to call it a win

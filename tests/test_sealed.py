@@ -131,8 +131,9 @@ def test_the_ledger_line_says_how_often_the_test_was_read(tmp_path, recipes, tes
 
 
 def test_the_studys_evaluations_run_at_serving_length():
-    from train.evaluate.inputs import EvalArguments
     from transformers import HfArgumentParser
+
+    from train.evaluate.inputs import EvalArguments
 
     argv = [*study.EVAL_OPTIONS, "--adapter", "demo/smollm2-dpo-demo", "--output-dir", "x"]
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(argv)

@@ -22,7 +22,7 @@ def evaluation(folder, name, judge_scores, tokens, ended, judge="judge-minilm-hh
     rows = [
         {"parent_id": f"p{i}", "tree_id": tree, "prompt": "q",
          "tuned": [{"answer": "a", "tokens": n, "ended": e, "seed": 0, "judge": s}]}
-        for i, (tree, s, n, e) in enumerate(zip(trees, judge_scores, tokens, ended))
+        for i, (tree, s, n, e) in enumerate(zip(trees, judge_scores, tokens, ended, strict=True))
     ]  # fmt: skip
     (folder / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
