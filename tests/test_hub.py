@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from tests._helpers_card import build_training_output
+from tests._helpers_card import add_eval, build_training_output
 from tests.hub_server import HubStandIn
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -64,6 +64,7 @@ def pushed(hub, tmp_path_factory, tiny_phi_dir, sample_path):
     hub.add_repo(BASE_ID, tiny_phi_dir)  # the base model the adapter names, as the Hub would hold it
     out = tmp_path_factory.mktemp("run") / "phi2-grpo"
     build_training_output(out, tiny_phi_dir, sample_path, base_model_id=BASE_ID, with_eval=True)
+    add_eval(out, "sealed")  # the sealed test's report, as study.sealed writes it
     done = push(hub, tmp_path_factory.mktemp("push"), out, "--repo-id", "phi2-grpo", "--private")
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done
@@ -95,6 +96,8 @@ def test_push_is_one_private_commit_of_the_run(hub, pushed):
         "eval/report.json",
         "eval/win_rate.png",
         "eval/lengths.png",
+        "sealed/report.md",
+        "sealed/report.json",
     }
     assert expected <= set(files), expected - set(files)
     assert not [p for p in files if p.startswith("checkpoint-")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from train.card import CardError, render_card, report_matches, write_card
@@ -33,6 +34,7 @@ ALLOW_PATTERNS = [
     "data_stats.json",
     "plots/*.png",
     "eval/*",
+    "sealed/*",
 ]
 IGNORE_PATTERNS = ["checkpoint-*", "**/checkpoint-*", ".*", "**/.*"]
 
@@ -54,9 +56,8 @@ def push_to_hub(
     repo id first, so its usage snippet names the repo it is read in. An existing repo is kept as it is,
     except that a private push into a public repo is refused.
     """
-    import httpx2  # huggingface_hub's HTTP client: its connection errors are not OSErrors
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError
+    from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
     output_dir = Path(output_dir)
@@ -70,14 +71,12 @@ def push_to_hub(
         raise HubPushError(
             f"invalid repo id {repo_id!r}: use 'name' or 'namespace/name' (letters, digits, '-', '_', '.')"
         ) from None
-
     api = HfApi(token=token)
-    try:
-        user = api.whoami()
+    with hub_errors(api, repo_id):
         if "/" not in repo_id:
-            repo_id = f"{user['name']}/{repo_id}"
+            repo_id = f"{api.whoami()['name']}/{repo_id}"
         render_card(output_dir, repo_id=repo_id)  # a folder the card cannot be made from stops here
-        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        url = str(api.create_repo(repo_id, private=private, exist_ok=True))
         # create_repo leaves an existing repo as it is: never push a private run into a public repo.
         if private and not api.repo_info(repo_id).private:
             raise HubPushError(
@@ -85,14 +84,27 @@ def push_to_hub(
                 "first, or push without --private"
             )
         write_card(output_dir, repo_id=repo_id)
+        # a report of other weights (an old eval/ after re-training) is never published
+        stale = [f"{folder}/*" for folder in ("eval", "sealed") if not report_matches(output_dir, folder)]
         api.upload_folder(
             repo_id=repo_id,
             folder_path=output_dir,
             allow_patterns=ALLOW_PATTERNS,
-            # a report of other weights (an old eval/ after re-training) is never published
-            ignore_patterns=IGNORE_PATTERNS + ([] if report_matches(output_dir) else ["eval/*"]),
+            ignore_patterns=IGNORE_PATTERNS + stale,
             commit_message=commit_message or f"Upload {output_dir.name}: adapter, tokenizer, model card",
         )
+    print(f"pushed {output_dir} to {url}")
+    return url
+
+
+@contextmanager
+def hub_errors(api, repo_id: str):
+    """The Hub's and the network's errors as one HubPushError line each: what is wrong, what to do."""
+    import httpx2  # huggingface_hub's HTTP client: its connection errors are not OSErrors
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+
+    try:
+        yield
     except LocalTokenNotFoundError:
         raise HubPushError("not logged in to the Hub: run `hf auth login` or set HF_TOKEN") from None
     except HfHubHTTPError as error:
@@ -114,9 +126,6 @@ def push_to_hub(
         raise HubPushError(
             f"cannot reach the Hub at {api.endpoint}: {str(error).strip().splitlines()[0]}"
         ) from None
-    url = str(url)
-    print(f"pushed {output_dir} to {url}")
-    return url
 
 
 def main(argv: list[str] | None = None) -> int:
