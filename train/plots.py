@@ -109,10 +109,19 @@ def plot_metrics(output_dir: str | os.PathLike) -> list[Path]:
         return []
     plots = output_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    written = []
     keys = sorted({k for r in records for k in r})
     grpo = "reward" in keys
+    figures = [
+        ("reward.png", _reward(records, grpo)),
+        ("rewards_per_function.png", _rewards_per_function(records, keys, grpo)),
+        ("loss_kl.png", _loss_kl(records, keys, grpo)),
+        ("completion_length.png", _completion_length(records) if "completions/mean_length" in keys else None),
+        ("gold_check.png", _gold_check(records) if "gold/judge" in keys else None),
+    ]
+    return [_save(fig, plots / name) for name, fig in figures if fig is not None]
 
+
+def _reward(records: list[dict], grpo: bool):
     fig, ax = plt.subplots(figsize=(7, 4))
     if grpo:
         steps, mean = _series(records, "reward")
@@ -135,20 +144,25 @@ def plot_metrics(output_dir: str | os.PathLike) -> list[Path]:
         ax.set_title("DPO implicit reward")
     ax.set_xlabel("step")
     _legend(ax)
-    written.append(_save(fig, plots / "reward.png"))
+    return fig
 
+
+def _rewards_per_function(records: list[dict], keys: list[str], grpo: bool):
     funcs = [k for k in keys if k.startswith("rewards/") and k.endswith("/mean")]
     if not grpo:
         funcs = [k for k in ("rewards/chosen", "rewards/rejected") if k in keys]
-    if funcs:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for i, key in enumerate(funcs):
-            _line(ax, records, key, key.removeprefix("rewards/").removesuffix("/mean"), color=f"C{i}")
-        ax.set_title("Reward per function (unweighted mean)" if grpo else "DPO implicit reward per side")
-        ax.set_xlabel("step")
-        _legend(ax)
-        written.append(_save(fig, plots / "rewards_per_function.png"))
+    if not funcs:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, key in enumerate(funcs):
+        _line(ax, records, key, key.removeprefix("rewards/").removesuffix("/mean"), color=f"C{i}")
+    ax.set_title("Reward per function (unweighted mean)" if grpo else "DPO implicit reward per side")
+    ax.set_xlabel("step")
+    _legend(ax)
+    return fig
 
+
+def _loss_kl(records: list[dict], keys: list[str], grpo: bool):
     fig, ax = plt.subplots(figsize=(7, 4))
     _line(ax, records, "loss", "loss", color="C0")
     ax.set_ylabel("loss")
@@ -162,38 +176,36 @@ def plot_metrics(output_dir: str | os.PathLike) -> list[Path]:
     else:
         ax.set_title("Loss" + (" (beta = 0: no KL term)" if grpo else ""))
         _legend(ax)
-    written.append(_save(fig, plots / "loss_kl.png"))
-
-    if "completions/mean_length" in keys:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        _line(ax, records, "completions/mean_length", "mean length (tokens)", color="C0")
-        _line(
-            ax,
-            records,
-            "completions/mean_terminated_length",
-            "mean length of those ending with EOS",
-            color="C2",
-            smooth=False,
-            # TRL logs 0 when no completion of the step ended itself: such steps have no such length.
-            where=lambda r: (r.get("completions/clipped_ratio") or 0) < 1,
-            linestyle="none",
-            marker=".",
-        )
-        ax.set_ylabel("tokens")
-        ax.set_xlabel("step")
-        clip_ax = ax.twinx()
-        _line(clip_ax, records, "completions/clipped_ratio", "share cut at max_completion_length", color="C3")
-        clip_ax.set_ylabel("share clipped")
-        clip_ax.set_ylim(-0.05, 1.05)
-        _legend(ax, clip_ax)
-        ax.set_title("Completion length")
-        written.append(_save(fig, plots / "completion_length.png"))
-    if "gold/judge" in keys:
-        written.append(_gold_check(records, plots))
-    return written
+    return fig
 
 
-def _gold_check(records: list[dict], plots: Path) -> Path:
+def _completion_length(records: list[dict]):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _line(ax, records, "completions/mean_length", "mean length (tokens)", color="C0")
+    _line(
+        ax,
+        records,
+        "completions/mean_terminated_length",
+        "mean length of those ending with EOS",
+        color="C2",
+        smooth=False,
+        # TRL logs 0 when no completion of the step ended itself: such steps have no such length.
+        where=lambda r: (r.get("completions/clipped_ratio") or 0) < 1,
+        linestyle="none",
+        marker=".",
+    )
+    ax.set_ylabel("tokens")
+    ax.set_xlabel("step")
+    clip_ax = ax.twinx()
+    _line(clip_ax, records, "completions/clipped_ratio", "share cut at max_completion_length", color="C3")
+    clip_ax.set_ylabel("share clipped")
+    clip_ax.set_ylim(-0.05, 1.05)
+    _legend(ax, clip_ax)
+    ax.set_title("Completion length")
+    return fig
+
+
+def _gold_check(records: list[dict]):
     """The over-optimisation curve: the training reward and the judge on the same dev answers, by step.
     Where the reward keeps rising and the judge turns down, the policy is hacking its reward."""
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -209,7 +221,7 @@ def _gold_check(records: list[dict], plots: Path) -> Path:
     prompts = next((r["gold/prompts"] for r in records if r.get("gold/prompts")), "?")
     ax.set_title(f"Gold check on {prompts} dev prompts: training reward and judge")
     _legend(ax, judge_ax)
-    return _save(fig, plots / "gold_check.png")
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:
