@@ -6,6 +6,7 @@ against its warm start (study.versus)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from study.ledger import ledger_line
@@ -23,13 +24,28 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _metrics(path: Path) -> list[dict]:
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
+
+
 def _metric_mean(path: Path, key: str) -> float | None:
     """Mean of a logged metric over every step of a run (metrics.jsonl), None when never logged."""
-    if not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    values = [r[key] for r in _metrics(path) if isinstance(r.get(key), (int, float))]
     return sum(values) / len(values) if values else None
+
+
+GOLD = ("reward", "judge", "judge_win", "ended", "length", "prompts")  # a gold check's (train.callbacks)
+
+
+def gold_checks(path: Path) -> list[dict]:
+    """A GRPO run's gold checks (its training reward and the judge on the same dev answers), by step."""
+    return [
+        {"step": r["step"], **{k: r.get(f"gold/{k}") for k in GOLD}}
+        for r in _metrics(path)
+        if "gold/judge" in r
+    ]
 
 
 SPLITS = {"eval": "dev", "sealed": "sealed test"}  # the folder of each split's report: its name
@@ -76,6 +92,7 @@ def row(name: str, runs: Path, folder: str = "eval") -> dict | None:
         "stop_guard": stop_guard(a),  # flagged: never promoted to a demo adapter
         # a GRPO group whose answers all score the same teaches nothing
         "frac_reward_zero_std": _metric_mean(runs / name / "metrics.jsonl", "frac_reward_zero_std"),
+        "gold_checks": gold_checks(runs / name / "metrics.jsonl"),
         "train_runtime_s": info.get("train_runtime_s"),
         "steps": info.get("global_step"),
         "peak_rss_mb": usage.get("peak_rss_mb"),
@@ -311,7 +328,31 @@ def sections(dev: list[dict], sealed: list[dict], versus: list[dict], level: str
             or ["No GRPO candidate with a warm start has been evaluated yet."]
         ),
         "",
+        *gold_lines(dev),
     ]
+
+
+def gold_lines(rows: list[dict]) -> list[str]:
+    """Each GRPO run's gold checks: its training reward beside the judge on the same dev answers, by step
+    (the over-optimisation curve; the judge's win is against the warm start's answers)."""
+    lines = []
+    for r in (r for r in rows if r.get("gold_checks")):
+        checks = r["gold_checks"]
+        win = lambda c: "n/a" if c["judge_win"] is None else f"{100 * c['judge_win']:.0f}%"  # noqa: E731
+        lines += [
+            f"Gold checks of `{r['name']}` on {checks[0]['prompts']} dev prompts, one answer each: its training "
+            "reward and the judge's mean score, how often the judge prefers the answer to the warm start's, "
+            f"and the share that ended by itself (![the curve](plots/{r['name']}-gold_check.png)):",
+            "",
+            "| step | training reward | judge score | judge prefers it | ended |",
+            "|---:|---:|---:|---:|---:|",
+            *[
+                f"| {c['step']} | {c['reward']:.3f} | {c['judge']:.3f} | {win(c)} | {100 * c['ended']:.0f}% |"
+                for c in checks
+            ],
+            "",
+        ]
+    return lines
 
 
 def embed(readme: Path, rows: tuple[list, list, list], demos: dict[Path, str]) -> None:
@@ -368,6 +409,10 @@ def write_table(
     if not dev:
         return dev, sealed, versus
     plot(dev + sealed, results / "plots" / "study.png")
+    for r in (r for r in dev if r.get("gold_checks")):  # the over-optimisation curve, kept with the results
+        curve = runs / r["name"] / "plots" / "gold_check.png"
+        if curve.is_file():
+            shutil.copy2(curve, results / "plots" / f"{r['name']}-gold_check.png")
     accuracy = next((r["judge"]["accuracy"] for r in dev if r["judge"]["accuracy"]), None)
     judge = next((r["judge"]["name"] for r in dev if r["judge"].get("name")), "the judge")
     checks = [
