@@ -390,6 +390,20 @@ def compare_warm_starts(runs: Path, warm_starts: dict[str, str]) -> list[dict]:
     return out
 
 
+def rewards_optimised(path: Path) -> list[str]:
+    """The rewards GRPO maximised, measured like the judge (study.reward_skill): beside length."""
+    if not path.is_file():
+        return []
+    skill = json.loads(path.read_text())
+    return [
+        f"- `{name}` (a reward GRPO maximised; `{path.name}`), on {skill['pairs']}: {fmt(r['all']['reward'], percent=True)}; "
+        f"the longer reply wins {fmt(r['all']['longer_wins'], percent=True)} ({fmt_p(r['all']['reward_vs_longer']['p_value'])}); "
+        f"on the {r['length_matched']['reward']['n']} length-matched pairs {fmt(r['length_matched']['reward'], percent=True)} "
+        f"(the longer reply {fmt(r['length_matched']['longer_wins'], percent=True)})."
+        for name, r in skill["rewards"].items()
+    ]
+
+
 def write_table(
     candidates, runs: Path, results: Path, reward_models: dict, warm_starts: dict[str, str] | None = None
 ) -> tuple[list[dict], list[dict], list[dict]]:
@@ -424,6 +438,7 @@ def write_table(
         for name, c in reward_models.items()
         for where, rate in c.items()
     ]
+    checks += rewards_optimised(results / "reward_skill.json")
     text = "\n".join(
         [
             "# Method study: results",

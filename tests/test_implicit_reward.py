@@ -117,6 +117,10 @@ def test_reward_skill_measures_skips_the_missing_and_refuses_a_reward_trained_on
     assert measured["all"]["reward"]["n"] == len(PAIRS) and measured["score_std"] > 0
     assert "absent does not exist" in results["skipped"][0]
     assert "longer wins" in output.with_suffix(".md").read_text()
+    from study.table import rewards_optimised  # the study's results show it beside the judge
+
+    (line,) = rewards_optimised(output.with_suffix(".json"))
+    assert f"`dpo_implicit:{tiny_adapter.name}` (a reward GRPO maximised" in line and "the longer reply wins" in line
     # an adapter whose training_info names these trees is no held-out measure
     (tiny_adapter / "training_info.json").write_text(json.dumps({"train_tree_ids": ["t0", "zz"]}))
     try:
