@@ -248,10 +248,11 @@ def _evaluations(output_dir: Path, method: str) -> list[dict]:
         report, images = _eval_section(output_dir, folder)
         if report:
             report_json = _read_json(output_dir / folder / "report.json") or {}
-            pairs = report_json.get("pairs") or {}
+            pairs, settings = report_json.get("pairs") or {}, report_json.get("settings") or {}
+            length = f", answers of at most {settings['max_new_tokens']} new tokens" if settings else ""
             out.append({
                 "heading": heading,
-                "what": f"{pairs.get('prompts', '?')} prompts of `{pairs.get('file', '?')}`, {what}",
+                "what": f"{pairs.get('prompts', '?')} prompts of `{pairs.get('file', '?')}`, {what}{length}",
                 "verdict": _verdict(output_dir, method, folder),
                 "report": report,
                 "images": [(_caption(Path(p)), p) for p in images],
