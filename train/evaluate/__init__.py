@@ -83,10 +83,14 @@ def objective_left_out(recipe: dict) -> str | None:
     from train.pieces import missing_model
 
     names = recipe.get("reward_funcs") or []
-    if recipe.get("method", "grpo") != "grpo" or "reward_model" not in names:
+    if recipe.get("method", "grpo") != "grpo":
         return None
-    missing = missing_model(recipe.get("reward_model_name_or_path") or "", "its reward model")
-    return f"the training-objective section is left out: {missing}" if missing else None
+    needs = {"reward_model": ("reward_model_name_or_path", "its reward model"),
+             "dpo_implicit": ("implicit_reward_adapter", "its implicit reward's DPO adapter")}  # fmt: skip
+    for name, (key, what) in needs.items():
+        if name in names and (missing := missing_model(recipe.get(key) or "", what)):
+            return f"the training-objective section is left out: {missing}"
+    return None
 
 
 def evaluate_adapter(

@@ -174,6 +174,7 @@ def training_objective(loaded, prompts: list[dict], answers: dict, recipe: dict,
         eos_token_ids=eos,
         embedding_model=recipe.get("embedding_model") or DEFAULT_EMBEDDER,
         reward_model_name_or_path=recipe.get("reward_model_name_or_path"),
+        implicit_reward_adapter=recipe.get("implicit_reward_adapter"),
     )
     result = {"reward_funcs": names, "reward_weights": weights}
     for side in SIDES:
