@@ -120,7 +120,10 @@ def test_reward_skill_measures_skips_the_missing_and_refuses_a_reward_trained_on
     from study.table import rewards_optimised  # the study's results show it beside the judge
 
     (line,) = rewards_optimised(output.with_suffix(".json"))
-    assert f"`dpo_implicit:{tiny_adapter.name}` (a reward GRPO maximised" in line and "the longer reply wins" in line
+    assert (
+        f"`dpo_implicit:{tiny_adapter.name}` (a reward GRPO maximised" in line
+        and "the longer reply wins" in line
+    )
     # an adapter whose training_info names these trees is no held-out measure
     (tiny_adapter / "training_info.json").write_text(json.dumps({"train_tree_ids": ["t0", "zz"]}))
     try:
@@ -162,3 +165,28 @@ def test_reward_skill_reads_the_implicit_reward_from_the_adapters_own_report(tmp
     assert reward_skill.main(argv) == 0
     (measured,) = json.loads(output.with_suffix(".json").read_text())["rewards"].values()
     assert measured["scores_from"] == "scored here"
+
+
+def test_an_evaluation_computes_the_implicit_reward_it_was_trained_on_or_says_why_not(tiny_adapter, tmp_path):
+    """A GRPO adapter rewarded by a DPO adapter's implicit reward: train.evaluate's training-objective
+    section binds that adapter from the recipe, and says before generating when it is missing."""
+    from train.evaluate import objective_left_out
+    from train.evaluate.answers import training_objective
+
+    recipe = {"method": "grpo", "reward_funcs": ["dpo_implicit", "missing_eos_penalty"]}
+    assert objective_left_out({**recipe, "implicit_reward_adapter": str(tiny_adapter)}) is None
+    missing = objective_left_out({**recipe, "implicit_reward_adapter": str(tmp_path / "gone")})
+    assert missing.startswith("the training-objective section is left out: its implicit reward's DPO adapter")
+    from assistant.generation import Answer
+    from assistant.models import load_model
+
+    loaded = load_model(
+        base=json.loads((tiny_adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    )
+    prompts = [{"prompt": q, "chosen": c, "rejected": r} for q, c, r in PAIRS[:2]]
+    answer = Answer(text="An answer.", ended=True, cut=False, tokens=3, adapter="x")
+    answers = {side: [[answer] for _ in prompts] for side in ("base", "tuned")}
+    result = training_objective(
+        loaded, prompts, answers, {**recipe, "implicit_reward_adapter": str(tiny_adapter)}, 0
+    )
+    assert result["reward_funcs"] == recipe["reward_funcs"] and "dpo_implicit" in result["tuned"]
