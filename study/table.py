@@ -94,6 +94,7 @@ def row(name: str, runs: Path, folder: str = "eval") -> dict | None:
         "frac_reward_zero_std": _metric_mean(runs / name / "metrics.jsonl", "frac_reward_zero_std"),
         "gold_checks": gold_checks(runs / name / "metrics.jsonl"),
         "train_runtime_s": info.get("train_runtime_s"),
+        "resumed": bool(info.get("resumed_from")),  # then the time and memory are the last process's only
         "steps": info.get("global_step"),
         "peak_rss_mb": usage.get("peak_rss_mb"),
     }
@@ -123,7 +124,10 @@ def _cells(r: dict) -> list[str]:
         if guard
         else "n/a",
         "n/a" if r["frac_reward_zero_std"] is None else f"{r['frac_reward_zero_std']:.2f}",
-        f"{r['train_runtime_s'] / 60:.0f} min, {r['steps']} steps" if r["train_runtime_s"] else "n/a",
+        f"{r['train_runtime_s'] / 60:.0f} min, {r['steps']} steps"
+        + (" (resumed: the last part only)" if r.get("resumed") else "")
+        if r["train_runtime_s"]
+        else "n/a",
         f"{r['peak_rss_mb'] / 1024:.1f} GB" if r["peak_rss_mb"] else "n/a",
     ]
 

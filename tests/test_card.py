@@ -76,9 +76,12 @@ def test_body_reports_the_real_run(output_dir, tiny_phi_dir):
 
 def test_evaluation_section_iff_report(run):
     assert "## Evaluation" not in render_card(run).text
+    assert "## Does it beat its base?" not in render_card(run).text
     add_eval(run)
     text = render_card(run).text
     assert "## Evaluation" in text
+    # the answer a reader comes for, before the details
+    assert text.index("## Does it beat its base?") < text.index("## Model details")
     assert "\n### Held-out pairs\n\n#### Evaluation: base vs tuned\n" in text  # nested under the card's
     assert (
         "- *Held-out pairs* (20 prompts of `dev.jsonl`, the pairs the adapter was evaluated on): The tuned "
@@ -257,3 +260,11 @@ def test_the_card_says_what_length_and_stopping_explain(run):
         "Flag: the tuned model ends its answers by itself 25 points less often than its base (0% against 25%"
         in (render_card(run).text)
     )
+
+
+def test_a_resumed_run_says_its_time_is_the_last_part_only(run):
+    assert "| Training time | 0.7 min |" in render_card(run).text
+    info = json.loads((run / "training_info.json").read_text())
+    info["resumed_from"] = str(run / "checkpoint-20")
+    (run / "training_info.json").write_text(json.dumps(info))
+    assert "| Training time | 0.7 min (after resuming from checkpoint-20: that part only) |" in render_card(run).text

@@ -121,6 +121,15 @@ def _trend_rows(trends: dict) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def _runtime(seconds, resumed_from: str | None) -> str:
+    """A resumed run times only the process that finished it: say so, or the figure reads as the whole."""
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    return f"{seconds / 60:.1f} min" + (
+        f" (after resuming from {Path(resumed_from).name}: that part only)" if resumed_from else ""
+    )
+
+
 def _caption(path: Path) -> str:
     return path.stem.replace("_", " ").replace("-", " ").capitalize()
 
@@ -339,7 +348,7 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
             ("Training pairs", _fmt(info.get("train_pairs")) + _counts(info.get("pair_counts"))),
             ("Optimizer steps", _fmt(info.get("global_step"))),
             ("Device / precision", f"{_fmt(info.get('device'))} / {_fmt(info.get('precision'))}"),
-            ("Training time", f"{runtime / 60:.1f} min" if isinstance(runtime, (int, float)) else "-"),
+            ("Training time", _runtime(runtime, info.get("resumed_from"))),
         ],
         trainable_params=trainable,
         data_rows=[
