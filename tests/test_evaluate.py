@@ -523,18 +523,33 @@ def test_the_verdict_claims_no_win_without_a_significant_paired_test(evaluated):
 
     report = evaluated[1]  # 4 of 4 pairs flipped right: McNemar p = 0.125
     assert report["preference"]["test"]["better"] == 4 and report["preference"]["test"]["worse"] == 0
-    judge_line = verdict(report).split(". ", 1)[1]  # the judge has not shown skill beyond length
-    assert verdict(report).startswith(
+    first, figures, judge_line = verdict(report).split(". ", 2)
+    assert first == (
         "The tuned model does not beat its base at p < 0.05 on held-out preference accuracy or on the "
-        "independent judge."
+        "independent judge"
     )
-    assert judge_line.startswith("Caution: this judge")
+    # by how much, and how sure: each effect with its interval and its paired test, each tree once
+    pref, tuned, test = (
+        report["preference"]["base"]["accuracy"],
+        report["preference"]["tuned"]["accuracy"],
+        report["preference"]["test"],
+    )
+    assert figures.startswith(
+        f"By how much: held-out preference accuracy {100 * pref['rate']:.0f}% [{100 * pref['ci95'][0]:.0f}, "
+        f"{100 * pref['ci95'][1]:.0f}] → {100 * tuned['rate']:.0f}% [{100 * tuned['ci95'][0]:.0f}, "
+        f"{100 * tuned['ci95'][1]:.0f}] (items 4 better, 0 worse, p = 0.125)"  # no tree ids in these pairs: items
+    )
+    assert "; the judge prefers the tuned answer on " in figures and "at equal answer length" in figures
+    assert judge_line.startswith("Caution: this judge")  # the judge has not shown skill beyond length
     won = {"better": 30, "worse": 10, "same": 0, "n": 40, "p_value": 0.002}
     equal = {"rate": 0.55, "ci95": [0.4, 0.7], "n": 40}
     judged = {**report, "judge_verdicts": {"per_prompt": {"test": won}, "length_controlled": equal}}
     assert verdict(judged).startswith(
         "The tuned model beats its base at p < 0.05 on the independent judge. At equal answer length the "
         "judge's win rate is 55% [40, 70], so answer length may explain the win."
+    )
+    assert (
+        verdict(judged).count("at equal answer length") + verdict(judged).count("At equal answer length") == 1
     )
     holds = {
         **judged,

@@ -46,8 +46,8 @@ def render_report(report: dict) -> str:
 
 def verdict(report: dict) -> str:
     """Plain words: did the tuned model beat its base on a measure it was not trained on? A judge win
-    is read again at equal answer length, a judge without skill beyond length and a model that stopped
-    ending its answers are said so, each in one sentence."""
+    is read again at equal answer length; then the figures (by_how_much); a judge without skill beyond
+    length and a model that stopped ending its answers are said so, each in one sentence."""
     judge = report.get("judge_verdicts")
     method = (report.get("adapter") or {}).get("method")
     name = "held-out preference accuracy" + (
@@ -62,13 +62,43 @@ def verdict(report: dict) -> str:
     else:
         text = f"The tuned model beats its base at p < {ALPHA} on {' and on '.join(won)}."
     controlled = (judge or {}).get("length_controlled")
-    if "the independent judge" in won and controlled and controlled["ci95"][0] is not None:
+    said = bool("the independent judge" in won and controlled and controlled["ci95"][0] is not None)
+    if said:
         holds = controlled["ci95"][0] > 0.5
         text += f" At equal answer length the judge's win rate is {fmt(controlled, percent=True)}" + (
             ", so the win is not only length." if holds else ", so answer length may explain the win."
         )
-    lines = [text, judge_caveat((report.get("judge") or {}).get("accuracy")) if judge else None]
+    lines = [
+        text,
+        by_how_much(report, controlled=not said),
+        judge_caveat((report.get("judge") or {}).get("accuracy")) if judge else None,
+    ]
     return " ".join(line for line in [*lines, stop_flag(stop_guard(report.get("answers")))] if line)
+
+
+def _counted(test: dict) -> str:
+    """``trees 34 better, 31 worse, p = 0.804``: what the paired test counted (each tree once), and its p."""
+    unit = test.get("trees") or test
+    return f"{'trees' if 'trees' in test else 'items'} {unit['better']} better, {unit['worse']} worse, {fmt_p(test['p_value'])}"
+
+
+def by_how_much(report: dict, controlled: bool = True) -> str | None:
+    """The figures behind the verdict, in one sentence: the effect with its interval, and the paired test
+    (with the length-controlled win rate unless the verdict has already read it)."""
+    preference, judge = report.get("preference") or {}, report.get("judge_verdicts") or {}
+    parts = []
+    if "accuracy" in (preference.get("base") or {}) and preference.get("test"):
+        parts.append(
+            f"held-out preference accuracy {fmt(preference['base']['accuracy'], percent=True)} → "
+            f"{fmt(preference['tuned']['accuracy'], percent=True)} ({_counted(preference['test'])})"
+        )
+    win = (judge.get("per_prompt") or {}).get("win")
+    if win and judge["per_prompt"].get("test"):
+        text = f"the judge prefers the tuned answer on {fmt(win, percent=True)} of prompts ({_counted(judge['per_prompt']['test'])})"
+        if controlled and judge.get("length_controlled"):
+            text += f", {fmt(judge['length_controlled'], percent=True)} at equal answer length"
+        parts.append(text)
+    return f"By how much: {'; '.join(parts)}." if parts else None
 
 
 def _prompt_text(prompt) -> str:
