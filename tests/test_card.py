@@ -84,7 +84,8 @@ def test_evaluation_section_iff_report(run):
     assert text.index("## Does it beat its base?") < text.index("## Model details")
     assert "\n### Held-out pairs\n\n#### Evaluation: base vs tuned\n" in text  # nested under the card's
     assert (
-        "- *Held-out pairs* (20 prompts of `dev.jsonl`, the pairs the adapter was evaluated on): The tuned "
+        "- *Held-out pairs* (20 prompts of `dev.jsonl`, the dev split, where the study chooses among "
+        "candidates (a choice, not a proof)): The tuned "
         "model beats its base at p < 0.05 on held-out preference accuracy.\n" in text
     )
     assert "\n##### Generation quality\n" in text
@@ -243,7 +244,7 @@ def test_the_card_says_what_length_and_stopping_explain(run):
         "tuned": {"ended_properly": rate([0] * 80)},
     }
     path.write_text(json.dumps(report))
-    verdict = render_card(run).text.split("the pairs the adapter was evaluated on): ", 1)[1].split("\n", 1)[0]
+    verdict = render_card(run).text.split("(a choice, not a proof)): ", 1)[1].split("\n", 1)[0]
     assert verdict.startswith(
         "The tuned model beats its base at p < 0.05 on held-out preference accuracy (the DPO objective on "
         "held-out pairs) and on the independent judge. At equal answer length the judge's win rate is "
@@ -267,4 +268,7 @@ def test_a_resumed_run_says_its_time_is_the_last_part_only(run):
     info = json.loads((run / "training_info.json").read_text())
     info["resumed_from"] = str(run / "checkpoint-20")
     (run / "training_info.json").write_text(json.dumps(info))
-    assert "| Training time | 0.7 min (after resuming from checkpoint-20: that part only) |" in render_card(run).text
+    assert (
+        "| Training time | 0.7 min (after resuming from checkpoint-20: that part only) |"
+        in render_card(run).text
+    )

@@ -200,6 +200,8 @@ EVALUATIONS = (
     ("sealed", "Sealed test", "trees no choice was made on, read once by `python -m study.sealed`"),
     ("eval", "Held-out pairs", "the pairs the adapter was evaluated on"),
 )
+# the study's dev split picks among candidates: a win there was looked for, and the card says so
+DEV = ("dev.jsonl", "the dev split, where the study chooses among candidates (a choice, not a proof)")
 
 
 def _eval_section(output_dir: Path, folder: str = "eval") -> tuple[str | None, list[str]]:
@@ -259,6 +261,7 @@ def _evaluations(output_dir: Path, method: str) -> list[dict]:
             report_json = _read_json(output_dir / folder / "report.json") or {}
             pairs, settings = report_json.get("pairs") or {}, report_json.get("settings") or {}
             length = f", answers of at most {settings['max_new_tokens']} new tokens" if settings else ""
+            what = DEV[1] if Path(str(pairs.get("file"))).name == DEV[0] else what
             out.append({
                 "heading": heading,
                 "what": f"{pairs.get('prompts', '?')} prompts of `{pairs.get('file', '?')}`, {what}{length}",
