@@ -181,7 +181,7 @@ def demo_dir() -> Path | None:
 
 
 def demo_adapters() -> list[str]:
-    """Every folder under demo/ that holds a chat adapter (the method study's GRPO and DPO demos); the
+    """Every folder under demo/ that holds a chat adapter (the method study's picks: study.run.promote); the
     offline judge there is a reward model (task type SEQ_CLS), not something to chat with."""
     folder = demo_dir()
     if folder is None:

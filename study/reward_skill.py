@@ -1,7 +1,7 @@
 """How much does a reward know about Open Assistant preferences? Its accuracy on held-out pairs, beside
 "the longer reply wins", on all pairs and on the length-matched ones.
 
-    python -m study.reward_skill --reward dpo_implicit:demo/smollm2-dpo-demo \
+    python -m study.reward_skill --reward dpo_implicit:outputs/study/dpo-length-normalised \
         --reward reward_model:outputs/study/reward-model-oasst [--pairs data/study-splits/dev.jsonl]
 
 A reward scores (conversation, reply); it is right on a pair when it scores the chosen reply strictly

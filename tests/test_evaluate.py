@@ -500,6 +500,22 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
     assert pick_demos([flagged, worse]) == {"grpo": worse}
 
 
+def test_every_committed_demo_adapter_has_a_report_of_its_weights_at_serving_length_and_no_flag():
+    """What the Space serves from demo/ keeps to the promote rule: each chat adapter there has a report of
+    these very weights, made at the serving length, whose stop-rate guard did not trip."""
+    from assistant.models import demo_adapters
+    from train.card import report_matches
+    from train.evaluate.answers import stop_guard
+
+    demos = demo_adapters()
+    assert demos
+    for demo in map(Path, demos):
+        assert report_matches(demo), f"{demo.name}: no report of these weights in eval/"
+        report = json.loads((demo / "eval" / "report.json").read_text())
+        assert report["settings"]["max_new_tokens"] == 256, demo.name
+        assert not stop_guard(report["answers"])["flagged"], f"{demo.name}: flagged by the stop-rate guard"
+
+
 def test_answers_are_judged_at_serving_length_not_the_training_length():
     """A GRPO recipe's max_completion_length is what it trained at; answers are judged as the apps serve
     them (GenerationSettings' max_new_tokens, the one place for that default)."""

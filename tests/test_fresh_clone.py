@@ -120,7 +120,9 @@ def test_the_committed_grpo_demo_is_evaluable_without_its_reward_model(monkeypat
         "the training-objective section is left out: its reward model outputs/study/reward-model-oasst "
         "is not here; make it with: python -m train --config recipes/study/reward-model-oasst.yaml"
     )
-    assert objective_left_out(read_recipe("demo/smollm2-dpo-demo")) is None  # DPO has no such section
+    assert (
+        objective_left_out({**read_recipe("demo/smollm2-grpo-demo"), "method": "dpo"}) is None
+    )  # DPO has none
 
 
 def test_demo_adapters_are_found_in_an_installed_layout(tmp_path):
@@ -141,7 +143,7 @@ def test_demo_adapters_are_found_in_an_installed_layout(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
-    assert [Path(p).name for p in found] == ["smollm2-dpo-demo", "smollm2-grpo-demo"]
+    assert [Path(p).name for p in found] == ["smollm2-grpo-demo"]
     assert all(Path(p).parent == site / "assistant" / "demo" for p in found)
 
 

@@ -114,7 +114,7 @@ def test_train_evaluate_refuses_the_sealed_test_unless_study_sealed_runs_it(test
     from train.evaluate.inputs import EvalArguments, EvalError, check_args
 
     args = EvalArguments(
-        output_dir=str(tmp_path / "eval"), adapter="demo/smollm2-dpo-demo", pairs=str(test_file)
+        output_dir=str(tmp_path / "eval"), adapter="demo/smollm2-grpo-demo", pairs=str(test_file)
     )
     with pytest.raises(EvalError, match="a sealed test .* only python -m study.sealed evaluates on it"):
         check_args(args)
@@ -135,6 +135,6 @@ def test_the_studys_evaluations_run_at_serving_length():
 
     from train.evaluate.inputs import EvalArguments
 
-    argv = [*study.EVAL_OPTIONS, "--adapter", "demo/smollm2-dpo-demo", "--output-dir", "x"]
+    argv = [*study.EVAL_OPTIONS, "--adapter", "demo/smollm2-grpo-demo", "--output-dir", "x"]
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(argv)
     assert args.max_new_tokens == 256 and args.base_cache == str(study.RUNS / "base-cache")
