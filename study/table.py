@@ -408,6 +408,19 @@ def rewards_optimised(path: Path) -> list[str]:
     ]
 
 
+def lost_rows(path: Path, dev: list[dict], sealed: list[dict]) -> list[str]:
+    """The rows of the results at ``path`` that the new ones would drop (split: name)."""
+    if not path.is_file():
+        return []
+    before = json.loads(path.read_text())
+    return [
+        f"{split}: {r['name']}"
+        for split, rows in (("dev", dev), ("sealed_test", sealed))
+        for r in before.get(split) or []
+        if r["name"] not in {n["name"] for n in rows}
+    ]
+
+
 def write_table(
     candidates, runs: Path, results: Path, reward_models: dict, warm_starts: dict[str, str] | None = None
 ) -> tuple[list[dict], list[dict], list[dict]]:
@@ -415,6 +428,12 @@ def write_table(
     from assistant.atomic import write_text
 
     dev, sealed = ([r for r in (row(name, runs, folder) for name in candidates) if r] for folder in SPLITS)
+    if lost := lost_rows(results / "results.json", dev, sealed):
+        # a fresh clone has the committed results but not the runs: re-writing would erase the evidence
+        raise SystemExit(
+            f"error: {', '.join(lost)} are in {results / 'results.json'} but their reports are not in {runs}; "
+            f"run them again (python -m study.run --only NAME), or delete {results / 'results.json'} to start anew"
+        )
     versus = compare_warm_starts(runs, warm_starts or {})
     write_text(
         results / "results.json",

@@ -438,6 +438,13 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
     table = (tmp_path / "results" / "README.md").read_text()
     assert "`fresh`" in table and "`stale`" not in table and "reward 0.100 → 0.400" in table
     assert json.loads((tmp_path / "results" / "results.json").read_text())["dev"] == rows
+    # a clone without the runs must not erase the committed results
+    before = (tmp_path / "results" / "results.json").read_bytes()
+    with pytest.raises(
+        SystemExit, match=r"^error: dev: fresh are in .*results.json but their reports are not in"
+    ):
+        write_table(("stale", "missing"), runs, tmp_path / "results", {})
+    assert (tmp_path / "results" / "results.json").read_bytes() == before
     from study.ledger import ledger_line
 
     assert "## Sealed test: read once" in table and ledger_line() in table  # how often it was read
