@@ -78,8 +78,8 @@ def verdict(report: dict) -> str:
 
 def _counted(test: dict) -> str:
     """``trees 34 better, 31 worse, p = 0.804``: what the paired test counted (each tree once), and its p."""
-    unit = test.get("trees") or test
-    return f"{'trees' if 'trees' in test else 'items'} {unit['better']} better, {unit['worse']} worse, {fmt_p(test['p_value'])}"
+    unit, label = (test["trees"], "trees") if test.get("trees") else (test, "items")
+    return f"{label} {unit['better']} better, {unit['worse']} worse, {fmt_p(test['p_value'])}"
 
 
 def by_how_much(report: dict, controlled: bool = True) -> str | None:
@@ -94,7 +94,10 @@ def by_how_much(report: dict, controlled: bool = True) -> str | None:
         )
     win = (judge.get("per_prompt") or {}).get("win")
     if win and judge["per_prompt"].get("test"):
-        text = f"the judge prefers the tuned answer on {fmt(win, percent=True)} of prompts ({_counted(judge['per_prompt']['test'])})"
+        text = (
+            f"the judge prefers the tuned answer on {fmt(win, percent=True)} of prompts "
+            f"({_counted(judge['per_prompt']['test'])})"
+        )
         if controlled and judge.get("length_controlled"):
             text += f", {fmt(judge['length_controlled'], percent=True)} at equal answer length"
         parts.append(text)
