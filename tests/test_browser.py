@@ -146,8 +146,9 @@ def test_a_chat_answer_appears_in_pieces_and_a_like_is_stored(page, store):
     assert len(seen) >= 3, seen
     assert all(b.startswith(a) for a, b in zip(seen, seen[1:], strict=False)), seen
     page.get_by_label("Like", exact=True).last.click()
-    deadline = time.time() + 30
-    while not store.files["feedback"].exists() and time.time() < deadline:
+    feedback = store.files["feedback"]
+    deadline = time.time() + 30  # the file can exist before its line is written: wait for the line
+    while not (feedback.exists() and feedback.read_text().strip()) and time.time() < deadline:
         time.sleep(0.1)
-    (record,) = [json.loads(line) for line in store.files["feedback"].read_text().splitlines()]
+    (record,) = [json.loads(line) for line in feedback.read_text().splitlines()]
     assert record["liked"] is True and record["model"] == "tuned-a" and record["answer"] == seen[-1]
