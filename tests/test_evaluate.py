@@ -579,6 +579,8 @@ def test_the_verdict_claims_no_win_without_a_significant_paired_test(evaluated):
     dpo = {**report, "adapter": {**report["adapter"], "method": "dpo"}}
     assert "#### Preference accuracy (the DPO objective on held-out pairs" in render_report(dpo)
     assert "held-out preference accuracy (the DPO objective on held-out pairs)" in verdict(dpo)
+    # the figures name it so too: a DPO adapter's gain there is its own objective, not evidence
+    assert "By how much: held-out preference accuracy (the DPO objective on held-out pairs) " in verdict(dpo)
     assert "no training reward involved" in render_report(report) and "DPO objective" not in render_report(
         report
     )

@@ -44,15 +44,20 @@ def render_report(report: dict) -> str:
     return text.rstrip() + "\n"
 
 
+def preference_name(report: dict) -> str:
+    """What the verdict calls preference accuracy: for a DPO adapter it is its own objective."""
+    method = (report.get("adapter") or {}).get("method")
+    return "held-out preference accuracy" + (
+        " (the DPO objective on held-out pairs)" if method == "dpo" else ""
+    )
+
+
 def verdict(report: dict) -> str:
     """Plain words: did the tuned model beat its base on a measure it was not trained on? A judge win
     is read again at equal answer length; then the figures (by_how_much); a judge without skill beyond
     length and a model that stopped ending its answers are said so, each in one sentence."""
     judge = report.get("judge_verdicts")
-    method = (report.get("adapter") or {}).get("method")
-    name = "held-out preference accuracy" + (
-        " (the DPO objective on held-out pairs)" if method == "dpo" else ""
-    )
+    name = preference_name(report)
     tests = {name: report["preference"]["test"]}
     if judge:
         tests["the independent judge"] = judge["per_prompt"]["test"]
@@ -89,7 +94,7 @@ def by_how_much(report: dict, controlled: bool = True) -> str | None:
     parts = []
     if "accuracy" in (preference.get("base") or {}) and preference.get("test"):
         parts.append(
-            f"held-out preference accuracy {fmt(preference['base']['accuracy'], percent=True)} → "
+            f"{preference_name(report)} {fmt(preference['base']['accuracy'], percent=True)} → "
             f"{fmt(preference['tuned']['accuracy'], percent=True)} ({_counted(preference['test'])})"
         )
     win = (judge.get("per_prompt") or {}).get("win")
