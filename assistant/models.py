@@ -201,6 +201,34 @@ def default_device() -> str:
     return "cpu"
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo).
+
+    Elsewhere PyTorch emulates bf16 matmuls: measured on an AVX2-only EPYC, a 2048 x 2048 matmul took
+    58 s in bf16 against 0.1 s in fp32, so bf16 is worth it only where the flag is there."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no flags to read, fp32 is the safe choice
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def compute_dtype(device: str, model_type: str | None = None) -> torch.dtype:
+    """The one precision rule, for serving and training alike: on a GPU ``gpu_compute_dtype``'s; on a
+    CPU bf16 where it is native (``cpu_has_native_bf16``), fp32 otherwise; ``ASSISTANT_CPU_DTYPE``
+    (``fp32`` or ``bf16``) overrides the CPU's choice."""
+    if device == "cuda":
+        return gpu_compute_dtype(torch.cuda.is_bf16_supported(), model_type)
+    if device != "cpu":
+        return torch.float32
+    forced = os.environ.get("ASSISTANT_CPU_DTYPE", "").lower()
+    if forced in ("fp32", "float32", "bf16", "bfloat16"):
+        return torch.bfloat16 if forced.startswith("bf") else torch.float32
+    if forced:
+        raise ValueError(f"ASSISTANT_CPU_DTYPE={forced!r}: use fp32 or bf16 (or unset it to decide by the CPU)")
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
 def gpu_compute_dtype(bf16_supported: bool, model_type: str | None) -> torch.dtype:
     """The compute dtype on a GPU, for serving and training alike: bf16 where the GPU has it; on one
     without (a T4) fp16, except for Phi. transformers 5 computes Phi's query-key product in the compute

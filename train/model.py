@@ -53,7 +53,8 @@ def model_type(model_args, trust_remote_code: bool = False) -> str | None:
 def adapt_to_device(
     train_args, training_args, model_args, mixed_precision=None
 ) -> tuple[str, str, list[str]]:
-    """GPU: the recipe as written (fp16 for bf16 where the GPU lacks it). CPU: fp32, 4-bit only if asked."""
+    """GPU: the recipe as written (fp16 for bf16 where the GPU lacks it). CPU: bf16 where native, else
+    fp32 (``assistant.models.compute_dtype``, the one rule); 4-bit only if asked."""
     import torch
 
     notes = []
@@ -73,13 +74,23 @@ def adapt_to_device(
                 if model_args.dtype == "bfloat16":
                     model_args.dtype = "float16"
     else:
+        from assistant.models import compute_dtype
+
         device, why = "cpu", "use_cpu" if torch.cuda.is_available() else "no GPU"
         training_args.bf16 = training_args.fp16 = False  # parse_args has done it already
-        if mixed_precision:
-            notes.append(f"{why}: {mixed_precision} mixed precision off")
-        if model_args.dtype not in (None, "float32", "auto"):
-            notes.append(f"{why}: weights in float32 instead of {model_args.dtype}")
-        model_args.dtype = "float32"
+        if compute_dtype("cpu") == torch.bfloat16:
+            # Native bf16 (AVX512-BF16/AMX): the frozen base in bf16 and bf16 autocast, so generation runs
+            # in bf16 too; PEFT keeps the LoRA weights fp32 (autocast_adapter_dtype), train.py checks it.
+            training_args.bf16, training_args.mixed_precision = True, "bf16"
+            model_args.dtype = "bfloat16"
+            notes.append(f"{why}: the CPU has native bf16: a bf16 base under bf16 autocast, LoRA in fp32")
+        else:
+            if mixed_precision:
+                notes.append(f"{why}: {mixed_precision} mixed precision off")
+            if model_args.dtype not in (None, "float32", "auto"):
+                notes.append(f"{why}: weights in float32 instead of {model_args.dtype}")
+            model_args.dtype = "float32"
+            notes.append(f"{why}: fp32 (this CPU has no native bf16; emulated bf16 is far slower)")
         if (model_args.load_in_4bit or model_args.load_in_8bit) and not train_args.quantize_on_cpu:
             model_args.load_in_4bit = model_args.load_in_8bit = False
             notes.append(f"{why}: base loaded in fp32, not quantized (set quantize_on_cpu to keep 4-bit)")
