@@ -225,7 +225,9 @@ def compute_dtype(device: str, model_type: str | None = None) -> torch.dtype:
     if forced in ("fp32", "float32", "bf16", "bfloat16"):
         return torch.bfloat16 if forced.startswith("bf") else torch.float32
     if forced:
-        raise ValueError(f"ASSISTANT_CPU_DTYPE={forced!r}: use fp32 or bf16 (or unset it to decide by the CPU)")
+        raise ValueError(
+            f"ASSISTANT_CPU_DTYPE={forced!r}: use fp32 or bf16 (or unset it to decide by the CPU)"
+        )
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 

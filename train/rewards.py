@@ -17,6 +17,10 @@ rewards with ``reward_funcs: [name, ...]`` and weighs them with TRL's ``reward_w
   training pairs with ``method: reward``, the classic pairs -> reward model -> policy route).
 - ``dpo_implicit``: the implicit reward of a DPO adapter (``implicit_reward_adapter``, trained on the
   training pairs only): the mean per-token log p_dpo(answer) - log p_base(answer) (train.implicit).
+- ``no_loop``: minus the share of the answer's word 4-grams that repeat an earlier one of the same answer
+  (``assistant.defects``, the measure the evaluation's loop rate and the Space's marks use): graded, so
+  that a group whose answers all loop a little still has a spread to learn from, where a 0/-1 loop flag
+  had none in most groups (issue 27's measurement). 0 for a clean answer, -1 for one word said over.
 - ``missing_eos_penalty``: -1 for an answer that never ended (cut at max_completion_length), else 0:
   TRL's ``missing_eos_penalty`` of RLOO and Online DPO, which keeps a reward of the answer's tokens
   from paying for rambling past the limit. Unlike ``ends_with_eos`` it pays nothing for stopping.
@@ -29,6 +33,7 @@ from collections.abc import Callable
 
 import torch
 
+from assistant.defects import repeated_fraction
 from assistant.prompt import cut_at_user_turn
 
 
@@ -100,6 +105,10 @@ def missing_eos_penalty(completion_ids, eos_token_ids: tuple[int, ...] = (), **k
     return [0.0 if ids and ids[-1] in eos_token_ids else -1.0 for ids in completion_ids]
 
 
+def no_loop(completions, **kwargs) -> list[float]:
+    return [-repeated_fraction(answer(c)) for c in completions]
+
+
 def no_user_turn(completions, **kwargs) -> list[float]:
     return [0.0 if cut_at_user_turn(completion_text(c))[1] else 1.0 for c in completions]
 
@@ -164,6 +173,7 @@ REWARDS: dict[str, Callable] = {
     "reward_model": make_reward_model,  # built from the recipe's reward_model_name_or_path
     "dpo_implicit": make_dpo_implicit,  # built from the recipe's implicit_reward_adapter
     "missing_eos_penalty": missing_eos_penalty,
+    "no_loop": no_loop,
 }
 
 
