@@ -128,3 +128,17 @@ def test_reward_model_scores_question_answer_pairs(tiny_classifier):
                 **tokenizer("What is the capital of France?", completion, return_tensors="pt")
             ).logits
         assert score == pytest.approx(expected[0, 0].item(), abs=1e-4)
+
+
+def test_no_loop_grades_repetition_and_logs_the_loop_rate():
+    from train.rewards import no_loop
+
+    clean = "Paris is the capital of France. It sits on the Seine and is known for its museums and cafes."
+    chorus = "We will rock you, we will rock you. " * 2 + "Buddy, you're a boy, make a big noise."
+    stuck = "a being of " * 30
+    logged = {}
+    rewards = no_loop([clean, chorus, stuck], log_metric=lambda name, value: logged.update({name: value}))
+    assert rewards[0] == 0.0 and rewards[0] > rewards[1] > rewards[2] >= -1.0  # graded, not a flag
+    assert logged == {"loop_rate": pytest.approx(2 / 3)}  # a chorus said twice is a loop too
+    # A conversational completion is scored on its text.
+    assert no_loop([[{"role": "assistant", "content": clean}]]) == [0.0]

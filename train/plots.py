@@ -198,7 +198,9 @@ def _completion_length(records: list[dict]):
     ax.set_xlabel("step")
     clip_ax = ax.twinx()
     _line(clip_ax, records, "completions/clipped_ratio", "share cut at max_completion_length", color="C3")
-    clip_ax.set_ylabel("share clipped")
+    if any("loop_rate" in r for r in records):  # logged by the no_loop reward
+        _line(clip_ax, records, "loop_rate", "share caught in a loop", color="C4")
+    clip_ax.set_ylabel("share of completions")
     clip_ax.set_ylim(-0.05, 1.05)
     _legend(ax, clip_ax)
     ax.set_title("Completion length")

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import torch
 
-from assistant.defects import repeated_fraction
+from assistant.defects import LOOP_THRESHOLD, repeated_fraction
 from assistant.prompt import cut_at_user_turn
 
 
@@ -105,8 +105,11 @@ def missing_eos_penalty(completion_ids, eos_token_ids: tuple[int, ...] = (), **k
     return [0.0 if ids and ids[-1] in eos_token_ids else -1.0 for ids in completion_ids]
 
 
-def no_loop(completions, **kwargs) -> list[float]:
-    return [-repeated_fraction(answer(c)) for c in completions]
+def no_loop(completions, log_metric=None, **kwargs) -> list[float]:
+    fractions = [repeated_fraction(answer(c)) for c in completions]
+    if log_metric:  # TRL logs it each step, beside completions/clipped_ratio and mean_length
+        log_metric("loop_rate", sum(f > LOOP_THRESHOLD for f in fractions) / len(fractions))
+    return [-f for f in fractions]
 
 
 def no_user_turn(completions, **kwargs) -> list[float]:
