@@ -40,6 +40,7 @@ EVAL_FRACTION = TEST_FRACTION = 0.25
 # (study/judge_skill.md).
 JUDGE = Path("demo/judge-minilm-hh")
 RUNS = Path("outputs/study")
+KEPT = Path("study/adapters")  # every evaluated candidate, committed (keep)
 RESULTS = Path("study")
 # Policies, in the table's order; reward-model-oasst is the reward model both grpo-reward-model* need.
 # demo-v1 is the demo adapter committed before the study (recipes/cpu-demo.yaml, 60 steps on 20 pairs
@@ -117,10 +118,26 @@ def stale(info: dict, recipe: Path) -> bool:
 def evaluate(name: str) -> None:
     from train.card import report_matches
 
-    if report_matches(ROOT / RUNS / name):
-        return
-    sh([sys.executable, "-m", "train.evaluate", "--adapter", str(RUNS / name), "--pairs", str(DATA / "dev.jsonl"),
-        "--judge", str(JUDGE), *EVAL_OPTIONS, "--output-dir", str(RUNS / name / "eval")])  # fmt: skip
+    if not report_matches(ROOT / RUNS / name):
+        sh([sys.executable, "-m", "train.evaluate", "--adapter", str(RUNS / name), "--pairs", str(DATA / "dev.jsonl"),
+            "--judge", str(JUDGE), *EVAL_OPTIONS, "--output-dir", str(RUNS / name / "eval")])  # fmt: skip
+    keep(name)
+
+
+def keep(name: str) -> Path:
+    """Copy an evaluated candidate (adapter, tokenizer, recipe, metrics, plots, reports) into the tree,
+    study/adapters/NAME: outputs/ does not outlive a machine, and its figures must stay checkable."""
+    import shutil
+
+    source, target = ROOT / RUNS / name, ROOT / KEPT / name
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for item in DEMO_FILES:
+        if (source / item).is_dir():
+            shutil.copytree(source / item, target / item)
+        elif (source / item).exists():
+            shutil.copy2(source / item, target / item)
+    return target
 
 
 def restore_demo_v1() -> None:

@@ -135,9 +135,15 @@ def test_bad_recipe_is_one_line_error(tmp_path, capsys):
     assert "missing.yaml" in capsys.readouterr().err
 
 
-def test_one_recipe_adapts_to_a_cpu(no_gpu):
+def test_one_recipe_adapts_to_a_cpu(no_gpu, monkeypatch):
     from train.train import adapt_to_device
 
+    monkeypatch.setenv("ASSISTANT_CPU_DTYPE", "bf16")  # a CPU with native bf16 (AVX512-BF16, AMX)
+    parsed = parse_args(["--config", str(RECIPES / "phi2-grpo-qlora.yaml")])
+    _, precision, notes = adapt_to_device(parsed.train, parsed.training, parsed.model, parsed.mixed_precision)
+    assert precision == "bfloat16 weights, bf16 mixed precision" and parsed.training.bf16
+    assert parsed.training.mixed_precision == "bf16" and "native bf16" in notes[0]
+    monkeypatch.setenv("ASSISTANT_CPU_DTYPE", "fp32")  # any other CPU
     parsed = parse_args(["--config", str(RECIPES / "phi2-grpo-qlora.yaml")])
     device, precision, notes = adapt_to_device(
         parsed.train, parsed.training, parsed.model, parsed.mixed_precision

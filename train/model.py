@@ -86,11 +86,10 @@ def adapt_to_device(
             notes.append(f"{why}: the CPU has native bf16: a bf16 base under bf16 autocast, LoRA in fp32")
         else:
             if mixed_precision:
-                notes.append(f"{why}: {mixed_precision} mixed precision off")
+                notes.append(f"{why}: {mixed_precision} mixed precision off (this CPU has no native bf16)")
             if model_args.dtype not in (None, "float32", "auto"):
                 notes.append(f"{why}: weights in float32 instead of {model_args.dtype}")
             model_args.dtype = "float32"
-            notes.append(f"{why}: fp32 (this CPU has no native bf16; emulated bf16 is far slower)")
         if (model_args.load_in_4bit or model_args.load_in_8bit) and not train_args.quantize_on_cpu:
             model_args.load_in_4bit = model_args.load_in_8bit = False
             notes.append(f"{why}: base loaded in fp32, not quantized (set quantize_on_cpu to keep 4-bit)")
