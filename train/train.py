@@ -29,7 +29,7 @@ from train.model import (
     empty_model,
     load_model,
     load_tokenizer,
-    trainable_to_fp32,
+    lora_to_fp32_where_needed,
     warm_start,
 )
 from train.recipe import Parsed, parse_args
@@ -91,8 +91,9 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
         parsed, model, tokenizer, to_dataset(pairs, train_args.method), peft_config, callbacks
     )
 
-    # TRL made them bf16 over a 4-bit base, where lr 2e-5 updates round away (see trainable_to_fp32).
-    trainable_to_fp32(trainer.model)
+    # TRL made them bf16 over a 4-bit base, where lr 2e-5 updates round away; never under ZeRO-3 with
+    # a 16-bit base, which needs them in its dtype (see lora_to_fp32_where_needed).
+    lora_to_fp32_where_needed(trainer.model, device)
     # Counted on the model as built, never a constant (PEFT counts 4-bit weights at their real size).
     trainable, total = trainer.model.get_nb_trainable_parameters()
     targets = trainer.model.peft_config["default"].target_modules
