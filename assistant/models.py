@@ -243,6 +243,14 @@ def gpu_compute_dtype(bf16_supported: bool, model_type: str | None) -> torch.dty
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
+def on_zero_gpu() -> bool:
+    """A ZeroGPU Space (``SPACES_ZERO_GPU``, set by Hugging Face): no GPU is attached at start-up, only
+    inside ``@spaces.GPU`` functions, while the apps load the model at start-up. ZeroGPU records a
+    ``.to("cuda")`` then and replays it when a GPU is attached, but bitsandbytes cannot quantize without
+    one: there the base loads unquantized in bf16 (ZeroGPU's cards, A100/H200, have bf16 and 40+ GB)."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true", "t")
+
+
 def precision_plan(device: str, quantize: bool, model_type: str | None = None) -> tuple[dict, str]:
     """``from_pretrained`` keyword arguments for the weights' precision on ``device``, and its label.
 
@@ -250,8 +258,14 @@ def precision_plan(device: str, quantize: bool, model_type: str | None = None) -
     model is stored in it). On a CPU fp32 runs faster than bf16 emulation.
     """
     half = torch.float32
-    if device != "cpu":
-        half = gpu_compute_dtype(device == "cuda" and torch.cuda.is_bf16_supported(), model_type)
+    if device != "cpu":  # ZeroGPU: no card to ask at start-up; its cards have bf16
+        bf16 = device == "cuda" and (on_zero_gpu() or torch.cuda.is_bf16_supported())
+        half = gpu_compute_dtype(bf16, model_type)
+    if quantize and on_zero_gpu():
+        raise ModelLoadError(
+            "ZeroGPU attaches no GPU at start-up, so bitsandbytes cannot quantize the base there: serve it "
+            "unquantized (the default on ZeroGPU), or on CPU basic or a dedicated GPU (T4, L4, A10G, A100)"
+        )
     if quantize:
         from transformers import BitsAndBytesConfig
 
@@ -329,7 +343,7 @@ def load_model(
         raise ModelLoadError("name a base model or an adapter")
     base = base or adapter_base(adapters[0], revision)
     device = device or default_device()
-    quantize = device == "cuda" if quantize is None else quantize
+    quantize = device == "cuda" and not on_zero_gpu() if quantize is None else quantize
     path = resolve_base(base)
     try:
         model_type = getattr(AutoConfig.from_pretrained(path), "model_type", None)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from assistant.batcher import stream
 from assistant.generation import BASE, Answer, GenerationSettings, RequestError
+from assistant.memory import fit_batch_to_gpu
 from assistant.prompt import InputTooLong, build_messages, fit_to_context, tokenizer_lock
 
 DEFAULTS = GenerationSettings()  # the one place for the sampling defaults the apps start from
@@ -79,7 +80,8 @@ class Assistant:
 
     def __init__(self, loaded, limits: Limits | None = None):
         self.loaded = loaded
-        self.limits = limits or Limits.from_env()
+        # The batch the card's free memory holds (assistant.memory): a T4 cannot hold 16 full rows.
+        self.limits = fit_batch_to_gpu(loaded, limits or Limits.from_env())
         self.base_name = loaded.base_name
         self._routes = {self.base_name: BASE, **loaded.adapters}
         self.models = list(self._routes)  # the base first, then the adapters in load order

@@ -165,3 +165,37 @@ def test_reward_model_over_a_4bit_base_trains_in_fp32(tiny_phi_dir, tmp_path):
     built.trainer.train()
     moved = {n for n, p in trained.items() if not torch.equal(before[n], p)}
     assert any("lora_A" in n for n in moved) and any("score" in n for n in moved)
+
+
+@pytest.mark.parametrize("four_bit", [True, False], ids=["4-bit", "bf16"])
+def test_lora_is_cast_back_to_fp32_over_a_quantized_base_only(tiny_phi_dir, four_bit):
+    """On a GPU: over a 4-bit base TRL makes the adapter bf16 and train.model casts it back to fp32;
+    over a bf16 base under DeepSpeed ZeRO-3 TRL keeps the adapter bf16 (get_peft_model's
+    autocast_adapter_dtype=False), which ZeRO-3 needs, and it stays so. On the CPU it is fp32 either way."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from train.model import lora_to_fp32_where_needed
+
+    def adapter_as_trl_makes_it():
+        kwargs = {"dtype": torch.bfloat16}
+        if four_bit:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+            kwargs["device_map"] = {"": "cpu"}
+        model = AutoModelForCausalLM.from_pretrained(tiny_phi_dir, **kwargs)
+        model = get_peft_model(
+            model, LoraConfig(r=4, target_modules=["q_proj"]), autocast_adapter_dtype=False
+        )
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(torch.bfloat16)  # TRL's cast (over a 4-bit base; ZeRO-3's dtype)
+        return model
+
+    def dtypes(model):
+        return {p.dtype for p in model.parameters() if p.requires_grad}
+
+    on_gpu = adapter_as_trl_makes_it()
+    assert (lora_to_fp32_where_needed(on_gpu, "cuda") > 0) == four_bit
+    assert dtypes(on_gpu) == {torch.float32 if four_bit else torch.bfloat16}
+    on_cpu = adapter_as_trl_makes_it()
+    assert lora_to_fp32_where_needed(on_cpu, "cpu") > 0 and dtypes(on_cpu) == {torch.float32}

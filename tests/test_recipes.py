@@ -85,6 +85,10 @@ CASES = {
         ["--pairs_file", "nowhere/train.jsonl", "--dataset_source", ""],
         ["pairs_file nowhere/train.jsonl does not exist", "python -m train.data --source SOURCE"],
     ),
+    "vLLM with a 4-bit base": (
+        ["--use_vllm", "true"],
+        ["use_vllm cannot run with a quantized base", "TRL #4973"],
+    ),
     "LoRA target the model lacks": (
         ["--lora_target_modules", "q_proj", "o_proj"],
         ["lora_target_modules o_proj match no module", "its linear layers are: dense, fc1, fc2"],
@@ -119,3 +123,18 @@ def test_help_still_prints_the_options(capsys):
     with pytest.raises(SystemExit) as done:  # TRL's own, for the recipe's method
         main(["--config", str(RECIPES / "cpu-demo.yaml"), "--help-trl"])
     assert done.value.code == 0 and "--num_generations" in capsys.readouterr().out
+
+
+def test_vllm_with_a_16bit_base_parses(tmp_path, weightless):
+    """The refusal above is of the 4-bit base alone: vLLM with a 16-bit base is a recipe that can run."""
+    from train.train import parse_args
+
+    pairs = write_pairs_file(tmp_path / "pairs")
+    argv = [
+        *["--config", str(RECIPES / "phi2-grpo-qlora.yaml")],
+        *tiny_overrides(weightless, pairs, tmp_path / "out"),
+        *["--num_generations", "2", "--per_device_train_batch_size", "2"],
+        *["--use_vllm", "true", "--load_in_4bit", "false"],
+    ]
+    parsed = parse_args(argv)
+    assert parsed.training.use_vllm and not parsed.model.load_in_4bit

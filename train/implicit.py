@@ -28,8 +28,13 @@ class ImplicitReward:
         self.name = adapter
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size, self.max_length = batch_size, max_length
-        base = json.loads((Path(adapter) / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = AutoModelForCausalLM.from_pretrained(resolve_base(base), dtype=torch.float32)
+        from train.scorer import load_dtype
+
+        base = resolve_base(
+            json.loads((Path(adapter) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        )
+        # The one precision rule: on a bf16 GPU half the ~11 GB of an fp32 Phi-2 beside the policy.
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=load_dtype(base, self.device))
         self.model = PeftModel.from_pretrained(model, adapter).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(adapter)
         self.pad_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id

@@ -219,6 +219,18 @@ def warm_start(model, adapter: str, model_args, notes: list[str]):
     return model, None
 
 
+def lora_to_fp32_where_needed(model, device: str) -> int:
+    """``trainable_to_fp32`` where it is needed; return how many parameters it cast.
+
+    Over a quantized base TRL casts the adapter to bf16 (see trainable_to_fp32): cast back. On the CPU
+    (the native-bf16 path: a bf16 base) PEFT keeps the adapter fp32 and this keeps it so. Elsewhere
+    (an unquantized base on a GPU) PEFT made the adapter fp32, except under DeepSpeed ZeRO-3, where TRL
+    keeps it in the base's bf16 on purpose: ZeRO-3 gathers parameters in one dtype, and an fp32 adapter
+    beside a bf16 base raises a TypeError at the first step (TRL #6089, DeepSpeed #8072)."""
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    return trainable_to_fp32(model) if quantized or device == "cpu" else 0
+
+
 def trainable_to_fp32(model) -> int:
     """Cast the trainable parameters (LoRA A/B, a reward model's score head) back to fp32; return how many.
 

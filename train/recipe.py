@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> Parsed:
         check_rewards(train_args, training_args.reward_weights)
     check_pairs(train_args)
     check_adapters(train_args)
+    check_combinations(training_args, model_args)
     return Parsed(train_args, training_args, model_args, keys, asked)
 
 
@@ -167,6 +168,16 @@ def check_rewards(train_args, reward_weights: list[float] | None) -> None:
     if "dpo_implicit" in names and not train_args.implicit_reward_adapter:
         raise ConfigError(
             "reward_funcs names dpo_implicit but implicit_reward_adapter is not set: name a DPO adapter folder"
+        )
+
+
+def check_combinations(training_args, model_args) -> None:
+    """Options that each run alone but not together, refused before anything loads."""
+    if getattr(training_args, "use_vllm", False) and (model_args.load_in_4bit or model_args.load_in_8bit):
+        raise ConfigError(
+            "use_vllm cannot run with a quantized base (load_in_4bit/load_in_8bit): TRL sends vLLM the merged "
+            "weights as packed bitsandbytes storage without its quantisation state and fails at the first "
+            "weight sync (TRL #4973); set load_in_4bit: false (a 16-bit base) or use_vllm: false"
         )
 
 

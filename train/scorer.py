@@ -20,6 +20,18 @@ from pathlib import Path
 import torch
 
 
+def load_dtype(path: str, device: str) -> torch.dtype:
+    """The dtype to load a scoring model at ``path`` in on ``device``: the one precision rule
+    (``assistant.models.compute_dtype``), never the checkpoint's own (Phi-2's is fp16, which overflows
+    its attention), and on a GPU half the memory of fp32 beside the policy."""
+    from transformers import AutoConfig
+
+    from assistant.models import compute_dtype
+
+    model_type = getattr(AutoConfig.from_pretrained(path), "model_type", None)
+    return compute_dtype(torch.device(device).type, model_type)
+
+
 class Scorer:
     def __init__(
         self, name_or_path: str, device: str | None = None, batch_size: int = 8, max_length: int = 1024
@@ -40,13 +52,17 @@ class Scorer:
         elif config.is_file():  # a reward LoRA from python -m train: its base, then the adapter on it
             from peft import PeftModel
 
-            base = json.loads(config.read_text())["base_model_name_or_path"]
-            model = AutoModelForSequenceClassification.from_pretrained(resolve_base(base), num_labels=1)
+            base = resolve_base(json.loads(config.read_text())["base_model_name_or_path"])
+            model = AutoModelForSequenceClassification.from_pretrained(
+                base, num_labels=1, dtype=load_dtype(base, self.device)
+            )
             model = PeftModel.from_pretrained(model, name_or_path)
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         else:
             path = resolve_base(name_or_path)
-            model = AutoModelForSequenceClassification.from_pretrained(path)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=load_dtype(path, self.device)
+            )
             tokenizer = AutoTokenizer.from_pretrained(path)
         self.max_length = min(max_length, tokenizer.model_max_length)  # an encoder's positions end
         if tokenizer.pad_token is None:

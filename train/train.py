@@ -29,7 +29,7 @@ from train.model import (
     empty_model,
     load_model,
     load_tokenizer,
-    trainable_to_fp32,
+    lora_to_fp32_where_needed,
     warm_start,
 )
 from train.recipe import Parsed, parse_args
@@ -91,8 +91,9 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
         parsed, model, tokenizer, to_dataset(pairs, train_args.method), peft_config, callbacks
     )
 
-    # TRL made them bf16 over a 4-bit base, where lr 2e-5 updates round away (see trainable_to_fp32).
-    trainable_to_fp32(trainer.model)
+    # TRL made them bf16 over a 4-bit base, where lr 2e-5 updates round away; never under ZeRO-3 with
+    # a 16-bit base, which needs them in its dtype (see lora_to_fp32_where_needed).
+    lora_to_fp32_where_needed(trainer.model, device)
     # Counted on the model as built, never a constant (PEFT counts 4-bit weights at their real size).
     trainable, total = trainer.model.get_nb_trainable_parameters()
     targets = trainer.model.peft_config["default"].target_modules
@@ -109,25 +110,31 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
 
 def _trainer(parsed: Parsed, model, tokenizer, dataset, peft_config, callbacks) -> tuple[object, dict | None]:
     """The method's TRL trainer, and GRPO's reward weights by reward name (None for the other methods)."""
-    from trl import DPOTrainer, GRPOTrainer, RewardTrainer, SFTTrainer
+    from trl import DPOTrainer, RewardTrainer, SFTTrainer
+
+    # GRPO completions end at the template's end of turn (Phi-2's "Instruct:"), not only at EOS.
+    from train.turns import TurnStopGRPOTrainer, add_turn_stop_ids
 
     train_args, training_args = parsed.train, parsed.training
     rewards, reward_weights = {}, None
     if train_args.method == "grpo":
         from train.rewards import get_reward_funcs
 
-        eos_ids = model.generation_config.eos_token_id
-        eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids or [])
         rewards["reward_funcs"] = get_reward_funcs(
             train_args.reward_funcs,
-            eos_token_ids=sorted({tokenizer.eos_token_id, *eos_ids}),
+            eos_token_ids=add_turn_stop_ids(model, tokenizer),
             embedding_model=train_args.embedding_model,
             reward_model_name_or_path=train_args.reward_model_name_or_path,
             implicit_reward_adapter=train_args.implicit_reward_adapter,
         )
         weights = training_args.reward_weights or [1.0] * len(rewards["reward_funcs"])
         reward_weights = dict(zip(train_args.reward_funcs, weights, strict=False))
-    trainer_class = {"grpo": GRPOTrainer, "dpo": DPOTrainer, "reward": RewardTrainer, "sft": SFTTrainer}
+    trainer_class = {
+        "grpo": TurnStopGRPOTrainer,
+        "dpo": DPOTrainer,
+        "reward": RewardTrainer,
+        "sft": SFTTrainer,
+    }
     trainer = trainer_class[train_args.method](
         model=model,
         **rewards,
