@@ -18,7 +18,7 @@ import sys
 
 import gradio as gr
 
-from assistant.arena import Arena
+from assistant.arena import Arena, about
 from assistant.generation import RequestError
 from assistant.leaderboard import LiveLeaderboard
 from assistant.models import ModelLoadError, default_device, load_for_serving
@@ -28,6 +28,7 @@ from space.api import register_api
 from space.arena import build_arena
 from space.chat import build_chat
 from space.common import settings_controls
+from space.evidence import build_evidence
 from space.leaderboard import build_leaderboard, leaderboard_board
 
 log = logging.getLogger("app")
@@ -43,17 +44,21 @@ def build_demo(loaded, limits: Limits | None = None, store: Store | None = None,
     title = f"Open Assistant preference tuning: {len(assistant.models)} models"
     with gr.Blocks(title=title) as demo:
         gr.Markdown(
-            f"# {title}\n{loaded.describe()}\n\nVotes and likes are saved on {store.where}."
-            + (f" {store.problem}" if store.problem else "")
+            f"# {title}\n{loaded.describe()}\n\nYour messages, the answers, votes and likes are kept on "
+            f"{store.where} (see About this arena)." + (f" {store.problem}" if store.problem else "")
         )
+        with gr.Accordion("About this arena", open=False):
+            gr.Markdown(about(assistant, store))
         controls = settings_controls(assistant)
         board = leaderboard_board(live)  # the Arena's votes update it; it stands in its own tab
         with gr.Tab("Arena"):
-            build_arena(arena, live, controls, board)
+            build_arena(arena, live, controls, board, demo)
         with gr.Tab("Chat"):
             build_chat(assistant, store, controls)
         with gr.Tab("Leaderboard"):
             build_leaderboard(live, board, demo)
+        with gr.Tab("Evidence"):
+            build_evidence(assistant)
         register_api(arena, live)
     # Every event may reach the model's batcher at once: it batches them and says "busy" beyond its queue.
     limits = assistant.limits
@@ -86,16 +91,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {error}")
     print(loaded.describe(), flush=True)
     store = Store(args.data_dir, args.feedback_repo)
-    signal.signal(signal.SIGTERM, stop)  # a Space restart: push the last votes before going
+    signal.signal(signal.SIGTERM, stopper(store))  # a Space restart: push the last votes before going
     try:
         build_demo(loaded, limits, store).launch(server_name=args.host, server_port=args.port)
     finally:
         store.close()
 
 
-def stop(signum, frame):
-    log.info("stopping on signal %d: pushing the last votes", signum)
-    raise SystemExit(0)  # out of launch(), through main's finally
+def stopper(store: Store):
+    def stop(signum, frame):
+        last = f": pushing the last votes to {store.repo_id}" if store.scheduler is not None else ""
+        log.info("stopping on signal %d%s", signum, last)
+        raise SystemExit(0)  # out of launch(), through main's finally
+
+    return stop
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from contextlib import closing
 
 import streamlit as st
 
-from assistant.arena import CHOICES, Arena, BattleGone, feedback_record, revealed
+from assistant.arena import CHOICES, Arena, BattleGone, about, feedback_record, limit_mark, revealed
+from assistant.evidence import FILTERS, Evidence, comparison_markdown, find
 from assistant.generation import RequestError
 from assistant.leaderboard import LiveLeaderboard
 from assistant.models import ModelLoadError, load_for_serving
@@ -33,13 +34,26 @@ def get_arena(base, adapters, revision, data_dir, repo) -> tuple[Arena, LiveLead
     return Arena(Assistant(loaded, Limits.from_env()), store), LiveLeaderboard.of(store)
 
 
-def deltas(answers, shown: list[str]):
-    """The new text of each snapshot, for ``st.write_stream``; ``shown[0]`` keeps the latest full text."""
+@st.cache_resource
+def get_evidence(folder: str, name: str) -> Evidence:
+    return Evidence(folder, name)
+
+
+def deltas(answers, shown: list[str], at_limit: list[bool], limit: int):
+    """The new text of each snapshot, for ``st.write_stream``; ``shown[0]`` keeps the latest full text,
+    ``at_limit[0]`` whether the answer stopped at the token limit."""
     for answer in answers:
         text = answer.text
         if text.startswith(shown[0]):
             yield text[len(shown[0]) :]
-        shown[0] = text
+        shown[0], at_limit[0] = text, answer.at_limit(limit)
+
+
+def pane_text(answer, limit: int) -> str:
+    """An arena pane while it streams: the queue before the first token, the limit's mark at the end."""
+    if answer.queued:
+        return f"*waiting for the model: place {answer.queued} in the queue…*"
+    return f"{answer.text}\n\n{limit_mark(limit)}" if answer.done and answer.at_limit(limit) else answer.text
 
 
 st.set_page_config(page_title="Open Assistant preference tuning", page_icon="💬", layout="wide")
@@ -57,12 +71,17 @@ except (ModelLoadError, RequestError) as error:
 assistant, store = arena.assistant, arena.store
 
 st.title(f"Open Assistant preference tuning: {len(assistant.models)} models")
-st.caption(f"{assistant.loaded.describe()} Votes and likes are saved on {store.where}.")
+st.caption(
+    f"{assistant.loaded.describe()} Your messages, the answers, votes and likes are kept on {store.where} "
+    "(see About this arena)."
+)
+with st.expander("About this arena"):
+    st.markdown(about(assistant, store))
 if store.problem:
     st.warning(store.problem)
 
 with st.sidebar:
-    view = st.radio("View", ["Chat", "Arena", "Leaderboard"], horizontal=True)
+    view = st.radio("View", ["Chat", "Arena", "Leaderboard", "Evidence"], horizontal=True)
     system = st.text_area("System prompt", DEFAULT_SYSTEM, placeholder="none (as in training)")
     temperature = st.slider("Temperature (0 = greedy)", 0.0, 2.0, DEFAULTS.temperature, 0.05)
     top_p = st.slider("Top-p", 0.05, 1.0, DEFAULTS.top_p, 0.05)
@@ -99,25 +118,26 @@ if view == "Chat":
             st.markdown(prompt)
         try:
             prepared = assistant.prepare(prompt, st.session_state.messages, system, settings)
-        except RequestError as error:
-            st.error(str(error))
+        except RequestError as error:  # a refusal, not a failure: a warning
+            st.warning(str(error))
         else:
             if prepared.notice:
                 st.info(prepared.notice)
             st.session_state.messages.append({"role": "user", "content": prompt})
-            shown = [""]
+            shown, answer_at_limit = [""], [False]
             with st.chat_message("assistant"):
                 placeholder = st.empty()
                 try:
                     # The stop button ends this script run; closing the stream stops generate itself.
                     with closing(assistant.chat(prepared, model)) as answers:
                         with placeholder.container():
-                            st.write_stream(deltas(answers, shown))
-                    placeholder.markdown(
-                        shown[0] or "_(no answer)_"
-                    )  # the final text, in case it was cut back
+                            st.write_stream(deltas(answers, shown, answer_at_limit, settings.max_new_tokens))
+                    final = shown[0] or "_(no answer)_"  # the final text, in case it was cut back
+                    if answer_at_limit[0]:
+                        final += f"\n\n{limit_mark(settings.max_new_tokens)}"
+                    placeholder.markdown(final)
                 except RequestError as error:
-                    st.error(str(error))
+                    st.warning(str(error))
                 except Exception as error:  # this session sees it; the app keeps serving
                     st.error(f"generation failed: {error}")
                 finally:
@@ -142,7 +162,7 @@ elif view == "Arena":
             battle = arena.start(model_a, model_b) if named else arena.start()
             st.session_state.battle = battle.id
         except RequestError as error:
-            st.error(str(error))
+            st.warning(str(error))
     if battle is not None:
         name_a, name_b = battle.names()
         columns = st.columns(2)
@@ -150,10 +170,9 @@ elif view == "Arena":
             columns, (f"Model A: {name_a or 'hidden'}", f"Model B: {name_b or 'hidden'}"), strict=False
         ):
             column.subheader(title)
-        for turn in battle.turns:
-            for column, side in zip(columns, "ab", strict=False):
-                column.chat_message("user").markdown(turn["prompt"])
-                column.chat_message("assistant").markdown(turn[side])
+        for column, side in zip(columns, "ab", strict=False):
+            for message in battle.history(side, marked=True):
+                column.chat_message(message["role"]).markdown(message["content"])
         if prompt is not None:
             boxes = []
             for column in columns:
@@ -163,26 +182,28 @@ elif view == "Arena":
                 with closing(arena.ask(battle.id, prompt, system, settings)) as answers:
                     for pair in answers:
                         for box, answer in zip(boxes, pair, strict=False):
-                            box.markdown(answer.text)
+                            box.markdown(pane_text(answer, settings.max_new_tokens))
             except RequestError as error:
-                st.error(str(error))
+                st.warning(str(error))
             except Exception as error:
                 st.error(f"generation failed: {error}")
         buttons = st.columns(len(CHOICES) + 2)
         for column, (key, label) in zip(buttons, CHOICES.items(), strict=False):
-            if column.button(label, key=f"vote-{key}", disabled=battle.winner is not None):
+            if column.button(
+                label, key=f"vote-{key}", disabled=battle.winner is not None or not battle.turns
+            ):
                 try:
                     arena.vote(battle.id, key)
                     st.rerun()
                 except RequestError as error:
-                    st.error(str(error))
+                    st.warning(str(error))
         if buttons[-2].button("Regenerate", disabled=battle.winner is not None or not battle.turns):
             try:
                 for _ in arena.regenerate(battle.id):
                     pass
                 st.rerun()
             except RequestError as error:
-                st.error(str(error))
+                st.warning(str(error))
         if buttons[-1].button("New battle"):
             st.session_state.battle = None
             st.rerun()
@@ -191,6 +212,33 @@ elif view == "Arena":
     else:
         st.write("Ask something: two models answer side by side, their names hidden until you vote.")
 
-else:
+elif view == "Leaderboard":
     st.markdown(live.markdown())  # the last result: a refit runs in the background after each vote
     st.button("Refresh")  # a rerun shows the newest result
+
+else:
+    folder = find(assistant.loaded, assistant.tuned_name)
+    if folder is None:
+        st.info(
+            f"No evaluation report is committed for {assistant.tuned_name or 'this model'} "
+            "(`<adapter>/eval/report.json`): `python -m train.evaluate` writes one."
+        )
+        st.stop()
+    evidence = get_evidence(str(folder), assistant.tuned_name)
+    st.markdown(evidence.verdict())
+    if evidence.plots:
+        st.image([str(p) for p in evidence.plots], width=360)
+    st.subheader(f"The {len(evidence.all)} sample comparisons")
+    which = st.radio("Show", list(FILTERS), format_func=FILTERS.get, horizontal=True)
+    chosen = evidence.comparisons(which)
+    if not chosen:
+        st.write(f"No comparison is {FILTERS[which].lower()}.")
+    else:
+        number = (
+            st.number_input(f"Comparison (of {len(chosen)})", 1, len(chosen), 1) if len(chosen) > 1 else 1
+        )
+        head, base, tuned = comparison_markdown(chosen[number - 1])
+        st.markdown(head)
+        left, right = st.columns(2)
+        left.markdown(base)
+        right.markdown(tuned)

@@ -3,8 +3,10 @@
 An anonymous battle draws two different models at random (the order of the draw sets the sides), hides
 their names until the vote, and goes on for several turns: each side sees its own earlier answers. A
 named battle pits two chosen models. A vote ("a", "b", "tie", "both_bad") ends the battle, reveals the
-names and is stored with the whole conversation; a battle takes one vote. Regenerate answers the last
-turn again with the next seed. Battles live in memory by id, so the UI and the API share them; a battle
+names and is stored with the whole conversation; a battle takes one vote. Each side samples with its own
+seed (``side_seeds``: two models on one seed open alike, and the battle looks like a duplicate), and each
+turn keeps both seeds, so a voted battle can be replayed. Regenerate answers the last turn again with
+the next seeds. Battles live in memory by id, so the UI and the API share them; a battle
 idle for ``Limits.battle_idle_seconds`` is forgotten, and at most ``MAX_BATTLES`` are kept (the least
 recently used go first). Asking or voting on a forgotten battle raises ``BattleGone``, which says why.
 """
@@ -46,17 +48,22 @@ class Battle:
     model_b: str
     system: str = ""
     settings: GenerationSettings | None = None
-    turns: list[dict] = field(default_factory=list)  # {"prompt", "a", "b"}
+    # {"prompt", "a", "b", "seeds": [a's, b's], "at_limit": {"a": cut off?, "b": ...}, "max_new_tokens"}
+    turns: list[dict] = field(default_factory=list)
     winner: str | None = None
     busy: bool = False
     last_active: float = field(default_factory=time.monotonic)
 
-    def history(self, side: str) -> list[dict]:
+    def history(self, side: str, marked: bool = False) -> list[dict]:
+        """One side's conversation; ``marked`` (for the page, never the model) notes the answers that
+        stopped at the token limit."""
         messages = []
         for turn in self.turns:
+            cut = marked and turn.get("at_limit", {}).get(side)
+            answer = turn[side] + (f"\n\n{limit_mark(turn['max_new_tokens'])}" if cut else "")
             messages += [
                 {"role": "user", "content": turn["prompt"]},
-                {"role": "assistant", "content": turn[side]},
+                {"role": "assistant", "content": answer},
             ]
         return messages
 
@@ -64,6 +71,11 @@ class Battle:
         """The two models' names where the voter may see them: named battles, or after the vote."""
         shown = self.mode == "named" or self.winner is not None
         return (self.model_a, self.model_b) if shown else (None, None)
+
+
+def limit_mark(limit: int) -> str:
+    """The mark after an answer that the token limit cut off, not the model (both apps show it)."""
+    return f"*[cut off at the {limit}-token limit: raise Max new tokens in Settings for more]*"
 
 
 def utc_now() -> str:
@@ -82,6 +94,37 @@ def feedback_record(model: str, liked: bool, answer: str, conversation: list[dic
         "answer": answer,
         "conversation": conversation,
     }
+
+
+def side_seeds(seed: int | None) -> tuple[int, int]:
+    """The two sides' seeds for a turn asked with ``seed``: ``seed`` and the next (regenerate steps by
+    two, so no seed comes back); no seed draws two at random, kept with the turn all the same."""
+    if seed is None:
+        draw = random.SystemRandom()
+        return draw.randrange(2**31), draw.randrange(2**31)
+    return seed, seed + 1
+
+
+def about(assistant: Assistant, store) -> str:
+    """The "about this arena" note both apps show: what is compared, what is kept and where, the rules
+    (after FastChat's terms of use)."""
+    tuned = [m for m in assistant.models if m != assistant.base_name]
+    return f"""**What is compared.** The base model {assistant.base_name} and {len(tuned)} adapter{"s" * (len(tuned) != 1)} \
+tuned on it ({", ".join(tuned) or "none"}), all on one copy of the base. In an anonymous battle two of them \
+are drawn at random and their names stay hidden until you vote; both get your message and the same settings, \
+and each side samples with its own seed. A named battle (and "Base vs ...") lets you pick them: its vote is \
+kept but not rated, since you saw the names.
+
+**What is kept, and where.** Every vote is stored with the whole battle: your messages, both answers, the \
+models, the settings and seeds. The Chat tab's likes are stored with their conversation. They are kept on \
+{store.where}; the votes feed the leaderboard and may be used to study or train models, and may be published. \
+Do not type anything private.
+
+**The rules.** This is a research preview of small models: answers can be wrong or offensive, and nothing \
+here is advice. Do not use it for anything illegal or harmful. One vote per battle; a vote whose answers \
+name a model (or its maker) is kept but left out of the ratings. A battle left idle for \
+{_duration(assistant.limits.battle_idle_seconds)} is closed.
+"""
 
 
 def revealed(battle: Battle) -> str:
@@ -171,41 +214,62 @@ class Arena:
             battle.busy = True
         return battle
 
-    def _run(self, battle: Battle, prompt: str, system, settings) -> Iterator[tuple[Answer, Answer]]:
+    def _run(self, battle: Battle, prompt: str, system, settings, stop) -> Iterator[tuple[Answer, Answer]]:
+        seeds = side_seeds(settings.seed)
         sides = [
-            self.assistant.prepare(prompt, battle.history(side), system, settings) for side in ("a", "b")
+            self.assistant.prepare(prompt, battle.history(side), system, replace(settings, seed=seed))
+            for side, seed in zip("ab", seeds, strict=True)
         ]
         a = b = None
-        for a, b in self.assistant.side_by_side(sides, [battle.model_a, battle.model_b]):
+        for a, b in self.assistant.side_by_side(sides, [battle.model_a, battle.model_b], stop):
             yield a, b
         battle.system, battle.settings = system or "", settings
-        battle.turns.append({"prompt": prompt, "a": a.text, "b": b.text})
+        limit = settings.max_new_tokens
+        at_limit = {"a": a.at_limit(limit), "b": b.at_limit(limit)}
+        battle.turns.append(
+            {
+                "prompt": prompt,
+                "a": a.text,
+                "b": b.text,
+                "seeds": list(seeds),
+                "at_limit": at_limit,
+                "max_new_tokens": limit,
+            }
+        )
 
     def ask(
-        self, battle_id: str, prompt: str, system: str | None, settings: GenerationSettings
+        self,
+        battle_id: str,
+        prompt: str,
+        system: str | None,
+        settings: GenerationSettings,
+        stop: threading.Event | None = None,
     ) -> Iterator[tuple[Answer, Answer]]:
-        """Both answers to the next turn of the battle, as they grow; the turn is kept when both end."""
+        """Both answers to the next turn of the battle, as they grow; the turn is kept when both end.
+        Setting ``stop`` (or closing the iterator) stops both, or takes them out of the queue."""
         battle = self._claim(battle_id, "ask more")
         try:
             if len(battle.turns) >= self.assistant.limits.max_turns:
                 raise RequestError(
                     f"this battle has {len(battle.turns)} turns, the most it takes: vote, or start a new one"
                 )
-            yield from self._run(battle, prompt, system, settings)
+            yield from self._run(battle, prompt, system, settings, stop)
         finally:
             battle.busy, battle.last_active = False, time.monotonic()
 
-    def regenerate(self, battle_id: str) -> Iterator[tuple[Answer, Answer]]:
-        """Both answers to the last turn again, with the next seed."""
+    def regenerate(
+        self, battle_id: str, stop: threading.Event | None = None
+    ) -> Iterator[tuple[Answer, Answer]]:
+        """Both answers to the last turn again, with the next seeds."""
         battle = self._claim(battle_id, "regenerate")
         try:
             if not battle.turns:
                 raise RequestError("there is nothing to regenerate yet: ask something first")
             last = battle.turns.pop()
             seed = battle.settings.seed
-            settings = replace(battle.settings, seed=None if seed is None else seed + 1)
+            settings = replace(battle.settings, seed=None if seed is None else seed + 2)
             try:
-                yield from self._run(battle, last["prompt"], battle.system, settings)
+                yield from self._run(battle, last["prompt"], battle.system, settings, stop)
             except BaseException:
                 if not battle.turns or battle.turns[-1] is not last:
                     battle.turns.append(last)  # stopped or failed: keep what was there

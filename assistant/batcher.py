@@ -10,6 +10,11 @@ ends the request as soon as its rows are done (end of turn, its own ``max_new_to
 event), and ``_RowSampler`` gives every row its own temperature, top-p, minimum length and seeded
 generator, so a row's answer does not depend on the rows it shares the batch with.
 
+A caller waiting for its first token gets a snapshot every ``WAIT_S`` with its place in the queue
+(``Answer.queued``): it sees that it waits, and a generator that reads the stream reaches a ``yield``
+often enough to be closed (Gradio's Stop closes the event's generator, and cannot while it blocks).
+Closing the stream, or setting its stop event, takes a waiting request out of the queue: it never runs.
+
 Why not transformers' continuous batching (``generate_batch`` / ``ContinuousBatchingManager``)? It
 packs every request's tokens into one row of one sequence (``input_ids`` of shape ``[1, tokens]``
 with ``cu_seq_lens``) and its ``add_request`` takes no adapter; PEFT's ``adapter_names`` routes by
@@ -26,7 +31,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -48,13 +53,14 @@ from assistant.generation import (
 
 FINISHED = object()  # put on a request's channel once its rows are done
 GATHER_S = 0.05  # how long an idle model waits for more requests before it starts a batch
+WAIT_S = 0.25  # how often a caller with no new token gets a snapshot anyway (its place in the queue)
 
 
 @dataclass(eq=False)
 class Request:
     conversations: list[list[dict]]
     adapters: list[str]
-    settings: GenerationSettings
+    settings: list[GenerationSettings]  # one per row: a battle's two sides draw with their own seeds
     streamer: RowStreamer  # this request's rows only; its ``done`` covers the stop event
     send: Callable  # snapshots, then FINISHED or the error, to the caller
     max_batch: int = 16
@@ -183,6 +189,22 @@ class Batcher:
         with self._mutex:
             return len(self._waiting)
 
+    def place(self, request: Request) -> int:
+        """The request's place in the queue (1: next to run), 0 once it runs or has ended."""
+        with self._mutex:
+            for place, waiting in enumerate(self._waiting, 1):
+                if waiting is request:
+                    return place
+        return 0
+
+    def withdraw(self, request: Request) -> None:
+        """Take a stopped request out of the queue, so it never runs; one already running is left to
+        its stop event, which ends its rows at the next step."""
+        with self._mutex:
+            if request in self._waiting:
+                self._waiting.remove(request)
+                request.finish()
+
     def submit(self, loaded, request: Request, max_waiting: int | None = None) -> None:
         with self._mutex:
             if max_waiting is not None and len(self._waiting) >= max_waiting:
@@ -244,7 +266,7 @@ def _run(loaded, dispatch: _Dispatch) -> None:
     requests = dispatch.requests
     rows = [c for r in requests for c in r.conversations]
     adapters = [a for r in requests for a in r.adapters]
-    settings = [r.settings for r in requests for _ in r.adapters]
+    settings = [s for r in requests for s in r.settings]
     batch = _encode(loaded, rows)
     kwargs = dict(
         **batch,
@@ -278,31 +300,46 @@ def stream(
     loaded,
     conversations: Sequence[list[dict]],
     adapters: Sequence[str],
-    settings: GenerationSettings,
+    settings: GenerationSettings | Sequence[GenerationSettings],
     stop: threading.Event | None = None,
     max_waiting: int | None = None,
     max_batch: int = 16,
 ) -> Iterator[list[Answer]]:
-    """Generate one answer per conversation (row ``i`` through ``adapters[i]``), yielding snapshots of
-    all rows as tokens arrive; the last snapshot is final. The rows run in the model's batcher, in one
-    batch with whatever other requests are waiting then (up to ``max_batch`` rows); beyond
-    ``max_waiting`` waiting requests this raises ``Busy``.
+    """Generate one answer per conversation (row ``i`` through ``adapters[i]``, with ``settings`` or
+    ``settings[i]``), yielding snapshots of all rows as tokens arrive; the last snapshot is final. The
+    rows run in the model's batcher, in one batch with whatever other requests are waiting then (up to
+    ``max_batch`` rows); beyond ``max_waiting`` waiting requests this raises ``Busy``. While the request
+    waits, a snapshot every ``WAIT_S`` gives its place in the queue (``Answer.queued``).
 
-    Closing the iterator (or setting ``stop``) stops this request's rows within one step.
+    Closing the iterator (or setting ``stop``) stops this request's rows within one step, or takes it
+    out of the queue before it starts.
     """
     if len(conversations) != len(adapters):
         raise ValueError("give one adapter name per conversation")
+    rows = [settings] * len(adapters) if isinstance(settings, GenerationSettings) else list(settings)
+    if len(rows) != len(adapters):
+        raise ValueError("give one settings per conversation, or one for all")
     _check_adapters(loaded, adapters)
-    _check_settings(settings)
+    for row in rows:
+        _check_settings(row)
     stop = stop or threading.Event()
     updates: queue.Queue = queue.Queue()
-    streamer = _streamer(loaded, adapters, updates.put, settings.max_new_tokens, stop)
-    request = Request(list(conversations), list(adapters), settings, streamer, updates.put, max_batch)
-    batcher_for(loaded.model).submit(loaded, request, max_waiting)
+    limits = [row.max_new_tokens for row in rows]
+    streamer = _streamer(loaded, adapters, updates.put, limits, stop)
+    request = Request(list(conversations), list(adapters), rows, streamer, updates.put, max_batch)
+    batcher = batcher_for(loaded.model)
+    batcher.submit(loaded, request, max_waiting)
     shown = None
     try:
         while True:
-            item = updates.get()
+            try:
+                item = updates.get(timeout=WAIT_S)
+            except queue.Empty:
+                if stop.is_set():
+                    batcher.withdraw(request)  # stopped while waiting: it never runs
+                place = batcher.place(request)
+                yield [replace(answer, queued=place) for answer in streamer.snapshot()]
+                continue
             while item is not FINISHED and not isinstance(item, BaseException):
                 try:  # a slow reader gets the newest snapshot, not a backlog
                     item = updates.get_nowait()
@@ -318,3 +355,4 @@ def stream(
                 return
     finally:
         stop.set()
+        batcher.withdraw(request)

@@ -16,7 +16,7 @@ import threading
 import weakref
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -66,6 +66,11 @@ class Answer:
     tokens: int  # tokens generated, up to the end or the cut
     adapter: str  # BASE or the adapter's name
     done: bool = True  # False for a snapshot of a row still being generated
+    queued: int = field(default=0, compare=False)  # its place in the queue while it waits, else 0
+
+    def at_limit(self, max_new_tokens: int) -> bool:
+        """Whether the answer stopped at the token limit rather than where the model ended it."""
+        return self.done and not self.ended and not self.cut and self.tokens >= max_new_tokens
 
 
 # --- one lock per model (the batcher holds it too) -------------------------------------------------------------------------
@@ -124,7 +129,7 @@ class RowStreamer(BaseStreamer):
         self.eos_ids = stop_ids
         self.cut_texts = tuple(cut_texts)
         self.on_step = on_step
-        self.limit = limit  # this request's max_new_tokens, in a batch that may run longer
+        self.limit = limit  # this request's max_new_tokens (one, or one per row), in a longer batch
         self.stop = stop
         size = len(self.adapters)
         self.tokens: list[list[int]] = [[] for _ in range(size)]
@@ -135,7 +140,8 @@ class RowStreamer(BaseStreamer):
         self.prompt_seen = False
 
     def _done(self, row: int) -> bool:
-        full = self.limit is not None and len(self.tokens[row]) >= self.limit
+        limit = self.limit[row] if isinstance(self.limit, (list, tuple)) else self.limit
+        full = limit is not None and len(self.tokens[row]) >= limit
         stopped = self.stop is not None and self.stop.is_set()
         return self.ended[row] or self.cut[row] or full or stopped
 

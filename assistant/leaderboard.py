@@ -109,6 +109,19 @@ def _bootstrap(kinds: np.ndarray, votes: np.ndarray, seed: int, resamples: int) 
     return fit(np.tensordot(draws, kinds, 1))
 
 
+def pairs(rated: list[dict]) -> dict:
+    """FastChat's battle matrices: for each ordered pair of models, how many rated battles they fought
+    and how many the first won (as side A or B; ties and "both are bad" are battles won by neither)."""
+    table: dict = {}
+    for vote in rated:
+        a, b, winner = vote["model_a"], vote["model_b"], vote["winner"]
+        for me, other, side in ((a, b, "a"), (b, a, "b")):
+            cell = table.setdefault(me, {}).setdefault(other, {"battles": 0, "wins": 0})
+            cell["battles"] += 1
+            cell["wins"] += winner == side
+    return table
+
+
 def _elo(x) -> float:
     return round(float(ELO_BASE + ELO_SCALE * x), 1)
 
@@ -154,26 +167,63 @@ def leaderboard(
         "votes": len(anonymous),
         "rated": len(rated),
         "left_out": {"named": len(votes) - len(anonymous), "identity": len(anonymous) - len(rated)},
+        "pairs": pairs(rated),
         "min_votes": min_votes,
         "seed": seed,
         "resamples": resamples,
     }
 
 
-def _cell(row: dict) -> tuple[str, str, str]:
-    """Rank, rating and interval as the table shows them."""
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _cell(row: dict, min_votes: int) -> tuple[str, str, str]:
+    """Rank, rating and interval as the table shows them; a provisional rating gets no interval (a
+    bootstrap of a handful of votes gives a narrow one, down to zero width for one vote, that claims a
+    certainty those votes do not give)."""
     if row["rating"] is None:
         return "–", "–", "no vote compares it yet"
-    interval = f"{row['low']:.0f} to {row['high']:.0f}"
     if row["rank"] is None:
-        return "–", f"{row['rating']:.0f} (provisional)", interval
-    return str(row["rank"]), f"{row['rating']:.0f}", interval
+        compared = row["wins"] + row["ties"] + row["losses"]
+        return (
+            "–",
+            f"{row['rating']:.0f} (provisional)",
+            f"none yet: {compared} of the {min_votes} votes a rank needs",
+        )
+    return str(row["rank"]), f"{row['rating']:.0f}", f"{row['low']:.0f} to {row['high']:.0f}"
+
+
+def matrix_markdown(board: dict) -> str:
+    """FastChat's battle matrix: the share of its battles against each other model that a model won,
+    and how many they fought."""
+    table, models = board.get("pairs") or {}, [r["model"] for r in board["models"]]
+    models = [m for m in models if m in table]
+    if len(models) < 2:
+        return ""
+    lines = [
+        "| won / fought | " + " | ".join(f"vs {m}" for m in models) + " |",
+        "|---|" + "---:|" * len(models),
+    ]
+    for me in models:
+        cells = []
+        for other in models:
+            cell = table[me].get(other)
+            if me == other or cell is None:
+                cells.append("–")
+            else:
+                cells.append(f"{cell['wins'] / cell['battles']:.0%} of {cell['battles']}")
+        lines.append(f"| {me} | " + " | ".join(cells) + " |")
+    return (
+        "\n**Battles between each pair** (rated votes; the row's model won that share of them, ties and "
+        '"both are bad" won by neither):\n\n' + "\n".join(lines)
+    )
 
 
 def leaderboard_markdown(board: dict) -> str:
     """The leaderboard as a Markdown table, with what it was computed from and what was left out."""
     named, identity = board["left_out"]["named"], board["left_out"].get("identity", 0)
-    notes = [f"{named} named votes left out: the voter saw the names"] if named else []
+    notes = [f"{plural(named, 'named vote')} left out: the voter saw the names"] if named else []
     if identity:
         notes.append(f"{identity} left out because an answer names a model or its maker")
     note = f" ({'; '.join(notes)})" if notes else ""
@@ -184,17 +234,20 @@ def leaderboard_markdown(board: dict) -> str:
         "|---:|---|---:|---|---:|---|",
     ]
     for r in board["models"]:
-        rank, rating, interval = _cell(r)
+        rank, rating, interval = _cell(r, board["min_votes"])
         lines.append(
             f"| {rank} | {r['model']} | {rating} | {interval} | {r['votes']} "
             f"| {r['wins']} / {r['ties']} / {r['losses']} / {r['both_bad']} |"
         )
     lines.append(
-        f"\n{board['votes']} anonymous votes{note}. A model is ranked once {board['min_votes']} votes compare "
-        "it (wins, ties and losses); before that its rating is provisional. "
+        f"\n{plural(board['votes'], 'anonymous vote')}{note}. A model is ranked once {board['min_votes']} votes "
+        "compare it (wins, ties and losses); before that its rating is provisional, with no interval. "
         f"{board['method']} over {board['resamples']} resamples; a tie counts half a win for each side, "
         '"both are bad" neither.'
     )
+    matrix = matrix_markdown(board)
+    if matrix:
+        lines.append(matrix)
     if board.get("updating"):
         lines.append("\n_Updating with the latest votes…_")
     return "\n".join(lines)

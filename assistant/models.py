@@ -121,7 +121,9 @@ def hub_repo_status(repo_id: str, revision: str | None = None) -> str:
         return "missing"
     except Exception as error:  # DNS, refused, timeout, 5xx: the Hub is out of reach
         _HUB_REACHABLE = False
-        log.info("the Hub is out of reach: %s", str(error).splitlines()[0][:200])
+        # Said plainly: an offline start is a normal way to run; the error itself is for debugging.
+        log.info("the Hub cannot be reached from here: serving what is on this machine")
+        log.debug("the Hub look-up failed: %s", str(error).splitlines()[0][:200])
         return "unreachable"
 
 
@@ -254,13 +256,15 @@ def on_zero_gpu() -> bool:
 def precision_plan(device: str, quantize: bool, model_type: str | None = None) -> tuple[dict, str]:
     """``from_pretrained`` keyword arguments for the weights' precision on ``device``, and its label.
 
-    On a GPU the compute dtype is ``gpu_compute_dtype``'s (a 4-bit base computes in it; an unquantized
-    model is stored in it). On a CPU fp32 runs faster than bf16 emulation.
+    The one precision rule decides (``compute_dtype``): on a GPU its bf16, fp16 or fp32 (a 4-bit base
+    computes in it; an unquantized model is stored in it); on a CPU bf16 where the CPU has it natively
+    (fewer bytes per weight to read, and hardware bf16 matmuls), fp32 where bf16 would be emulated, many
+    times slower; ``ASSISTANT_CPU_DTYPE`` overrides. The label names it, so the apps' header does.
     """
-    half = torch.float32
-    if device != "cpu":  # ZeroGPU: no card to ask at start-up; its cards have bf16
-        bf16 = device == "cuda" and (on_zero_gpu() or torch.cuda.is_bf16_supported())
-        half = gpu_compute_dtype(bf16, model_type)
+    if device == "cuda" and on_zero_gpu():  # ZeroGPU: no card to ask at start-up; its cards have bf16
+        half = gpu_compute_dtype(True, model_type)
+    else:
+        half = compute_dtype(device, model_type)
     if quantize and on_zero_gpu():
         raise ModelLoadError(
             "ZeroGPU attaches no GPU at start-up, so bitsandbytes cannot quantize the base there: serve it "

@@ -162,14 +162,14 @@ class Assistant:
     def side_by_side(
         self, prepared: Sequence[Prepared], models: Sequence[str], stop: threading.Event | None = None
     ) -> Iterator[tuple[Answer, ...]]:
-        """One answer per (prepared, model), as they grow, from one batched generation with the
-        settings (and seed) of the first; other people's requests may share the batch."""
+        """One answer per (prepared, model), as they grow, from one batched generation, each row with its
+        own prepared settings (and seed); other people's requests may share the batch."""
         routes = [self.route(m) for m in models]
         rows = stream(
             self.loaded,
             [p.messages for p in prepared],
             routes,
-            prepared[0].settings,
+            [p.settings for p in prepared],
             stop,
             self.limits.max_waiting,
             self.limits.max_batch,

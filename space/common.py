@@ -29,12 +29,26 @@ EXAMPLES = [
 
 
 def user_error(error: Exception, what: str) -> gr.Error:
-    """The message the user sees; anything unexpected is logged, and the app keeps serving."""
+    """The error a script sees; anything unexpected is logged, and the app keeps serving."""
     if isinstance(error, RequestError):  # an expected refusal: one quiet line, no traceback
         log.info("%s refused: %s", what, error)
         return gr.Error(str(error), print_exception=False)
     log.exception("%s failed", what)
     return gr.Error(f"{what} failed: {error}")
+
+
+def from_script(request: gr.Request | None) -> bool:
+    """Whether the event came from ``gradio_client`` (which marks its calls), not from the page."""
+    return request is not None and request.headers.get("x-gradio-user") == "api"
+
+
+def refuse(error: Exception, what: str, request: gr.Request | None = None) -> None:
+    """Show a refusal to a person as a warning toast (an "Error" badge on the outputs would say that
+    something broke); a script gets an error it can catch, and a real failure stays an error."""
+    if not isinstance(error, RequestError) or from_script(request):
+        raise user_error(error, what) from None
+    log.info("%s refused: %s", what, error)
+    gr.Warning(str(error))
 
 
 def settings_controls(assistant: Assistant) -> list[gr.components.Component]:

@@ -141,6 +141,33 @@ def test_stopping_a_chat_stops_the_generation_on_the_server(url, loaded):
         hook.remove()
 
 
+def test_a_chat_stopped_while_it_waits_in_the_queue_never_generates(url, loaded, monkeypatch):
+    from assistant.batcher import batcher_for
+    from assistant.generation import model_lock
+
+    calls, real = [], loaded.model.generate
+    monkeypatch.setattr(loaded.model, "generate", lambda **kw: calls.append(1) or real(**kw))
+    batcher = batcher_for(loaded.model)
+    with model_lock(loaded):  # the model is busy with someone else's batch: the chat waits for it
+        job = Client(url, verbose=False).submit(
+            "Write a long story about a dragon.", "tuned-a", SYSTEM, 0, 1, 64, 0, api_name="/chat"
+        )
+        deadline = time.time() + 60
+        while batcher.waiting < 1:
+            assert time.time() < deadline, "the chat never reached the queue"
+            time.sleep(0.01)
+        time.sleep(0.6)  # it has shown its place in the queue by now
+        started = time.time()
+        job.cancel()  # what the stop button sends
+        while batcher.waiting:  # out of the queue while the batch ahead still runs
+            assert time.time() - started < 5, "the stopped chat stayed in the queue"
+            time.sleep(0.01)
+        cancelled_in = time.time() - started
+    time.sleep(1)  # the model is free now: a chat still queued would start here
+    assert calls == [] and cancelled_in < 5
+    assert job.status().code.name in ("CANCELLED", "FINISHED")
+
+
 def test_an_anonymous_battle_hides_the_names_until_the_vote_which_reaches_the_dataset_repo(
     url, core, store, hub
 ):

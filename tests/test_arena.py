@@ -4,6 +4,7 @@ concurrency, long histories, what is served and why, and the GPU precision plan 
 import random
 import socket
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
@@ -31,18 +32,26 @@ def arena(loaded, tmp_path):
     return Arena(Assistant(loaded, Limits(max_new_tokens=32, max_turns=2)), Store(tmp_path), random.Random(1))
 
 
-def test_regenerate_answers_the_last_turn_again_with_the_next_seed(arena):
+def test_each_side_samples_with_its_own_seed_kept_with_the_turn_and_regenerate_takes_the_next(arena):
     battle = arena.start()
     assert {battle.model_a, battle.model_b} == set(arena.assistant.models) and battle.mode == "anonymous"
     *_, (a, b) = arena.ask(battle.id, "Tell me a story.", None, SAMPLED)
+    assert battle.turns[0]["seeds"] == [5, 6]
+
+    def alone(model, seed):
+        prepared = arena.assistant.prepare("Tell me a story.", [], None, replace(SAMPLED, seed=seed))
+        return list(arena.assistant.chat(prepared, model))[-1].text
+
+    # Each side answers as its model would alone with its own seed: a replay of the stored battle.
+    assert (a.text, b.text) == (alone(battle.model_a, 5), alone(battle.model_b, 6))
+    assert b.text != alone(battle.model_b, 5)  # the seed of side A would have given B another answer
     *_, (a2, b2) = arena.regenerate(battle.id)
-    assert len(battle.turns) == 1 and battle.turns[0]["a"] == a2.text
-    # Sampling draws for both rows of a batch at once, so the reference is the same pair run alone.
-    prepared = arena.assistant.prepare(
-        "Tell me a story.", [], None, GenerationSettings(10, 0.9, 0.95, seed=6)
-    )
-    *_, (ra, rb) = arena.assistant.side_by_side([prepared] * 2, [battle.model_a, battle.model_b])
-    assert (a2.text, b2.text) == (ra.text, rb.text) != (a.text, b.text)
+    assert len(battle.turns) == 1 and battle.turns[0]["a"] == a2.text and battle.turns[0]["seeds"] == [7, 8]
+    assert (a2.text, b2.text) == (alone(battle.model_a, 7), alone(battle.model_b, 8)) != (a.text, b.text)
+    unseeded = arena.start()
+    list(arena.ask(unseeded.id, "Hi.", None, replace(SAMPLED, seed=None)))
+    seed_a, seed_b = unseeded.turns[0]["seeds"]  # drawn at random, and kept
+    assert isinstance(seed_a, int) and seed_a != seed_b
 
 
 def test_a_battle_takes_its_turn_limit_and_one_vote_however_many_clicks(arena):
@@ -157,7 +166,21 @@ def test_gpu_precision_is_bf16_only_where_the_gpu_has_it(monkeypatch, bf16, tiny
     model = AutoModelForCausalLM.from_pretrained(tiny_phi_dir, **plain)
     assert model.dtype == (torch.bfloat16 if bf16 else torch.float32)  # Phi-2 overflows in fp16
     assert models.precision_plan("cuda", quantize=False, model_type="llama")[0]["dtype"] == half
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)  # so the CPU's answer is fixed
     assert models.precision_plan("cpu", quantize=False)[0] == {"dtype": torch.float32}
+
+
+def test_a_cpu_serves_in_bf16_only_where_it_has_bf16_and_the_header_says_which(monkeypatch, tiny_phi_dir):
+    """The CPU's flag simulated both ways (this machine's real one decides nothing here); the model is
+    loaded for real, and the header names its precision. bf16 is never run here: emulated, it is slow."""
+    monkeypatch.delenv("ASSISTANT_CPU_DTYPE", raising=False)
+    for native, dtype, label in ((True, torch.bfloat16, "bf16"), (False, torch.float32, "fp32")):
+        monkeypatch.setattr(models, "cpu_has_native_bf16", lambda native=native: native)
+        assert models.precision_plan("cpu", quantize=False) == ({"dtype": dtype}, label)
+        loaded = models.load_model(str(tiny_phi_dir), device="cpu", quantize=False)
+        assert loaded.model.dtype == dtype and f"on cpu in {label}," in loaded.describe()
+    monkeypatch.setenv("ASSISTANT_CPU_DTYPE", "bf16")  # the override, on a CPU without the flag
+    assert models.precision_plan("cpu", quantize=False) == ({"dtype": torch.bfloat16}, "bf16")
 
 
 def test_an_idle_battle_expires_with_a_message_and_memory_stays_bounded(loaded, tmp_path, monkeypatch):

@@ -128,7 +128,7 @@ def test_a_whole_battle_streams_hides_the_names_reveals_them_on_the_vote_and_mov
         board.get_by_text(record["model_a"])
     ).first.wait_for()
     text = board.inner_text()
-    assert record["model_a"] in text and record["model_b"] in text and "1 anonymous votes" in text
+    assert record["model_a"] in text and record["model_b"] in text and "1 anonymous vote." in text
     shot(page, tmp_path, "leaderboard.png")
 
 

@@ -57,6 +57,37 @@ def test_a_model_is_ranked_only_after_the_minimum_number_of_comparing_votes():
     assert [r["model"] for r in board["models"]] == ["x", "y", "z"]
     text = leaderboard_markdown(board)
     assert "| – | z |" in text and "(provisional)" in text and "ranked once 5 votes compare it" in text
+    assert (
+        "| none yet: 1 of the 5 votes a rank needs | 1 | 0 / 0 / 1 / 0 |" in text
+        and "6 anonymous votes." in text
+    )
+    # One vote alone: every resample is that vote, a zero-width interval the table does not show.
+    one = leaderboard(votes[-1:], resamples=50)
+    assert all(r["low"] == r["high"] for r in one["models"])
+    text = leaderboard_markdown(one)
+    assert "1 anonymous vote." in text and " to " not in text.split("\n\n")[0]
+
+
+def test_the_battle_matrix_counts_each_pair_from_both_sides():
+    votes = (
+        [vote("x", "y", "a")] * 3
+        + [vote("y", "x", "tie")] * 2
+        + [vote("z", "x", "b"), vote("x", "z", "both_bad")]
+    )
+    votes.append(vote("x", "y", "a", mode="named"))  # not rated: not in the matrix either
+    board = leaderboard(votes, resamples=50, min_votes=5)
+    assert board["pairs"]["x"]["y"] == {"battles": 5, "wins": 3} and board["pairs"]["y"]["x"] == {
+        "battles": 5,
+        "wins": 0,
+    }
+    assert board["pairs"]["x"]["z"] == {"battles": 2, "wins": 1} and board["pairs"]["z"]["x"] == {
+        "battles": 2,
+        "wins": 0,
+    }
+    assert "z" not in board["pairs"]["y"]
+    text = leaderboard_markdown(board)
+    assert "| won / fought | vs x | vs y | vs z |" in text
+    assert "| x | – | 60% of 5 | 50% of 2 |" in text and "| y | 0% of 5 | – | – |" in text
 
 
 def test_a_battle_whose_answer_names_a_model_keeps_its_vote_but_leaves_the_ratings(tmp_path):

@@ -111,12 +111,12 @@ def test_an_arena_battle_hides_the_names_until_the_vote_and_the_leaderboard_coun
     at.sidebar.radio[0].set_value("Leaderboard").run()
     for _ in range(120):  # the refit runs in the background; the page shows the last result meanwhile
         table = at.markdown[0].value
-        if "1 anonymous votes" in table and "Updating" not in table:
+        if "1 anonymous vote." in table and "Updating" not in table:
             break
         time.sleep(0.5)
         at.run()
     # One vote: both models are rated, provisionally (no rank before MIN_VOTES votes).
-    assert f"| – | {model_a} |" in table and "(provisional)" in table and "1 anonymous votes" in table
+    assert f"| – | {model_a} |" in table and "(provisional)" in table and "1 anonymous vote." in table
 
 
 def test_an_expired_battle_says_so_and_the_next_message_starts_a_new_one(env, monkeypatch, tmp_path):
