@@ -10,9 +10,10 @@ import shutil
 from pathlib import Path
 
 from study.ledger import ledger_line
+from study.reading import gold_lines, reading, rewards_optimised
 from train.evaluate.answers import SIDES, stop_guard
 from train.evaluate.length import judge_caveat, judge_skill
-from train.evaluate.stats import ALPHA, fmt, fmt_p, tuned_won
+from train.evaluate.stats import fmt, fmt_p
 
 OBJECTIVE = {
     "grpo": "reward",
@@ -89,6 +90,8 @@ def row(name: str, runs: Path, folder: str = "eval") -> dict | None:
         "length_controlled": j.get("length_controlled"),
         "answer_tokens": {side: a[side]["answer_tokens"] for side in SIDES},
         "ended_properly": {side: a[side]["ended_properly"] for side in SIDES},
+        "defects": report.get("defects"),  # loops and ends, base → tuned, with the paired exact test
+        "penalised_base": _penalised(report.get("penalised_base")),
         "stop_guard": stop_guard(a),  # flagged: never promoted to a demo adapter
         # a GRPO group whose answers all score the same teaches nothing
         "frac_reward_zero_std": _metric_mean(runs / name / "metrics.jsonl", "frac_reward_zero_std"),
@@ -98,6 +101,26 @@ def row(name: str, runs: Path, folder: str = "eval") -> dict | None:
         "steps": info.get("global_step"),
         "peak_rss_mb": usage.get("peak_rss_mb"),
     }
+
+
+def _penalised(penalised: dict | None) -> dict | None:
+    """The base under a repetition penalty against the plain base, without its judge scores."""
+    if not penalised:
+        return None
+    judge = {"per_prompt": penalised["judge"]["per_prompt"]} if penalised.get("judge") else None
+    return {**{k: v for k, v in penalised.items() if k != "judge"}, "judge": judge}
+
+
+def _defect_cell(r: dict, measure: str) -> str:
+    """``17% → 9%, trees 12 / 3, p = 0.04``: base → tuned and the exact paired test (better / worse)."""
+    d = (r.get("defects") or {}).get(measure)
+    if not d:
+        return "n/a"
+    unit = d["test"].get("trees") or d["test"]
+    return (
+        f"{fmt(d['base'], percent=True)} → {fmt(d['tuned'], percent=True)}, "
+        f"+{unit['better']} / −{unit['worse']}, {fmt_p(d['test']['p_value'])}"
+    )
 
 
 def _cells(r: dict) -> list[str]:
@@ -119,10 +142,8 @@ def _cells(r: dict) -> list[str]:
         fmt(r.get("length_controlled"), percent=True),
         trained,
         f"{r['answer_tokens']['base']['mean']:.0f} → {r['answer_tokens']['tuned']['mean']:.0f}",
-        f"{100 * guard['base']:.0f}% → {100 * guard['tuned']:.0f}%"
-        + (" **flagged**" if guard["flagged"] else "")
-        if guard
-        else "n/a",
+        _defect_cell(r, "loop"),
+        _defect_cell(r, "end") + (" **flagged**" if guard and guard["flagged"] else ""),
         "n/a" if r["frac_reward_zero_std"] is None else f"{r['frac_reward_zero_std']:.2f}",
         f"{r['train_runtime_s'] / 60:.0f} min, {r['steps']} steps"
         + (" (resumed: the last part only)" if r.get("resumed") else "")
@@ -145,10 +166,11 @@ HEADER = [
     "pairs flipped right / wrong, McNemar per tree",
     "judge: tuned wins (per prompt)",
     "judge: prompts better / worse, sign test per tree",
-    "judge: tuned wins at equal length (length-controlled)",
+    "judge: tuned wins at equal length (length-controlled, in characters; prompts where both were cut left out)",
     "training objective, first → last tenth",
     "answer tokens",
-    "ended by itself (flagged: > 10 points below base)",
+    "loops, base → tuned; prompts (trees) fewer / more, exact paired test",
+    "ends by itself, base → tuned; more / fewer, exact paired test (flagged: > 10 points below base)",
     "GRPO groups with zero reward spread",
     "training time",
     "peak memory",
@@ -159,102 +181,6 @@ def table_markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
-
-
-def reading(rows: list[dict]) -> list[str]:
-    """The table in words, one line per candidate and a verdict: which candidates beat their base at
-    p < 0.05 on a measure they were not trained on (held-out preference accuracy, or the judge)."""
-    lines, winners = [], []
-    for r in rows:
-        p, j = r["preference"], r["judge"]["per_prompt"]
-        won = [
-            measure
-            for measure, test in ((_preference_name(r), p["test"]), ("the judge", j and j["test"]))
-            if tuned_won(test)
-        ]
-        if won:
-            winners.append((r, won))
-        judge = (
-            f"the judge prefers its answers on {fmt(j['win'], percent=True)} of prompts (sign test "
-            f"{fmt_p(j['test']['p_value'])})"
-            if j
-            else "no judge verdicts"
-        )
-        control = r.get("length_controlled") or {}
-        rho = control.get("length_vs_judge_spearman")
-        length = (f"; at equal length it wins {fmt(control, percent=True)}" if control else "") + (
-            f"; length and judge differences, Spearman ρ = {rho['rho']:.2f}" if rho else ""
-        )
-        objective = " (its own training objective)" if r["method"] == "dpo" else ""
-        flag = " **Flagged: it ends its answers by itself far less often than its base.**" * bool(
-            (r.get("stop_guard") or {}).get("flagged")
-        )
-        lines.append(
-            f"- `{r['name']}` ({r['method']}): preference accuracy{objective} "
-            f"{fmt(p['base'], percent=True)} → {fmt(p['tuned'], percent=True)} "
-            f"(McNemar per tree {fmt_p(p['test']['p_value'])}); {judge}{length}.{flag}"
-        )
-    grpo = [r["name"] for r, _ in winners if r["method"] == "grpo"]
-    verdict = (
-        f"**Beat their base at p < {ALPHA}:** "
-        + "; ".join(f"`{r['name']}` ({', '.join(won)}{_length_caveat(r, won)})" for r, won in winners)
-        + "."
-        if winners
-        else f"**No candidate beat its base at p < {ALPHA}** on held-out preference accuracy or on the judge."
-    )
-    if winners and not grpo:
-        verdict += " No GRPO candidate did."
-    if winners:
-        verdict += " " + _corrected(rows)
-    # every candidate is judged by the same judge: its weakness beside length goes with the verdict
-    caveat = judge_caveat(next((r["judge"]["accuracy"] for r in rows if r["judge"]["accuracy"]), None))
-    return [*lines, "", verdict + (f" **{caveat}**" if caveat else "")]
-
-
-def _preference_name(r: dict) -> str:
-    """For DPO the log-likelihood margin is its own training objective: a win there is not independent."""
-    return "preference accuracy" + (" (its own DPO objective)" if r["method"] == "dpo" else "")
-
-
-def _length_caveat(r: dict, won: list[str]) -> str:
-    """A judge win whose length-controlled win rate does not exclude 50% may be length."""
-    controlled = r.get("length_controlled")
-    if (
-        "the judge" not in won
-        or not controlled
-        or controlled["ci95"][0] is None
-        or controlled["ci95"][0] > 0.5
-    ):
-        return ""
-    return f", but not at equal length: {fmt(controlled, percent=True)}"
-
-
-def _corrected(rows: list[dict]) -> str:
-    """The table makes two paired tests per candidate: which wins survive the Benjamini-Hochberg
-    correction over all of them (scipy.stats.false_discovery_control)."""
-    from scipy.stats import false_discovery_control
-
-    tests = [
-        (r["name"], measure, test)
-        for r in rows
-        for measure, test in (
-            ("preference", r["preference"]["test"]),
-            ("judge", (r["judge"]["per_prompt"] or {}).get("test")),
-        )
-        if test
-    ]
-    adjusted = false_discovery_control([t["p_value"] for _, _, t in tests])
-    kept = [
-        f"`{n}` ({m}, adjusted {fmt_p(q)})"
-        for (n, m, t), q in zip(tests, adjusted, strict=True)
-        if tuned_won({**t, "p_value": q})
-    ]
-    where = f"Corrected for the table's {len(tests)} paired tests (Benjamini-Hochberg)"
-    return (
-        f"{where}: {', '.join(kept)} {'remains' if len(kept) == 1 else 'remain'}."
-        if kept
-        else f"{where}, none remains."
-    )
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -336,29 +262,6 @@ def sections(dev: list[dict], sealed: list[dict], versus: list[dict], level: str
     ]
 
 
-def gold_lines(rows: list[dict]) -> list[str]:
-    """Each GRPO run's gold checks: its training reward beside the judge on the same dev answers, by step
-    (the over-optimisation curve; the judge's win is against the warm start's answers)."""
-    lines = []
-    for r in (r for r in rows if r.get("gold_checks")):
-        checks = r["gold_checks"]
-        win = lambda c: "n/a" if c["judge_win"] is None else f"{100 * c['judge_win']:.0f}%"  # noqa: E731
-        lines += [
-            f"Gold checks of `{r['name']}` on {checks[0]['prompts']} dev prompts, one answer each: its training "
-            "reward and the judge's mean score, how often the judge prefers the answer to the warm start's, "
-            f"and the share that ended by itself (![the curve](plots/{r['name']}-gold_check.png)):",
-            "",
-            "| step | training reward | judge score | judge prefers it | ended |",
-            "|---:|---:|---:|---:|---:|",
-            *[
-                f"| {c['step']} | {c['reward']:.3f} | {c['judge']:.3f} | {win(c)} | {100 * c['ended']:.0f}% |"
-                for c in checks
-            ],
-            "",
-        ]
-    return lines
-
-
 def embed(readme: Path, rows: tuple[list, list, list], demos: dict[Path, str]) -> None:
     """The tables, their reading and which candidates the demo adapters are, in docs/study.md between
     the markers (so its figures are the current results file's, never typed by hand); ``rows`` is
@@ -392,20 +295,6 @@ def compare_warm_starts(runs: Path, warm_starts: dict[str, str]) -> list[dict]:
                 write_text(runs / name / folder / "versus.json", json.dumps(result, indent=2) + "\n")
                 out.append(result)
     return out
-
-
-def rewards_optimised(path: Path) -> list[str]:
-    """The rewards GRPO maximised, measured like the judge (study.reward_skill): beside length."""
-    if not path.is_file():
-        return []
-    skill = json.loads(path.read_text())
-    return [
-        f"- `{name}` (a reward GRPO maximised; `{path.name}`), on {skill['pairs']}: {fmt(r['all']['reward'], percent=True)}; "
-        f"the longer reply wins {fmt(r['all']['longer_wins'], percent=True)} ({fmt_p(r['all']['reward_vs_longer']['p_value'])}); "
-        f"on the {r['length_matched']['reward']['n']} length-matched pairs {fmt(r['length_matched']['reward'], percent=True)} "
-        f"(the longer reply {fmt(r['length_matched']['longer_wins'], percent=True)})."
-        for name, r in skill["rewards"].items()
-    ]
 
 
 def lost_rows(path: Path, dev: list[dict], sealed: list[dict]) -> list[str]:

@@ -272,3 +272,28 @@ def test_a_resumed_run_says_its_time_is_the_last_part_only(run):
         "| Training time | 0.7 min (after resuming from checkpoint-20: that part only) |"
         in render_card(run).text
     )
+
+
+def test_the_card_says_how_often_each_model_loops_and_ends(run):
+    """Loops and ends of base → tuned with their paired exact test, and the base under a repetition
+    penalty beside them, are in the card's verdict (from report.json, as train.evaluate writes them)."""
+    from assistant.generation import Answer
+    from train.evaluate.defects import compare
+
+    add_eval(run)
+    path = run / "eval" / "report.json"
+    report = json.loads(path.read_text())
+    loop = Answer(text="over and over " * 20, ended=False, cut=False, tokens=40, adapter="x")
+    ends = Answer(text="It is Paris, the capital of France.", ended=True, cut=False, tokens=9, adapter="x")
+    base, tuned = [[loop]] * 8 + [[ends]] * 2, [[ends]] * 10
+    trees = [f"t{i}" for i in range(10)]
+    report["defects"] = compare(base, tuned, trees)
+    report["penalised_base"] = {
+        "repetition_penalty": 1.2,
+        **compare(base, [[loop]] * 6 + [[ends]] * 4, trees, ("base", "penalised")),
+    }
+    path.write_text(json.dumps(report))
+    verdict = render_card(run).text.split("(a choice, not a proof)): ", 1)[1].split("\n", 1)[0]
+    assert "What a reader sees: the tuned model loops 80% [" in verdict
+    assert "(prompts 8 fewer, 0 more, exact paired test p = 0.008)" in verdict
+    assert "the base with repetition penalty 1.2 loops 80% [" in verdict

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -298,11 +299,12 @@ def test_judge_with_a_known_preference(judge_dir):
     answer = lambda text: Answer(text=text, ended=True, cut=False, tokens=3, adapter="x")  # noqa: E731
     prompts = pairs[:4]
     answers = {
-        "base": [[answer("so bad"), answer("so good")] for _ in prompts],
+        "base": [[answer("too bad"), answer("so good")] for _ in prompts],
         "tuned": [[answer("so good"), answer("so good")] for _ in prompts[:3]]
-        + [[answer("so bad"), answer("so bad")]],
-    }
-    verdicts = answering.judge_verdicts(judge, prompts, answers, seed=0)
+        + [[answer("too bad"), answer("too bad")]],
+    }  # every answer 7 characters long
+    scores = {side: answering.judge_scores(judge, prompts, answers[side]) for side in answers}
+    verdicts = answering.judge_verdicts(scores, prompts, answers, seed=0, limit=3)
     test = verdicts["per_prompt"]["test"]
     assert (test["better"], test["worse"], test["same"]) == (3, 1, 0)
     assert test["p_value"] == pytest.approx(10 / 16)
@@ -310,11 +312,101 @@ def test_judge_with_a_known_preference(judge_dir):
     assert (
         verdicts["per_answer"]["n"] == 8 and verdicts["per_answer"]["win"]["k"] == 3
     )  # sample j against sample j
-    # every answer has 3 tokens: no length difference to control for, so Firth's intercept alone,
+    # every answer has 7 characters: no length difference to control for, so Firth's intercept alone,
     # (3 wins + 1/2) / (4 prompts + 1)
     controlled = verdicts["length_controlled"]
     assert controlled["rate"] == pytest.approx(3.5 / 5, abs=1e-6) and controlled["raw"]["rate"] == 0.75
     assert controlled["length_vs_judge_spearman"] is None
+
+
+def test_two_answers_cut_at_the_limit_are_not_equal_length_by_construction():
+    """Equal length is read in characters, and prompts where both answers ran to the token limit are
+    left out (their lengths are unknown), not counted as equal because both stopped at 256 tokens."""
+    from assistant.generation import Answer
+
+    def answer(text, ended=True, tokens=3):
+        return Answer(text=text, ended=ended, cut=False, tokens=tokens, adapter="x")
+
+    prompts = [{"prompt": f"q{i}", "tree_id": f"t{i}"} for i in range(6)]
+    answers = {  # prompts 0-1: both cut at 10 tokens (tuned wins); 2-5: both ended, one as long as the other
+        "base": [[answer("a" * 40, False, 10)]] * 2 + [[answer("b" * 20)]] * 4,
+        "tuned": [[answer("c" * 50, False, 10)]] * 2 + [[answer("d" * 22)]] * 2 + [[answer("e" * 80)]] * 2,
+    }
+    difference = np.array([1.0, 1.0, 1.0, -1.0, 1.0, -1.0])
+    control = answering.length_control(difference, answers, [p["tree_id"] for p in prompts], limit=10)
+    assert control["unit"] == "characters" and control["left_out_both_cut"] == 2 and control["n"] == 4
+    # within 25% in characters and not both cut: prompts 2 and 3 (22 against 20), one win, one loss
+    assert (control["length_matched"]["k"], control["length_matched"]["n"]) == (1, 2)
+    assert answering.capped(answer("x", False, 10), 10) and not answering.capped(answer("x", False, 9), 10)
+
+
+def test_loops_and_ends_are_paired_per_prompt_with_an_exact_test():
+    from scipy.stats import binomtest
+
+    from assistant.generation import Answer
+    from train.evaluate.defects import compare
+
+    loop = "the cat sat on the mat " * 10
+    fine = "Paris is the capital of France, and it has been for a long time, said the guide."
+
+    def answer(text, ended):
+        return Answer(text=text, ended=ended, cut=False, tokens=5, adapter="x")
+
+    # 12 prompts in 12 trees: base loops on 10, tuned on 1 (one prompt loops on both); tuned ends more
+    base = [[answer(loop, False)] for _ in range(10)] + [[answer(fine, True)] for _ in range(2)]
+    tuned = [[answer(fine, True)] for _ in range(9)] + [[answer(loop, False)]] + [[answer(fine, True)]] * 2
+    result = compare(base, tuned, [f"t{i}" for i in range(12)])
+    assert (result["loop"]["base"]["k"], result["loop"]["tuned"]["k"]) == (10, 1)
+    assert (result["loop"]["test"]["better"], result["loop"]["test"]["worse"]) == (9, 0)
+    # McNemar exact on the discordant prompts: 9 against 0
+    assert result["loop"]["test"]["p_value"] == pytest.approx(binomtest(9, 9, 0.5).pvalue)
+    assert (result["end"]["base"]["k"], result["end"]["tuned"]["k"], result["end"]["test"]["better"]) == (
+        2,
+        11,
+        9,
+    )
+    # prompts of one tree vote once: all 12 in 3 trees leave 3 votes
+    clustered = compare(base, tuned, [f"t{i % 3}" for i in range(12)])
+    assert clustered["loop"]["test"]["trees"]["n"] == 3
+
+
+def test_answers_are_drawn_by_the_spaces_own_sampler(setup):
+    """The evaluation's answers are the Space's (assistant.batcher.stream: temperature and top-p, no
+    top-k) for the same settings and seed, and report.json records every sampling setting."""
+    from assistant.batcher import stream
+    from assistant.generation import BASE, GenerationSettings
+    from assistant.models import load_model
+    from train.data import prompt_messages
+
+    loaded = load_model(adapter=str(setup["adapter"]), device="cpu")
+    pairs = setup["pairs"][:2]
+    settings = GenerationSettings(max_new_tokens=8, temperature=1.0, seed=5)
+    answers = answering.generate_answers(loaded, pairs, settings, k=1, batch_size=2)
+    *_, space = stream(loaded, [prompt_messages(p["prompt"]) for p in pairs], [BASE, BASE], settings)
+    assert [row[0].text for row in answers["base"]] == [a.text for a in space]
+    assert "penalised" not in answers  # only when asked for
+    recorded = answering.sampling(settings)
+    assert (
+        recorded["top_k"] == 0 and recorded["repetition_penalty"] == 1.0 and "batcher" in recorded["sampler"]
+    )
+
+
+def test_the_repetition_penalty_reaches_the_spaces_sampler_and_is_put_back(smollm2_dir):
+    """On the real SmolLM2, greedy: a strong repetition penalty changes the answer, and the model's
+    generation config is left as it was (the tiny Phi's logits are too flat to show it)."""
+    from assistant.generation import BASE, GenerationSettings
+    from assistant.models import load_model
+
+    loaded = load_model(base=str(smollm2_dir), device="cpu")
+    settings = GenerationSettings(max_new_tokens=16, temperature=0, seed=0)
+    conversation = [[{"role": "user", "content": "Write the word yes ten times, separated by commas."}]]
+    before = loaded.model.generation_config.repetition_penalty
+    plain = answering.serve(loaded, conversation, BASE, settings)
+    with answering.penalised(loaded, 3.0):
+        penalised = answering.serve(loaded, conversation, BASE, settings)
+    assert penalised[0].text != plain[0].text
+    assert loaded.model.generation_config.repetition_penalty == before
+    assert answering.serve(loaded, conversation, BASE, settings)[0].text == plain[0].text
 
 
 def test_multi_turn_pairs_are_scored_through_the_chat_template(setup, tmp_path):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from assistant.models import short_name
@@ -119,7 +119,7 @@ def evaluate_adapter(
             "limit": args.limit,
             "left_out_trained_trees": excluded,
         },
-        "settings": {**asdict(settings), "k": args.num_generations, "from_recipe": from_recipe},
+        "settings": {**answering.sampling(settings), "k": args.num_generations, "from_recipe": from_recipe},
     }
     report["adapter"]["method"] = recipe.get("method")  # what the preference margin means depends on it
     answers = measure(args, loaded, pairs, prompts, settings, report)
@@ -130,7 +130,10 @@ def evaluate_adapter(
         report["training_objective"] = answering.training_objective(
             loaded, prompts, answers, recipe, args.seed
         )
-    rows = generation_rows(prompts, answers, report.get("judge_verdicts"), args.seed)
+    judged = {**(report.get("judge_verdicts") or {}).get("scores", {})}
+    if "judge" in (report.get("penalised_base") or {}):
+        judged["penalised"] = report["penalised_base"]["judge"]["scores"]
+    rows = generation_rows(prompts, answers, {"scores": judged}, args.seed)
     by_key = {row["parent_id"]: row for row in rows}
     report["samples"] = [sample(pair, by_key[prompt_key(pair)]) for pair in pick_samples(pairs, args.samples)]
     return report, rows
@@ -139,19 +142,23 @@ def evaluate_adapter(
 def measure(
     args: EvalArguments, loaded, pairs: list[dict], prompts: list[dict], settings, report: dict
 ) -> dict:
-    """Preference accuracy, the answers and the judge's verdicts into ``report``; returns the answers.
-    The base's half comes from ``--base-cache`` when an earlier adapter left it there."""
+    """Preference accuracy, the answers, their loops and ends, and the judge's verdicts into ``report``;
+    returns the answers. The base's half (and the penalised base's) comes from ``--base-cache`` when
+    an earlier adapter left it there."""
+    from train.evaluate.defects import compare
     from train.evaluate.preference import preference_accuracy
 
     judge_id = judge_identity(args.judge) if args.judge else None
+    penalty = args.base_repetition_penalty or None
     key = base_cache.cache_key(
         base=report["adapter"]["base"],
         pairs=[[p["prompt"], p["chosen"], p["rejected"]] for p in pairs],
         settings={k: v for k, v in report["settings"].items() if k != "from_recipe"},
+        penalty=penalty,
         max_length=args.max_length,
         batch_size=args.batch_size,
         judge=judge_id,
-        format=2,  # what is kept: 2 = the judge's accuracy with its length baselines
+        format=3,  # what is kept: 3 = the base's and the penalised base's answers and judge scores
     )
     cached = base_cache.load(args.base_cache, key) if args.base_cache else {}
     report["base_from_cache"] = bool(cached)
@@ -159,35 +166,46 @@ def measure(
         loaded, pairs, args.batch_size, args.max_length, args.seed, base_scores=cached.get("preference")
     )
     answers = answering.generate_answers(
-        loaded, prompts, settings, args.num_generations, args.batch_size, base=cached.get("answers")
+        loaded, prompts, settings, args.num_generations, args.batch_size, cached.get("answers"), penalty
     )
     report["answers"] = answering.describe(answers, args.seed, prompts)
-    judged = {}
+    report["defects"] = compare(answers["base"], answers["tuned"], answering.trees(prompts))
+    scores = {}
     if args.judge:
         from train.scorer import Scorer
 
         judge = Scorer(args.judge, device=loaded.device)
         accuracy = cached.get("judge_accuracy") or answering.judge_accuracy(judge, pairs)
         report["judge"] = {**judge_id, "accuracy": accuracy}
-        verdicts = answering.judge_verdicts(
-            judge, prompts, answers, args.seed, base_scores=cached.get("judge")
+        scores = dict(cached.get("judge") or {})
+        for side in [side for side in answers if side not in scores]:
+            scores[side] = answering.judge_scores(judge, prompts, answers[side])
+        report["judge_verdicts"] = answering.judge_verdicts(
+            scores, prompts, answers, args.seed, settings.max_new_tokens
         )
-        report["judge_verdicts"] = verdicts
-        judged = {"judge": verdicts["scores"]["base"], "judge_accuracy": accuracy}
+    if penalty:
+        report["penalised_base"] = answering.penalised_verdict(scores, prompts, answers, penalty)
     if args.base_cache and not cached:
-        base_cache.save(args.base_cache, key, report["preference"], answers["base"], judged)
+        kept = [side for side in answers if side != "tuned"]
+        judged = {"judge": {s: scores[s] for s in kept}, "judge_accuracy": accuracy} if scores else {}
+        base_cache.save(args.base_cache, key, report["preference"], {s: answers[s] for s in kept}, judged)
     return answers
 
 
 def generation_rows(prompts: list[dict], answers: dict, verdicts: dict | None, seed: int) -> list[dict]:
-    """generations.jsonl: every answer of both models to every prompt, with its seed and judge score."""
+    """generations.jsonl: every answer of each model (and of the penalised base) to every prompt, with
+    its seed, whether it ended, was cut at a new turn or loops, and its judge score."""
+    from assistant.defects import loops
+
+    scores = (verdicts or {}).get("scores") or {}
     rows = []
     for i, pair in enumerate(prompts):
         row = {"parent_id": prompt_key(pair), "tree_id": pair.get("tree_id"), "prompt": pair["prompt"]}
-        for side in answering.SIDES:
+        for side in answers:
             row[side] = [
-                {"answer": a.text, "tokens": a.tokens, "ended": a.ended, "seed": seed + j}
-                | ({"judge": verdicts["scores"][side][i][j]} if verdicts else {})
+                {"answer": a.text, "tokens": a.tokens, "ended": a.ended, "cut": a.cut, "loops": loops(a.text)}
+                | {"seed": seed + j}
+                | ({"judge": scores[side][i][j]} if side in scores else {})
                 for j, a in enumerate(answers[side][i])
             ]
         rows.append(row)

@@ -13,13 +13,14 @@ reported too, but as what they are: the training objective.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from train.data import prompt_messages
-from train.evaluate.length import length_baselines, length_controlled
+from train.evaluate.length import equal_length, length_baselines
 from train.evaluate.stats import mean, outcomes, rate
 
 TIE_TOLERANCE = 1e-6  # scores closer than this are a tie (float noise, not a preference)
@@ -27,29 +28,70 @@ SIDES = ("base", "tuned")
 STOP_DROP = 0.10  # a tuned model that ends this much less often by itself than its base is flagged
 
 
-def generate_answers(loaded, prompts: list[dict], settings, k: int, batch_size: int, base=None) -> dict:
+# The sampler the Space serves with, as report.json records it: assistant.batcher's own (temperature,
+# then top-p over the whole vocabulary, one seeded generator per row), never transformers' sampling,
+# which adds its default top_k=50 unless told otherwise.
+SAMPLER = "assistant.batcher (the Space's): temperature, then top-p; no top-k (top_k 0 = off)"
+
+
+def sampling(settings, repetition_penalty: float = 1.0) -> dict:
+    """Every sampling setting of an evaluation's answers, top_k included, for report.json."""
+    from dataclasses import asdict
+
+    return {**asdict(settings), "top_k": 0, "repetition_penalty": repetition_penalty, "sampler": SAMPLER}
+
+
+@contextmanager
+def penalised(loaded, penalty: float):
+    """The model's generation config with ``repetition_penalty`` (transformers' processor, run before
+    the batcher's sampler), put back after: the decoding knob a skeptic tries first."""
+    config = loaded.model.generation_config
+    before = config.repetition_penalty
+    config.repetition_penalty = penalty
+    try:
+        yield
+    finally:
+        config.repetition_penalty = before
+
+
+def serve(loaded, conversations: list, route: str | None, settings) -> list:
+    """Final answers of one batch through the Space's own batcher (assistant.batcher.stream), so the
+    evaluation samples exactly as the Space does; one request, one ``generate`` call."""
+    from assistant.batcher import stream
+
+    snapshots = stream(
+        loaded, conversations, [route] * len(conversations), settings, max_batch=len(conversations)
+    )
+    *_, final = snapshots  # the last snapshot is the final answers
+    return final
+
+
+def generate_answers(
+    loaded, prompts: list[dict], settings, k: int, batch_size: int, base=None, penalty: float | None = None
+) -> dict:
     """``answers[side][i][j]``: the j-th answer (seed settings.seed + j) of ``side`` to prompt i; the
-    base's from ``base`` when an earlier run on the same base, prompts and settings gave them."""
-    from assistant.generation import BASE, generate, tuned_adapter
+    base's from ``base`` when an earlier run on the same base, prompts and settings gave them. With
+    ``penalty``, also "penalised": the base's answers under that repetition penalty (same seeds)."""
+    from assistant.generation import BASE, tuned_adapter
 
     conversations = [prompt_messages(p["prompt"]) for p in prompts]
-    routes = {"base": BASE, "tuned": tuned_adapter(loaded)}
-    answers = {side: [[] for _ in prompts] for side in SIDES}
-    sides = SIDES if base is None else ("tuned",)
-    if base is not None:
-        answers["base"] = base
+    routes = {"base": BASE, "tuned": tuned_adapter(loaded), "penalised": BASE}
+    base = base or {}
+    wanted = [side for side in (*SIDES, "penalised") if side not in base and (side != "penalised" or penalty)]
+    answers = {**base, **{side: [[] for _ in prompts] for side in wanted}}
     with tqdm(
-        total=len(sides) * k * len(prompts), desc=f"answering ({', '.join(sides)})", unit=" answer"
+        total=len(wanted) * k * len(prompts), desc=f"answering ({', '.join(wanted)})", unit=" answer"
     ) as bar:
-        for j in range(k):
-            seeded = replace(settings, seed=settings.seed + j)
-            for side in sides:
-                for start in range(0, len(prompts), batch_size):
-                    rows = conversations[start : start + batch_size]
-                    batch = generate(loaded, rows, [routes[side]] * len(rows), seeded, batch_size)
-                    for i, answer in enumerate(batch, start):
-                        answers[side][i].append(answer)
-                    bar.update(len(rows))
+        for side in wanted:
+            with penalised(loaded, penalty) if side == "penalised" else nullcontext():
+                for j in range(k):
+                    seeded = replace(settings, seed=settings.seed + j)
+                    for start in range(0, len(prompts), batch_size):
+                        rows = conversations[start : start + batch_size]
+                        batch = serve(loaded, rows, routes[side], seeded)
+                        for i, answer in enumerate(batch, start):
+                            answers[side][i].append(answer)
+                        bar.update(len(rows))
     return answers
 
 
@@ -111,16 +153,19 @@ def judge_accuracy(judge, pairs: list[dict]) -> dict:
     return {**rate(right, trees(pairs)), "baselines": length_baselines(pairs, right)}
 
 
-def judge_verdicts(judge, prompts: list[dict], answers: dict, seed: int, base_scores=None) -> dict:
-    """The judge's score of every answer; tuned against base per prompt (mean over the k answers)."""
-    scores = {} if base_scores is None else {"base": base_scores}
-    for side in [s for s in SIDES if s not in scores]:
-        flat = [(i, a) for i, row in enumerate(answers[side]) for a in row]
-        conversations = [prompt_messages(prompts[i]["prompt"]) for i, _ in flat]
-        values = judge.score(conversations, [a.text for _, a in flat])
-        scores[side] = [[] for _ in prompts]
-        for (i, _), value in zip(flat, values, strict=True):
-            scores[side][i].append(value)
+def judge_scores(judge, prompts: list[dict], side: list[list]) -> list[list[float]]:
+    """The judge's score of every answer of one side: ``scores[i][j]`` for answer j to prompt i."""
+    flat = [(i, a) for i, row in enumerate(side) for a in row]
+    values = judge.score([prompt_messages(prompts[i]["prompt"]) for i, _ in flat], [a.text for _, a in flat])
+    scores = [[] for _ in prompts]
+    for (i, _), value in zip(flat, values, strict=True):
+        scores[i].append(float(value))
+    return scores
+
+
+def judge_verdicts(scores: dict, prompts: list[dict], answers: dict, seed: int, limit: int) -> dict:
+    """Tuned against base per prompt (mean judge score over the k answers), read also at equal length;
+    ``scores`` has each side's judge_scores; ``limit`` is the answers' max_new_tokens."""
     means = {side: per_prompt(scores[side]) for side in SIDES}
     # the same seed on both sides: sample j of base against sample j of tuned
     samples = np.array(scores["tuned"]) - np.array(scores["base"])  # [prompts, k]
@@ -137,24 +182,50 @@ def judge_verdicts(judge, prompts: list[dict], answers: dict, seed: int, base_sc
             ),
             "n": int(samples.size),
         },
-        "length_controlled": length_control(difference, answers, tree),
-        "scores": scores,
+        "length_controlled": length_control(difference, answers, tree, limit),
+        "scores": {side: scores[side] for side in SIDES},
     }
 
 
-def length_control(difference: np.ndarray, answers: dict, tree: list) -> dict:
-    """The per-prompt win rate read at equal answer length (length.length_controlled), and the rank
-    correlation of the per-prompt length and judge-score differences."""
+def capped(answer, limit: int) -> bool:
+    """The answer ran to the token limit: cut there, neither ended nor stopped at a new turn."""
+    return not answer.ended and not getattr(answer, "cut", False) and answer.tokens >= limit
+
+
+def length_control(difference: np.ndarray, answers: dict, tree: list, limit: int) -> dict:
+    """The per-prompt win rate read at equal answer length (length.equal_length: in characters, the
+    prompts where both models' answers all ran to the limit left out), and the rank correlation of the
+    per-prompt length and judge-score differences."""
     from scipy.stats import spearmanr
 
-    tokens = {side: per_prompt([[a.tokens for a in row] for row in answers[side]]) for side in SIDES}
-    length = tokens["tuned"] - tokens["base"]
+    chars = {side: per_prompt([[len(a.text) for a in row] for row in answers[side]]) for side in SIDES}
+    both_cut = [all(capped(a, limit) for side in SIDES for a in answers[side][i]) for i in range(len(tree))]
+    length = chars["tuned"] - chars["base"]
     outcome = np.where(difference > TIE_TOLERANCE, 1.0, np.where(difference < -TIE_TOLERANCE, 0.0, 0.5))
     rho = spearmanr(length, difference) if np.ptp(length) > 0 and np.ptp(difference) > 0 else None
     return {
-        **length_controlled(outcome, length, tree),
+        **equal_length(outcome, chars["base"], chars["tuned"], both_cut, tree),
         "length_vs_judge_spearman": rho and {"rho": float(rho.statistic), "p_value": float(rho.pvalue)},
     }
+
+
+def penalised_verdict(scores: dict, prompts: list[dict], answers: dict, penalty: float) -> dict:
+    """The base under ``penalty`` against the plain base, on the same prompts and seeds: its loops and
+    ends (defects.compare) and the judge's per-prompt verdict. Reported, never targeted."""
+    from train.evaluate.defects import compare
+
+    tree = trees(prompts)
+    out = {
+        "repetition_penalty": penalty,
+        **compare(answers["base"], answers["penalised"], tree, ("base", "penalised")),
+    }
+    if scores:
+        difference = per_prompt(scores["penalised"]) - per_prompt(scores["base"])
+        out["judge"] = {
+            "per_prompt": outcomes(difference, TIE_TOLERANCE, tree),
+            "scores": scores["penalised"],
+        }
+    return out
 
 
 def training_objective(loaded, prompts: list[dict], answers: dict, recipe: dict, seed: int) -> dict | None:

@@ -19,24 +19,28 @@ def cache_key(**parts) -> str:
 
 
 def load(folder: str | Path, key: str) -> dict:
-    """{"preference", "answers", "judge", "judge_accuracy"} of the base, or {} when never kept."""
+    """{"preference", "answers", "judge", "judge_accuracy"} of the base (answers and judge scores by
+    side: "base", and "penalised" where the evaluation asked for it), or {} when never kept."""
     from assistant.generation import Answer
 
     path = Path(folder) / f"{key}.json"
     if not path.is_file():
         return {}
     data = json.loads(path.read_text(encoding="utf-8"))
-    data["answers"] = [[Answer(**a) for a in row] for row in data["answers"]]
+    data["answers"] = {
+        side: [[Answer(**a) for a in row] for row in rows] for side, rows in data["answers"].items()
+    }
     return data
 
 
-def save(folder: str | Path, key: str, preference: dict, answers: list, judged: dict) -> None:
-    """``judged``: the judge's scores of the base answers and its accuracy on the pairs, if judged."""
+def save(folder: str | Path, key: str, preference: dict, answers: dict, judged: dict) -> None:
+    """``answers``: by side (base, penalised); ``judged``: the judge's scores of them by side and its
+    accuracy on the pairs, if judged."""
     from assistant.atomic import write_text
 
     data = {
         "preference": [[p["base"]["chosen"], p["base"]["rejected"]] for p in preference["pairs"]],
-        "answers": [[asdict(a) for a in row] for row in answers],
+        "answers": {side: [[asdict(a) for a in row] for row in rows] for side, rows in answers.items()},
         **judged,
     }
     write_text(Path(folder) / f"{key}.json", json.dumps(data) + "\n")

@@ -63,6 +63,13 @@ class EvalArguments:
     top_p: float | None = field(
         default=None, metadata={"help": "Nucleus sampling threshold (default: the apps')."}
     )
+    base_repetition_penalty: float = field(
+        default=1.2,
+        metadata={
+            "help": "Also answer with the base under this repetition_penalty (the decoding knob a skeptic "
+            "tries first), and report its loops, ends and judge verdict against the plain base; 0 = off."
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass / generate call."})
     max_length: int = field(
         default=1024, metadata={"help": "Cap on prompt + reply tokens when scoring pairs."}
@@ -131,6 +138,10 @@ def check_args(args: EvalArguments) -> None:
         raise EvalError(f"--limit must be at least 1, got {args.limit}")
     if args.temperature is not None and not 0 <= args.temperature <= 2:
         raise EvalError(f"--temperature must be between 0 and 2, got {args.temperature}")
+    if args.base_repetition_penalty < 0:
+        raise EvalError(
+            f"--base-repetition-penalty must be above 0 (0 = off), got {args.base_repetition_penalty}"
+        )
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise EvalError(f"--top-p must be above 0 and at most 1, got {args.top_p}")
     if args.device not in (None, "cpu", "cuda", "mps") and not str(args.device).startswith("cuda:"):

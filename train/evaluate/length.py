@@ -75,6 +75,26 @@ def judge_caveat(accuracy: dict | None) -> str | None:
     return f"Caution: this judge {' and '.join(weak)}; its verdicts may be about length, not quality."
 
 
+def equal_length(outcome, base_chars, tuned_chars, both_cut, clusters) -> dict:
+    """Tuned's per-prompt win rate where length cannot decide, length counted in characters of the
+    answers as served. Prompts where every answer of both models ran to the token limit are left out:
+    their lengths are unknown (both cut), and in tokens capped at the limit they would count as equal
+    by construction. On the rest: the length-controlled rate (length_controlled, on the characters'
+    difference) and, beside it, the plain share over the prompts whose answers are within 25% of each
+    other's length (MATCHED, as for pairs)."""
+    y = np.asarray(outcome, dtype=float)
+    base, tuned = np.asarray(base_chars, dtype=float), np.asarray(tuned_chars, dtype=float)
+    keep = ~np.asarray(both_cut, dtype=bool)
+    trees = np.asarray(clusters, dtype=object)
+    matched = keep & (np.maximum(base, tuned) <= MATCHED * np.minimum(base, tuned))
+    return {
+        **length_controlled(y[keep], (tuned - base)[keep], trees[keep]),
+        "unit": "characters",
+        "left_out_both_cut": int((~keep).sum()),
+        "length_matched": rate(y[matched], trees[matched]),
+    }
+
+
 def _firth_fit(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Logistic regression with Firth's penalty (½ log det of the information): finite estimates even
     when one side wins every prompt, where plain maximum likelihood runs off to infinity."""
@@ -98,7 +118,7 @@ def length_controlled(outcome, length_difference, clusters=None) -> dict:
     delta = np.asarray(length_difference, dtype=float)
     trees = np.arange(y.size) if clusters is None else np.asarray(clusters, dtype=object)
     if y.size == 0:
-        return {"rate": None, "ci95": [None, None], "n": 0}
+        return {"rate": None, "ci95": [None, None], "p_value": None, "n": 0, "slope": None, "raw": rate(y)}
     spread = delta.std()
     X = np.ones((y.size, 1))
     if spread > 0:  # with no length difference at all there is nothing to control for
@@ -106,7 +126,9 @@ def length_controlled(outcome, length_difference, clusters=None) -> dict:
     beta = _firth_fit(X, y)
     p = expit(X @ beta)
     bread = np.linalg.inv(X.T @ (X * (p * (1 - p))[:, None]))
-    _, codes = np.unique([str(t) for t in trees], return_inverse=True)
+    _, codes = np.unique(
+        [f"\0{i}" if t is None else str(t) for i, t in enumerate(trees)], return_inverse=True
+    )
     scores = np.zeros((codes.max() + 1, X.shape[1]))
     np.add.at(scores, codes, X * (y - p)[:, None])
     k = scores.shape[0]

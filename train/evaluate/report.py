@@ -38,10 +38,38 @@ def render_report(report: dict) -> str:
         preference_label=preference_label((report.get("adapter") or {}).get("method")),
         judge_skill=judge_skill(judge.get("accuracy")),
         judge_caveat=judge_caveat(judge.get("accuracy")),
+        d=report.get("defects"),
+        pb=report.get("penalised_base"),
+        counted=_counted,
+        sampling=sampling_text(report.get("settings") or {}),
         stop=stop_guard(report.get("answers")),
         stop_flag=stop_flag(stop_guard(report.get("answers"))),
     )
     return text.rstrip() + "\n"
+
+
+def sampling_text(settings: dict) -> str:
+    """The answers' sampling in words, every setting of it (a report from before top_k was recorded
+    says so)."""
+    if not settings:
+        return "settings not recorded"
+    k = settings.get("k", 1)
+    seeds = f"seeds {settings['seed']}..{settings['seed'] + k - 1}" if k > 1 else f"seed {settings['seed']}"
+    top_k = settings.get("top_k")
+    sampler = (
+        "no top-k, as the Space samples"
+        if top_k == 0
+        else "top_k not recorded: transformers' default top-k 50 applied"
+        if top_k is None
+        else f"top-k {top_k}"
+    )
+    penalty = settings.get("repetition_penalty", 1.0)
+    text = (
+        f"{seeds}, temperature {settings['temperature']}, top-p {settings['top_p']}, {sampler}"
+        + (f", repetition penalty {penalty}" if penalty != 1.0 else "")
+        + f", at most {settings['max_new_tokens']} new tokens"
+    )
+    return text + (f"; {settings['from_recipe']}" if settings.get("from_recipe") else "")
 
 
 def preference_name(report: dict) -> str:
@@ -76,9 +104,33 @@ def verdict(report: dict) -> str:
     lines = [
         text,
         by_how_much(report, controlled=not said),
+        seen(report),
         judge_caveat((report.get("judge") or {}).get("accuracy")) if judge else None,
     ]
     return " ".join(line for line in [*lines, stop_flag(stop_guard(report.get("answers")))] if line)
+
+
+def seen(report: dict) -> str | None:
+    """Loops and ends of base → tuned, and of the base under a repetition penalty, in one sentence."""
+    from train.evaluate.defects import line
+
+    if not report.get("defects"):
+        return None
+    text = f"What a reader sees: the tuned model {line(report['defects'])}"
+    penalised = report.get("penalised_base")
+    if penalised:
+        text += (
+            f"; the base with repetition penalty {penalised['repetition_penalty']} "
+            f"{line(penalised, ('base', 'penalised'))}"
+        )
+        win = ((penalised.get("judge") or {}).get("per_prompt") or {}).get("win")
+        if win:
+            test = penalised["judge"]["per_prompt"]["test"]
+            text += (
+                f", and the judge prefers it to the plain base on {fmt(win, percent=True)} of prompts "
+                f"({_counted(test)})"
+            )
+    return text + "."
 
 
 def _counted(test: dict) -> str:
