@@ -118,6 +118,8 @@ def handlers(arena: Arena, live: LiveLeaderboard) -> SimpleNamespace:
             assistant.prepare(message, [], system, chosen)  # refused before a battle is started
             if battle is None or battle.winner is not None:
                 battle = arena.start(model_a, model_b) if mode == NAMED else arena.start()
+            # The buttons change at once, before the model's first token.
+            yield battle.id, *panes(battle), "Sending…", *controls(battle, answering=True)
             answers = arena.ask(battle.id, message, system, chosen, stop)
             for update in streamed(battle, answers, message, chosen.max_new_tokens):
                 yield battle.id, *update
