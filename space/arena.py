@@ -124,9 +124,9 @@ def handlers(arena: Arena, live: LiveLeaderboard) -> SimpleNamespace:
             for update in streamed(battle, answers, message, chosen.max_new_tokens):
                 yield battle.id, *update
             yield battle.id, *settled(battle, clear=True)
-        except Exception as error:
-            refuse(error, "the battle")
+        except Exception as error:  # the buttons settle first, then the warning (or the error) shows
             yield (battle.id if battle else None), *settled(battle)
+            refuse(error, "the battle")
         finally:
             stop.set()
 
@@ -141,8 +141,8 @@ def handlers(arena: Arena, live: LiveLeaderboard) -> SimpleNamespace:
             yield from streamed(battle, arena.regenerate(battle_id, stop), prompt, limit)
             yield settled(battle)
         except Exception as error:
-            refuse(error, "regenerate")
             yield settled(battle)
+            refuse(error, "regenerate")
         finally:
             stop.set()
 
