@@ -12,7 +12,7 @@ there it is the time to the answer), and tokens per second per user (answers re-
 one user alone, as ratios; and whether every answer is identical to the same prompt's answer alone.
 Sampling is the app's default (temperature 0.7, top-p 0.95) with seed 0, so identical answers show
 that a row's sampling does not depend on the rows it shares a batch with.
-Writes benchmarks/results/concurrency.json and concurrency.md. Goal (issue 20): 8 concurrent 32-token
+Writes benchmarks/results/concurrency.json and concurrency.md (``--name`` another name). Goal (issue 20): 8 concurrent 32-token
 ``/compare`` requests take at most 3x as long as one alone.
 """
 
@@ -225,6 +225,7 @@ def main() -> None:
     parser.add_argument("--levels", default="1,2,4,8")
     parser.add_argument("--endpoints", default="compare,chat,battle")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    parser.add_argument("--name", default="concurrency", help="results file name (keeps earlier runs' files)")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -257,7 +258,7 @@ def main() -> None:
         "rows": rows,
         "machine": info,
     }
-    write("concurrency", record, markdown(record))
+    write(args.name, record, markdown(record))
 
 
 if __name__ == "__main__":

@@ -118,13 +118,15 @@ def handlers(arena: Arena, live: LiveLeaderboard) -> SimpleNamespace:
             assistant.prepare(message, [], system, chosen)  # refused before a battle is started
             if battle is None or battle.winner is not None:
                 battle = arena.start(model_a, model_b) if mode == NAMED else arena.start()
+            # The buttons change at once, before the model's first token.
+            yield battle.id, *panes(battle), "Sending…", *controls(battle, answering=True)
             answers = arena.ask(battle.id, message, system, chosen, stop)
             for update in streamed(battle, answers, message, chosen.max_new_tokens):
                 yield battle.id, *update
             yield battle.id, *settled(battle, clear=True)
-        except Exception as error:
-            refuse(error, "the battle")
+        except Exception as error:  # the buttons settle first, then the warning (or the error) shows
             yield (battle.id if battle else None), *settled(battle)
+            refuse(error, "the battle")
         finally:
             stop.set()
 
@@ -139,8 +141,8 @@ def handlers(arena: Arena, live: LiveLeaderboard) -> SimpleNamespace:
             yield from streamed(battle, arena.regenerate(battle_id, stop), prompt, limit)
             yield settled(battle)
         except Exception as error:
-            refuse(error, "regenerate")
             yield settled(battle)
+            refuse(error, "regenerate")
         finally:
             stop.set()
 

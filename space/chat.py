@@ -24,13 +24,18 @@ def chat_text(answer, limit: int) -> str:
     return f"{answer.text}\n\n{limit_mark(limit)}" if answer.at_limit(limit) else answer.text
 
 
+def unmarked(text: str) -> str:
+    """An answer as the model wrote it: without the marks the page added to it."""
+    text = re.sub(r"\n\n\*\[cut off at the \d+-token limit[^\n]*\]\*$", "", text)
+    return re.sub(r"^\*waiting for the model: place \d+ in the queue…\*$", "", text)
+
+
 def plain(history) -> list[dict]:
-    """The history as the model wrote it: without the marks the page added to its answers."""
+    """The history as the model wrote it (``unmarked`` answers)."""
     history = normalize_history(history)
     for message in history:
         if message["role"] == "assistant":
-            text = re.sub(r"\n\n\*\[cut off at the \d+-token limit[^\n]*\]\*$", "", message["content"])
-            message["content"] = re.sub(r"^\*waiting for the model: place \d+ in the queue…\*$", "", text)
+            message["content"] = unmarked(message["content"])
     return history
 
 
@@ -57,7 +62,7 @@ def build_chat(assistant: Assistant, store: Store, controls: list) -> None:
     def feedback(data: gr.LikeData, history, model):
         history = plain(history)
         upto = data.index[0] + 1 if isinstance(data.index, list) else data.index + 1
-        answer = content_text(data.value)
+        answer = unmarked(content_text(data.value))
         record = feedback_record(model or assistant.chat_model, data.liked, answer, history[:upto])
         try:
             store.append("feedback", record)

@@ -125,7 +125,7 @@ def test_an_offline_start_serves_every_demo_adapter_and_says_why(monkeypatch):
     assert str(models.PROJECT_ROOT) not in text and "cpu in fp32" in text
 
 
-def test_the_hub_tells_a_missing_adapter_repo_from_an_unreachable_hub(monkeypatch, tmp_path):
+def test_the_hub_tells_a_missing_adapter_repo_from_an_unreachable_hub(monkeypatch, tmp_path, caplog):
     from huggingface_hub import constants
 
     monkeypatch.setattr(models, "_HUB_REACHABLE", None)
@@ -141,7 +141,12 @@ def test_the_hub_tells_a_missing_adapter_repo_from_an_unreachable_hub(monkeypatc
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
-        assert models.hub_repo_status("tester/adapter") == "unreachable"  # nothing listens there
+        with caplog.at_level("INFO", logger="assistant.models"):
+            assert models.hub_repo_status("tester/adapter") == "unreachable"  # nothing listens there
+    # An offline start is a normal way to run: its line says so plainly, with no errno that reads as an error.
+    assert [
+        r.getMessage() for r in caplog.records if r.name == "assistant.models" and r.levelname == "INFO"
+    ] == ["the Hub cannot be reached from here: serving what is on this machine"]
     assert models._HUB_REACHABLE is False  # later look-ups ask the cache only: no retry storm
     reasons = {models.DEMO_REASONS[s].format(repo="r") for s in ("offline", "unreachable", "missing")}
     assert len(reasons) == 3

@@ -97,6 +97,7 @@ def test_an_arena_battle_hides_the_names_until_the_vote_and_the_leaderboard_coun
     titles = [h.value for h in at.subheader]
     assert titles == ["Model A: hidden", "Model B: hidden"]
     answers = [m.markdown[0].value for m in at.chat_message if m.name == "assistant"]
+    answers = [a.split("\n\n*[cut off at the 12-token limit")[0] for a in answers]  # the page's mark
     at.button(key="vote-a").click().run()
     assert not at.exception, at.exception
     revealed = at.success[0].value
@@ -136,3 +137,13 @@ def test_an_expired_battle_says_so_and_the_next_message_starts_a_new_one(env, mo
     assert not at.exception, at.exception
     assert at.session_state.battle not in (None, first) and not at.warning
     assert [h.value for h in at.subheader] == ["Model A: hidden", "Model B: hidden"]
+
+
+def test_a_refusal_is_a_warning_not_an_error_and_the_evidence_view_says_what_it_has(env):
+    at = started(env, "Arena")
+    at.chat_input(key="arena").set_value("word " * 9000).run()
+    assert not at.exception, at.exception
+    assert not at.error and any("too long" in w.value for w in at.warning)
+    at.sidebar.radio[0].set_value("Evidence").run()
+    assert not at.exception, at.exception
+    assert "No evaluation report is committed for tuned" in at.info[0].value

@@ -1,0 +1,52 @@
+"""The Evidence tab's core (``assistant.evidence``) on the committed demo report, and on a minimal report
+without the optional fields."""
+
+import json
+import shutil
+
+from assistant.evidence import Evidence, comparison_markdown
+from assistant.models import demo_dir
+
+NAME = "smollm2-grpo-demo"
+
+
+def test_the_committed_report_gives_the_verdict_and_every_comparison_with_the_judges_pick():
+    folder = demo_dir() / NAME / "eval"
+    report = json.loads((folder / "report.json").read_text())
+    evidence = Evidence(folder, NAME)
+    verdict = evidence.verdict()
+    assert verdict.splitlines()[1].startswith("**It does not beat its base beyond chance**")  # first
+    diff = report["preference"]["tuned_minus_base"]["accuracy"]
+    assert diff["ci95"][0] < 0 < diff["ci95"][1] and f"{diff['mean'] * 100:+.1f} points" in verdict
+    assert report["pairs"]["file"] in verdict and "longer reply" in verdict  # the split; the judge's caution
+    # The per-prompt picks are the report's own: the same counts as its sign test.
+    counts = report["judge_verdicts"]["per_prompt"]["test"]
+    assert len(evidence.all) == counts["n"]
+    assert (len(evidence.comparisons("better")), len(evidence.comparisons("worse"))) == (
+        counts["better"],
+        counts["worse"],
+    )
+    assert [p.name for p in evidence.plots[:2]] == ["margins.png", "judge.png"]
+    cut = next(c for c in evidence.all if c.base["ended"] is False)
+    head, base, _ = comparison_markdown(cut)
+    assert f"Comparison {cut.number}" in head and "cut off at the 256-token limit" in base
+
+
+def test_a_report_without_optional_fields_still_reads_and_loops_are_marked(tmp_path):
+    folder = tmp_path / "adapter" / "eval"
+    folder.mkdir(parents=True)
+    report = {"preference": {"tuned_minus_base": {"accuracy": {"mean": 0.05, "ci95": [0.01, 0.09]}}}}
+    (folder / "report.json").write_text(json.dumps(report))
+    looping = "I like it. " + "the cat sat on the mat " * 10
+    row = {
+        "prompt": [{"role": "user", "content": "Hi?"}],
+        "base": [{"answer": "Hello.", "tokens": 2, "ended": True, "judge": 0.1}],
+        "tuned": [{"answer": looping, "tokens": 60, "ended": True, "judge": -0.2}],
+    }
+    (folder / "generations.jsonl").write_text(json.dumps(row) + "\n")
+    evidence = Evidence(folder, "adapter")
+    assert "**It beats its base**: preference accuracy +5.0 points" in evidence.verdict()
+    (c,) = evidence.comparisons("worse")
+    assert c.marks("tuned") == ["loops (repeats itself)"] and c.marks("base") == []
+    assert evidence.comparisons("better") == [] and evidence.plots == []
+    shutil.rmtree(folder.parent)
