@@ -147,7 +147,7 @@ def main() -> int:
             "average beside each row). Peak RSS is the whole process: weights (4-bit Linear layers; "
             "embeddings, LayerNorms and the LM head in fp32), the MiniLM preference embedder, activations "
             "and Python. The trainable dtype column is what the optimizer updates (fp32: "
-            "train.model.trainable_to_fp32 undid TRL's bf16 cast). A run of one step takes it at learning "
+            "train.model.lora_to_fp32_where_needed undid TRL's bf16 cast). A run of one step takes it at learning "
             "rate 0 (the recipe's 10% warm-up): it times the whole path (sampling, rewards, loss, backward, "
             "optimizer), while whether the weights move at the recipe's rate is tests/test_qlora.py's check."
         ),

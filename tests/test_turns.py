@@ -85,6 +85,7 @@ def test_grpo_completion_reward_and_loss_mask_stop_at_the_turn_boundary(
             assert text == ANSWER + RUN_ON and ids == chain[1:]  # the marker's tokens are the last ones
         assert logged["completions/max_length"] == logged["completions/mean_length"] == len(chain) - 1
         assert logged["rewards/no_user_turn/mean"] == 0.0  # the run-on is seen and penalised
+        assert logged["completions/turn_end_ratio"] == 1.0
         assert len(steps) < 12  # generation stopped after 6 tokens, not at 24
     else:
         assert all(len(ids) == 24 and text.count("Instruct:") > 1 for text, ids in seen)
@@ -98,5 +99,5 @@ def test_turn_end_keeps_up_to_the_token_that_completes_the_marker(tiny_phi_dir):
     ids = tokenizer(ANSWER + RUN_ON + " more", add_special_tokens=False)["input_ids"]
     end = turn_end(ids, tokenizer, ("Instruct:",))
     assert tokenizer.decode(ids[:end]) == ANSWER + RUN_ON
-    assert turn_end(ids, tokenizer, ()) == len(ids)  # a template with only special-token stops
-    assert turn_end(ids[:3], tokenizer, ("Instruct:",)) == 3  # no marker: all kept
+    assert turn_end(ids, tokenizer, ()) is None  # a template with only special-token stops
+    assert turn_end(ids[:3], tokenizer, ("Instruct:",)) is None  # no marker: all kept

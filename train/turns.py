@@ -24,18 +24,18 @@ from contextlib import contextmanager
 from trl import GRPOTrainer
 
 
-def turn_end(ids: list[int], tokenizer, markers: tuple[str, ...]) -> int:
+def turn_end(ids: list[int], tokenizer, markers: tuple[str, ...]) -> int | None:
     """How many of ``ids`` to keep: up to and including the token that completes the first ``markers``
-    text (decoded as TRL decodes completions), or all of them when none occurs."""
+    text (decoded as TRL decodes completions); None when no marker occurs."""
     if not markers or not ids:
-        return len(ids)
+        return None
 
     def has_marker(n: int) -> bool:
         text = tokenizer.decode(ids[:n], skip_special_tokens=True)
         return any(marker in text for marker in markers)
 
     if not has_marker(len(ids)):
-        return len(ids)
+        return None
     low, high = 1, len(ids)  # the shortest prefix holding a marker (a longer prefix holds it too)
     while low < high:
         middle = (low + high) // 2
@@ -89,6 +89,12 @@ class TurnStopGRPOTrainer(GRPOTrainer):
         with self._stopping_generate():
             completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
         ends = [turn_end(ids, self._tokenizer, self.turn_markers) for ids in completion_ids]
+        # Logged beside TRL's clipped_ratio, which counts these too (their last token is no EOS).
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["completions/turn_end_ratio"].append(
+            sum(end is not None for end in ends) / max(len(ends), 1)
+        )
+        ends = [len(ids) if end is None else end for ids, end in zip(completion_ids, ends, strict=True)]
         completion_ids = [ids[:end] for ids, end in zip(completion_ids, ends, strict=True)]
         if logprobs is not None:
             logprobs = [lp[:end] for lp, end in zip(logprobs, ends, strict=True)]
