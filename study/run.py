@@ -63,7 +63,12 @@ NEEDS = {
 # this CPU), pairs scored up to 512 tokens (a long reply is cut, the same way for base and tuned). Answers
 # run to the apps' serving length, 256 new tokens: a shorter cap hides a model that never stops.
 EVAL_OPTIONS = "--num-generations 1 --max-length 512 --temperature 0.7 --batch-size 16".split()
-EVAL_OPTIONS += ["--max-new-tokens", "256", "--base-repetition-penalty", "1.2"]  # the base with a skeptic's knob, beside
+EVAL_OPTIONS += [
+    "--max-new-tokens",
+    "256",
+    "--base-repetition-penalty",
+    "1.2",
+]  # the base with a skeptic's knob, beside
 EVAL_OPTIONS += ["--base-cache", str(RUNS / "base-cache")]
 
 

@@ -54,6 +54,7 @@ SPLITS = {"eval": "dev", "sealed": "sealed test"}  # the folder of each split's 
 
 def row(name: str, runs: Path, folder: str = "eval") -> dict | None:
     """A candidate's figures on one split, or None until it has a report of its current weights."""
+    from study.bar import criteria
     from train.card import report_matches
 
     if not report_matches(runs / name, folder):
@@ -93,6 +94,7 @@ def row(name: str, runs: Path, folder: str = "eval") -> dict | None:
         "defects": report.get("defects"),  # loops and ends, base → tuned, with the paired exact test
         "penalised_base": _penalised(report.get("penalised_base")),
         "stop_guard": stop_guard(a),  # flagged: never promoted to a demo adapter
+        "bar": criteria(report) if report.get("defects") and j else None,  # study.bar: served or not
         # a GRPO group whose answers all score the same teaches nothing
         "frac_reward_zero_std": _metric_mean(runs / name / "metrics.jsonl", "frac_reward_zero_std"),
         "gold_checks": gold_checks(runs / name / "metrics.jsonl"),
