@@ -182,7 +182,11 @@ def check_reward_models() -> dict:
     return checks
 
 
-DEMOS = {"grpo": Path("demo/smollm2-grpo-demo"), "dpo": Path("demo/smollm2-dpo-demo")}
+DEMOS = {
+    "grpo": Path("demo/smollm2-grpo-demo"),
+    "dpo": Path("demo/smollm2-dpo-demo"),
+    "sft": Path("demo/smollm2-sft-demo"),
+}
 DEMO_FILES = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
               "chat_template.jinja", "special_tokens_map.json", "recipe.yaml", "training_info.json",
               "metrics.jsonl", "data_stats.json", "plots", "eval", "sealed")  # fmt: skip
@@ -200,13 +204,17 @@ def evidence(row: dict) -> tuple[float, float]:
 
 
 def pick_demos(rows: list[dict]) -> dict:
-    """The demo adapters the apps serve: the GRPO candidate with the best evidence, and the DPO one if
-    its evidence is better still (a fixed rule, applied to the table, never a choice by hand). A candidate
-    the stop-rate guard flagged (it stopped ending its answers) is never promoted."""
-    by_method = {}
+    """The demo adapters the apps serve, by a fixed rule applied to the dev table, never by hand: the
+    candidates that clear study.bar on dev, of any method, the best evidence first (one a method); if
+    none does, the GRPO candidate with the best evidence, and the DPO one if its evidence is better
+    still. A candidate the stop-rate guard flagged (it stopped ending its answers) is never promoted."""
     eligible = [r for r in rows if r["name"] != "demo-v1" and not (r.get("stop_guard") or {}).get("flagged")]
-    for row in sorted(eligible, key=evidence):
+    clearing = [r for r in eligible if r.get("bar") and all(c["met"] for c in r["bar"])]
+    by_method = {}
+    for row in sorted(clearing or eligible, key=evidence):
         by_method.setdefault(row["method"], row)
+    if clearing:
+        return by_method
     chosen = {"grpo": by_method.get("grpo")}
     if by_method.get("dpo") and chosen["grpo"] and evidence(by_method["dpo"]) < evidence(chosen["grpo"]):
         chosen["dpo"] = by_method["dpo"]
