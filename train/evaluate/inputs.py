@@ -111,9 +111,12 @@ def pair_keys(path: str | Path) -> set[str]:
     """What identifies each pair of a file whatever the file is called: sha256 of its prompt, chosen
     and rejected reply."""
     keys = set()
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
             pair = json.loads(line)
+        except ValueError:  # read_pairs says what is wrong with the file; here only pairs count
+            continue
+        if isinstance(pair, dict):
             content = json.dumps(
                 [pair.get("prompt"), pair.get("chosen"), pair.get("rejected")], sort_keys=True
             )
