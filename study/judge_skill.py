@@ -145,6 +145,13 @@ def markdown(results: dict) -> str:
         return f"{fmt(r, percent=True)} (n {r['n']})" if r.get("rate") is not None else "n/a"
 
     chosen = results["chosen"]
+    if chosen["judge"] is None:
+        choice = f"**No judge chosen yet**: still measuring {', '.join(chosen['waiting_for'])}."
+    else:
+        choice = (
+            f"**The study's judge: `{chosen['judge']}`**, by {chosen['rule']}. It was chosen on these pairs: "
+            "its figure there is the best of several, optimistic by construction."
+        )
     lines = [
         "# Judge skill beyond length",
         "",
@@ -156,14 +163,13 @@ def markdown(results: dict) -> str:
         "",
         f"Judged on Open Assistant: {results['judged_open_assistant']}"
         + (
-            " (a CPU budget: the judges' all-pairs column there is theirs on the length-matched pairs)."
+            " (a CPU budget: the judges' figures on all of them are not scored)."
             if results["judged_open_assistant"] != "all pairs"
             else "."
         )
         + f" Command: `{results['command']}`.",
         "",
-        f"**The study's judge: `{chosen['judge']}`**, by {chosen['rule']}. It was chosen on these pairs: "
-        "its figure there is the best of several, optimistic by construction.",
+        choice,
         "",
     ]
     for where, base in results["pairs"].items():
@@ -196,6 +202,30 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def write_results(command, baselines, sets, by_judge, paths, matched_only: bool) -> dict:
+    """study/judge_skill.json and .md from the judges measured so far (no choice until all are)."""
+    results = {
+        "command": command,
+        "pairs": baselines,
+        "judged_open_assistant": "length-matched pairs only" if matched_only else "all pairs",
+        "judges": {
+            name: {"path": paths.get(name), **{where: figures(m[where], sets[where]) for where in sets}}
+            for name, m in by_judge.items()
+        },
+        "comparisons": {
+            where: compare({name: m[where] for name, m in by_judge.items()}, sets[where]) for where in sets
+        },
+    }
+    if matched_only:  # scored on the length-matched pairs only: no figure on all of them
+        for judge in results["judges"].values():
+            judge[CHOOSE_ON]["accuracy"] = None
+    waiting = [name for name in paths if name not in by_judge]
+    results["chosen"] = choose(results) if not waiting else {"judge": None, "waiting_for": waiting}
+    write_text(RESULTS.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
+    write_text(RESULTS.with_suffix(".md"), markdown(results))
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     from train.scorer import Scorer
 
@@ -216,32 +246,16 @@ def main(argv: list[str] | None = None) -> int:
         sets[CHOOSE_ON] = [
             p for p, keep in zip(sets[CHOOSE_ON], matched(sets[CHOOSE_ON]), strict=True) if keep
         ]
-    by_judge = {}
+    command = " ".join(["python -m study.judge_skill", *(argv if argv is not None else sys.argv[1:])])
+    paths, by_judge = {Path(j).name: j for j in args.judges}, {}
     for judge in args.judges:
         scorer = Scorer(judge)
         by_judge[Path(judge).name] = {where: margins(scorer, pairs) for where, pairs in sets.items()}
         print(f"{judge}: measured", flush=True)
-    if len(by_judge) > 1:
-        by_judge[COMBINED] = combine(by_judge)
-    paths = {Path(j).name: j for j in args.judges}
-    results = {
-        "command": " ".join(["python -m study.judge_skill", *(argv if argv is not None else sys.argv[1:])]),
-        "pairs": baselines,
-        "judged_open_assistant": "length-matched pairs only" if args.matched_only else "all pairs",
-        "judges": {
-            name: {"path": paths.get(name), **{where: figures(m[where], sets[where]) for where in sets}}
-            for name, m in by_judge.items()
-        },
-        "comparisons": {
-            where: compare({name: m[where] for name, m in by_judge.items()}, sets[where]) for where in sets
-        },
-    }
-    if args.matched_only:  # scored on the length-matched pairs only: no figure on all of them
-        for judge in results["judges"].values():
-            judge[CHOOSE_ON]["accuracy"] = None
-    results["chosen"] = choose(results)
-    write_text(RESULTS.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
-    write_text(RESULTS.with_suffix(".md"), markdown(results))
+        if len(by_judge) == len(args.judges) > 1:
+            by_judge[COMBINED] = combine(by_judge)
+        # written after every judge (a slow judge on a busy CPU may take hours): what is measured is kept
+        results = write_results(command, baselines, sets, by_judge, paths, args.matched_only)
     print(markdown(results))
     return 0
 
