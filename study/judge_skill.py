@@ -1,16 +1,22 @@
-"""Does the judge know more than length? Its accuracy beside the length heuristics, where length decides
-and where it cannot.
+"""Which judge knows most beyond length? Every judge, on every length-matched Open Assistant pair outside
+the sealed test, beside "the longer reply wins"; the study's judge is the one that scores best there.
 
-    python -m study.judge_skill demo/judge-minilm-hh demo/judge-hh-rlhf [--hh-limit 613]
+    python -m study.judge_skill demo/judge-minilm-hh demo/judge-hh-rlhf
 
 For each judge, on two sets of human preference pairs, how often it scores the human-chosen reply above
-the rejected one, beside "the longer reply wins" and "the shorter reply wins" on the same pairs (a tie in
-length counts as wrong for both), and the same on the length-matched pairs (the two replies within 25%
-of each other's length in characters), where length cannot decide:
-  * HH-RLHF held out (train.hh_rlhf's held-out slice: no judge of this project trained on it);
-  * the study's Open Assistant dev pairs (data/study-splits/dev.jsonl; never the sealed test).
-Rates with Wilson 95% intervals (scipy). Results: study/judge_skill.json and .md; a judge already in
-the file keeps its figures unless it is measured again.
+the rejected one, on all pairs and on the length-matched ones (the two replies within 25% of each other's
+length in characters, where length cannot decide), beside "the longer reply wins" and "the shorter reply
+wins" on the same pairs (a tie in length counts half, as in a report):
+  * Open Assistant train + dev (data/study-splits: every pair outside the sealed test, which is never
+    read here): the set the judge is chosen on, by its length-matched accuracy;
+  * HH-RLHF held out (train.hh_rlhf's held-out slice: no judge of this project trained on it).
+Beside the judges, one combination fixed before looking at Open Assistant: the mean of the judges'
+margins, each divided by its standard deviation on the HH-RLHF held-out pairs (nothing in it is fitted
+on Open Assistant). Rates carry Wilson 95% intervals at the effective sample size of pairs clustered by
+conversation tree (train.evaluate.stats.rate); the judges are compared with each other on the same
+length-matched pairs by an exact paired test, each tree one vote (stats.sign_test). The choice is made
+on these pairs, so the chosen judge's figure here is the best of several: optimistic by construction.
+Results: study/judge_skill.json and .md, rewritten whole from the judges named.
 """
 
 from __future__ import annotations
@@ -24,129 +30,232 @@ import numpy as np
 
 from assistant.atomic import write_text
 from train.data import load_pairs, prompt_messages
+from train.evaluate.length import MATCHED
+from train.evaluate.stats import fmt, fmt_p, rate, sign_test
 
 RESULTS = Path("study/judge_skill")
-DEV = Path("data/study-splits/dev.jsonl")
+SPLITS = Path("data/study-splits")
+DEV = SPLITS / "dev.jsonl"
+OPEN_ASSISTANT = (SPLITS / "train.jsonl", DEV)  # never test.jsonl: the sealed test
 HH_SOURCE = "../shared/data/hh-rlhf-helpful"
-SETS = ("hh_rlhf_held_out", "open_assistant_dev")
-MATCHED = 1.25  # the longer reply at most 25% longer than the shorter
-
-
-def wilson(correct) -> dict:
-    from scipy.stats import binomtest
-
-    correct = np.asarray(correct, dtype=bool)
-    n, k = int(correct.size), int(correct.sum())
-    if n == 0:
-        return {"rate": None, "ci95": None, "k": 0, "n": 0}
-    ci = binomtest(k, n).proportion_ci(method="wilson")
-    return {"rate": k / n, "ci95": [ci.low, ci.high], "k": k, "n": n}
+CHOOSE_ON = "open_assistant_train_dev"
+COMBINED = "combined (mean of margins in HH-RLHF sd units)"
 
 
 def lengths(pairs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([len(p["chosen"]) for p in pairs]), np.array([len(p["rejected"]) for p in pairs])
 
 
+def matched(pairs: list[dict]) -> np.ndarray:
+    chosen, rejected = lengths(pairs)
+    return np.maximum(chosen, rejected) <= MATCHED * np.minimum(chosen, rejected)
+
+
+def trees(pairs: list[dict]) -> np.ndarray:
+    """Each pair's conversation tree (None for HH-RLHF: every pair its own)."""
+    return np.array([p.get("tree_id") for p in pairs], dtype=object)
+
+
+def right(margin: np.ndarray) -> np.ndarray:
+    """1 where the chosen reply scored higher, 0 lower, ½ for a tie."""
+    return np.where(margin > 0, 1.0, np.where(margin < 0, 0.0, 0.5))
+
+
 def heuristics(pairs: list[dict]) -> dict:
     """The length baselines on all pairs and on the length-matched ones."""
     chosen, rejected = lengths(pairs)
-    matched = np.maximum(chosen, rejected) <= MATCHED * np.minimum(chosen, rejected)
-    out = {"pairs": len(pairs), "length_matched_pairs": int(matched.sum())}
-    for name, correct in (("longer_wins", chosen > rejected), ("shorter_wins", chosen < rejected)):
-        out[name] = wilson(correct)
-        out[f"{name}_length_matched"] = wilson(correct[matched])
+    keep, tree = matched(pairs), trees(pairs)
+    out = {"pairs": len(pairs), "length_matched_pairs": int(keep.sum())}
+    for name, difference in (("longer_wins", chosen - rejected), ("shorter_wins", rejected - chosen)):
+        correct = right(difference)
+        out[name] = rate(correct, tree)
+        out[f"{name}_length_matched"] = rate(correct[keep], tree[keep])
     return out
 
 
-def judge_figures(scorer, pairs: list[dict], matched_only: bool = False) -> dict:
-    """`figures` of the judge on `pairs`; with `matched_only` (a CPU budget for a slow judge) it scores
-    only the length-matched pairs and gives only the figures on them."""
-    if matched_only:
-        chosen, rejected = lengths(pairs)
-        keep = np.maximum(chosen, rejected) <= MATCHED * np.minimum(chosen, rejected)
-        figs = judge_figures(scorer, [p for p, k in zip(pairs, keep, strict=True) if k])
-        return {"accuracy_length_matched": figs["accuracy_length_matched"], "scored": "length-matched only"}
-    conversations = [prompt_messages(p["prompt"]) for p in pairs]
-    margin = np.subtract(
-        scorer.score(conversations, [p["chosen"] for p in pairs]),
-        scorer.score(conversations, [p["rejected"] for p in pairs]),
-    )
-    return figures(margin, pairs)
-
-
 def figures(margin: np.ndarray, pairs: list[dict]) -> dict:
-    """A judge's accuracy from its chosen-minus-rejected score margins on `pairs`."""
+    """A judge's accuracy from its chosen-minus-rejected score margins on ``pairs``."""
     chosen, rejected = lengths(pairs)
-    matched = np.maximum(chosen, rejected) <= MATCHED * np.minimum(chosen, rejected)
-    agrees_with_longer = np.sign(margin) == np.sign(chosen - rejected)
+    keep, tree = matched(pairs), trees(pairs)
+    unequal = chosen != rejected
+    agrees = (np.sign(margin) == np.sign(chosen - rejected)).astype(float)
     return {
-        "accuracy": wilson(margin > 0),
-        "accuracy_length_matched": wilson(margin[matched] > 0),
-        "agrees_with_longer": wilson(agrees_with_longer[chosen != rejected]),
+        "accuracy": rate(right(margin), tree),
+        "accuracy_length_matched": rate(right(margin)[keep], tree[keep]),
+        "agrees_with_longer": rate(agrees[unequal], tree[unequal]),
     }
 
 
-def pair_sets(hh_limit: int | None) -> dict[str, list[dict]]:
+def margins(scorer, pairs: list[dict]) -> np.ndarray:
+    conversations = [prompt_messages(p["prompt"]) for p in pairs]
+    return np.subtract(
+        scorer.score(conversations, [p["chosen"] for p in pairs]),
+        scorer.score(conversations, [p["rejected"] for p in pairs]),
+    )
+
+
+def combine(by_judge: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The mean of the judges' margins, each in units of its sd on HH-RLHF held out (not on Open
+    Assistant: the combination has nothing fitted on the pairs the judge is chosen on)."""
+    scale = {name: float(np.std(m["hh_rlhf_held_out"])) or 1.0 for name, m in by_judge.items()}
+    sets = next(iter(by_judge.values())).keys()
+    return {
+        where: np.mean([m[where] / scale[name] for name, m in by_judge.items()], axis=0) for where in sets
+    }
+
+
+def compare(by_judge: dict[str, np.ndarray], pairs: list[dict]) -> list[dict]:
+    """Each two judges on the same length-matched pairs: the exact paired test of their right answers,
+    each tree one vote (``better``: the first judge right where the second was wrong)."""
+    keep, tree = matched(pairs), trees(pairs)
+    names = list(by_judge)
+    return [
+        {
+            "judges": [a, b],
+            "test": sign_test(right(by_judge[a])[keep] - right(by_judge[b])[keep], 0.0, tree[keep]),
+        }
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+    ]
+
+
+def choose(results: dict) -> dict:
+    """The judge with the highest length-matched accuracy on Open Assistant train + dev."""
+    scored = {name: j[CHOOSE_ON]["accuracy_length_matched"]["rate"] for name, j in results["judges"].items()}
+    best = max(scored, key=scored.get)
+    return {
+        "judge": best,
+        "path": results["judges"][best].get("path"),
+        "rule": f"the highest length-matched accuracy on {CHOOSE_ON} (ties: the first named)",
+    }
+
+
+def pair_sets(hh_limit: int | None = None) -> dict[str, list[dict]]:
     from train.hh_rlhf import build_pairs
 
     _, hh_held_out, _ = build_pairs(HH_SOURCE)
-    return {"hh_rlhf_held_out": hh_held_out[:hh_limit], "open_assistant_dev": load_pairs(DEV)}
+    open_assistant = [pair for path in OPEN_ASSISTANT for pair in load_pairs(path)]
+    return {CHOOSE_ON: open_assistant, "hh_rlhf_held_out": hh_held_out[:hh_limit]}
 
 
 def markdown(results: dict) -> str:
     def cell(r):
-        if r["rate"] is None:
-            return "n/a"
-        return f"{r['rate']:.1%} [{r['ci95'][0]:.0%}, {r['ci95'][1]:.0%}] (n {r['n']})"
+        if r is None:
+            return "not scored"
+        return f"{fmt(r, percent=True)} (n {r['n']})" if r.get("rate") is not None else "n/a"
 
-    lines = ["# Judge skill beyond length", "", "Written by `python -m study.judge_skill`; figures in "
-             "`judge_skill.json`. Accuracy = how often the human-chosen reply scores higher; Wilson 95% "
-             f"intervals. Length-matched: the two replies within {MATCHED - 1:.0%} of each other's length.", ""]  # fmt: skip
+    chosen = results["chosen"]
+    if chosen["judge"] is None:
+        choice = f"**No judge chosen yet**: still measuring {', '.join(chosen['waiting_for'])}."
+    else:
+        choice = (
+            f"**The study's judge: `{chosen['judge']}`**, by {chosen['rule']}. It was chosen on these pairs: "
+            "its figure there is the best of several, optimistic by construction."
+        )
+    lines = [
+        "# Judge skill beyond length",
+        "",
+        "Written by `python -m study.judge_skill`; figures in `judge_skill.json`. Accuracy = how often the "
+        "human-chosen reply scores higher (a tie counts half); Wilson 95% intervals at the effective sample "
+        "size of pairs clustered by conversation tree. Length-matched: the two replies within "
+        f"{MATCHED - 1:.0%} of each other's length in characters. Open Assistant: every pair of "
+        "data/study-splits outside the sealed test (train + dev).",
+        "",
+        f"Judged on Open Assistant: {results['judged_open_assistant']}"
+        + (
+            " (a CPU budget: the judges' figures on all of them are not scored)."
+            if results["judged_open_assistant"] != "all pairs"
+            else "."
+        )
+        + f" Command: `{results['command']}`.",
+        "",
+        choice,
+        "",
+    ]
     for where, base in results["pairs"].items():
-        lines += [f"## {where.replace('_', ' ')} ({base['pairs']} pairs, {base['length_matched_pairs']} "
-                  "length-matched)", "", "| | all pairs | length-matched |", "|---|---|---|",
-                  f"| the longer reply wins | {cell(base['longer_wins'])} | "
-                  f"{cell(base['longer_wins_length_matched'])} |",
-                  f"| the shorter reply wins | {cell(base['shorter_wins'])} | "
-                  f"{cell(base['shorter_wins_length_matched'])} |"]  # fmt: skip
+        lines += [
+            f"## {where.replace('_', ' ')} ({base['pairs']} pairs, {base['length_matched_pairs']} length-matched)",
+            "",
+            "| | all pairs | length-matched | agrees with the longer reply |",
+            "|---|---|---|---|",
+            f"| the longer reply wins | {cell(base['longer_wins'])} | {cell(base['longer_wins_length_matched'])} | |",
+            f"| the shorter reply wins | {cell(base['shorter_wins'])} | {cell(base['shorter_wins_length_matched'])} | |",
+        ]
         for name, judge in results["judges"].items():
-            if where in judge:
-                j = judge[where]
-                overall = cell(j["accuracy"]) if "accuracy" in j else "not scored"
-                lines.append(f"| judge `{name}` | {overall} | {cell(j['accuracy_length_matched'])} |")
+            j = judge[where]
+            lines.append(
+                f"| judge `{name}` | {cell(j['accuracy'])} | {cell(j['accuracy_length_matched'])} | "
+                f"{cell(j['agrees_with_longer'])} |"
+            )
+        lines += [
+            "",
+            "Judge against judge on the same length-matched pairs (exact paired test, per tree):",
+            "",
+        ]
+        for c in results["comparisons"][where]:
+            unit = c["test"].get("trees") or c["test"]
+            lines.append(
+                f"- `{c['judges'][0]}` right where `{c['judges'][1]}` was wrong: {unit['better']}, the "
+                f"reverse: {unit['worse']} ({fmt_p(c['test']['p_value'])})"
+            )
         lines.append("")
     return "\n".join(lines)
+
+
+def write_results(command, baselines, sets, by_judge, paths, matched_only: bool) -> dict:
+    """study/judge_skill.json and .md from the judges measured so far (no choice until all are)."""
+    results = {
+        "command": command,
+        "pairs": baselines,
+        "judged_open_assistant": "length-matched pairs only" if matched_only else "all pairs",
+        "judges": {
+            name: {"path": paths.get(name), **{where: figures(m[where], sets[where]) for where in sets}}
+            for name, m in by_judge.items()
+        },
+        "comparisons": {
+            where: compare({name: m[where] for name, m in by_judge.items()}, sets[where]) for where in sets
+        },
+    }
+    if matched_only:  # scored on the length-matched pairs only: no figure on all of them
+        for judge in results["judges"].values():
+            judge[CHOOSE_ON]["accuracy"] = None
+    waiting = [name for name in paths if name not in by_judge]
+    results["chosen"] = choose(results) if not waiting else {"judge": None, "waiting_for": waiting}
+    write_text(RESULTS.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
+    write_text(RESULTS.with_suffix(".md"), markdown(results))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     from train.scorer import Scorer
 
     parser = argparse.ArgumentParser(prog="python -m study.judge_skill", description=__doc__.splitlines()[0])
-    parser.add_argument("judges", nargs="*", help="judge folders or Hub ids (train.scorer.Scorer loads them)")
-    parser.add_argument("--hh-limit", type=int, default=None, help="first N held-out HH-RLHF pairs only")
-    parser.add_argument("--matched-only", action="store_true", help="score the length-matched pairs only")
-    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS), help="pair sets to judge on")
+    parser.add_argument("judges", nargs="+", help="judge folders or Hub ids (train.scorer.Scorer loads them)")
+    parser.add_argument("--hh-limit", type=int, default=None, help="the first N held-out HH-RLHF pairs only")
+    parser.add_argument(
+        "--matched-only", action="store_true", help="score only the length-matched Open Assistant pairs "
+        "(what the judge is chosen on; a CPU budget): the judges' figures on all of them are then left out",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    if not DEV.is_file():
-        print(
-            f"error: {DEV}: no dev pairs; build them with python -m study.run --step train", file=sys.stderr
-        )
+    if missing := [str(p) for p in OPEN_ASSISTANT if not p.is_file()]:
+        print(f"error: {', '.join(missing)}: not built; run python -m study.run --step data", file=sys.stderr)
         return 2
     sets = pair_sets(args.hh_limit)
-    path = RESULTS.with_suffix(".json")
-    results = json.loads(path.read_text()) if path.exists() else {"judges": {}}
-    results["pairs"] = {where: heuristics(pairs) for where, pairs in sets.items()}
+    baselines = {where: heuristics(pairs) for where, pairs in sets.items()}
+    if args.matched_only:
+        sets[CHOOSE_ON] = [
+            p for p, keep in zip(sets[CHOOSE_ON], matched(sets[CHOOSE_ON]), strict=True) if keep
+        ]
+    command = " ".join(["python -m study.judge_skill", *(argv if argv is not None else sys.argv[1:])])
+    paths, by_judge = {Path(j).name: j for j in args.judges}, {}
     for judge in args.judges:
         scorer = Scorer(judge)
-        entry = results["judges"].setdefault(Path(judge).name, {})
-        entry.update(
-            {where: judge_figures(scorer, sets[where], args.matched_only) for where in args.sets}, path=judge
-        )
-        if args.hh_limit and "hh_rlhf_held_out" in args.sets:
-            entry["hh_rlhf_limit"] = args.hh_limit
+        by_judge[Path(judge).name] = {where: margins(scorer, pairs) for where, pairs in sets.items()}
         print(f"{judge}: measured", flush=True)
-    write_text(path, json.dumps(results, indent=2) + "\n")
-    write_text(RESULTS.with_suffix(".md"), markdown(results))
+        if len(by_judge) == len(args.judges) > 1:
+            by_judge[COMBINED] = combine(by_judge)
+        # written after every judge (a slow judge on a busy CPU may take hours): what is measured is kept
+        results = write_results(command, baselines, sets, by_judge, paths, args.matched_only)
     print(markdown(results))
     return 0
 

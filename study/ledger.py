@@ -1,9 +1,12 @@
 """The sealed test's ledger, read: how often the test has been read, and for whom (study/sealed.json).
-Written only by ``python -m study.sealed``; read by it and by the study's table."""
+Written only by ``python -m study.sealed``, always under ``locked``; read by it, by train.evaluate
+(which reads the sealed test only for a run the ledger has open) and by the study's table."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 LEDGER = Path("study/sealed.json")
@@ -11,6 +14,18 @@ LEDGER = Path("study/sealed.json")
 
 class SealedError(ValueError):
     """A candidate the sealed test must not evaluate (or cannot): the message says why and what to do."""
+
+
+@contextmanager
+def locked(path: Path):
+    """Hold the ledger's lock (a lock file beside it: the ledger itself is replaced on every write, so
+    it cannot carry the lock) for a read-change-write. Two runs of study.sealed that overlap each
+    re-read the ledger under the lock before writing, so neither's record is lost, and the check that a
+    candidate is read once and the record of its reading are one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, even if the process dies
+        yield
 
 
 def read_ledger(path: Path) -> dict:

@@ -6,10 +6,14 @@
 
 This is the only code that reads ``data/study-splits/test.jsonl`` (train.data.splits); every choice of the
 study (learning rates, candidates, steps, the demo pick) is made on dev.jsonl by ``python -m study.run``.
+train.evaluate knows the sealed test by its pairs' content, not its file name (a copy under another name,
+or a file holding any of its pairs, is the sealed test too), and evaluates on it only with ``--sealed``
+for an adapter that a run of this ledger has open: every read is on record.
 The ledger, ``study/sealed.json`` (committed), records every run: when it started, each candidate's
 recipe sha256 and adapter sha256, and where its report is; and how many candidate evaluations the
 sealed test has given in all. A run is written to the ledger *before* the evaluation starts: from that
-moment the test has been read, whether or not the evaluation finishes.
+moment the test has been read, whether or not the evaluation finishes. The ledger is read, checked and
+written under a lock (study.ledger.locked), so two runs that overlap both stay on record.
 
 Refusals (one line each, before any model loads): a candidate already evaluated with the same recipe
 (its report is there: reading the test again would only let a second look choose); a candidate whose
@@ -27,9 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from assistant.atomic import write_text
-from study.ledger import LEDGER, SealedError, read_ledger
-
-TEST = Path("data/study-splits/test.jsonl")
+from study.ledger import LEDGER, SealedError, locked, read_ledger
+from train.evaluate.inputs import SEALED_TEST as TEST
+from train.evaluate.inputs import content_sha256
 
 
 def recipe_file(name: str, runs: Path, recipes: Path) -> Path:
@@ -77,25 +81,36 @@ def plan(ledger: dict, names: list[str], recipes: dict[str, str], record_changed
     return out
 
 
-def record_start(path: Path, ledger: dict, candidates: list[dict], test: Path) -> dict:
-    """Append this run to the ledger and write it (atomically) before the test is read."""
-    run = {
-        "ran_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "test_file": str(test),
-        "test_sha256": sha256(test),
-        "candidates": candidates,
-        "finished": False,
-    }
-    ledger = {**ledger, "runs": [*ledger["runs"], run]}
-    ledger["evaluations"] = sum(len(r["candidates"]) for r in ledger["runs"])
-    ledger["candidates"] = sorted({c["name"] for r in ledger["runs"] for c in r["candidates"]})
-    write_text(path, json.dumps(ledger, indent=2) + "\n")
-    return ledger
+def record_start(path: Path, names: list[str], recipes: dict, record_changed: bool, info, test: Path) -> dict:
+    """Under the ledger's lock: re-read it, refuse what it must (plan), append this run and write it,
+    all before the test is read; returns the run. ``info(name)`` adds what identifies the adapter."""
+    with locked(path):
+        ledger = read_ledger(path)
+        candidates = [{**c, **info(c["name"])} for c in plan(ledger, names, recipes, record_changed)]
+        run = {
+            "ran_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "test_file": str(test),
+            "test_sha256": sha256(test),
+            "test_content_sha256": content_sha256(test),  # the pairs, whatever the file is called
+            "candidates": candidates,
+            "finished": False,
+        }
+        ledger = {**ledger, "runs": [*ledger["runs"], run]}
+        ledger["evaluations"] = sum(len(r["candidates"]) for r in ledger["runs"])
+        ledger["candidates"] = sorted({c["name"] for r in ledger["runs"] for c in r["candidates"]})
+        write_text(path, json.dumps(ledger, indent=2) + "\n")
+    return run
 
 
-def record_finish(path: Path, ledger: dict) -> dict:
-    ledger["runs"][-1]["finished"] = True
-    write_text(path, json.dumps(ledger, indent=2) + "\n")
+def record_finish(path: Path, run: dict) -> dict:
+    """Under the lock, mark this run finished in the ledger as it is now (another run may have been
+    recorded meanwhile: the file is re-read, never written from this run's old copy)."""
+    with locked(path):
+        ledger = read_ledger(path)
+        for entry in ledger["runs"]:
+            if entry["ran_at"] == run["ran_at"] and entry["candidates"] == run["candidates"]:
+                entry["finished"] = True
+        write_text(path, json.dumps(ledger, indent=2) + "\n")
     return ledger
 
 
@@ -134,20 +149,21 @@ def main(argv: list[str] | None = None) -> int:
             raise SealedError(
                 f"{TEST}: no sealed test; build the splits with python -m study.run --step train"
             )
-        ledger = read_ledger(LEDGER)
         recipes = {n: sha256(recipe_file(n, RUNS, Path("recipes/study"))) for n in args.names}
-        candidates = plan(ledger, args.names, recipes, args.record_changed)
-        candidates = [{**c, **candidate_info(c["name"], RUNS)} for c in candidates]
+        run = record_start(
+            LEDGER, args.names, recipes, args.record_changed, lambda n: candidate_info(n, RUNS), TEST
+        )
     except SealedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    ledger = record_start(LEDGER, ledger, candidates, TEST)
-    for c in candidates:
+    for c in run["candidates"]:
         sh([sys.executable, "-m", "train.evaluate", "--adapter", str(RUNS / c["name"]), "--pairs", str(TEST),
             "--judge", str(JUDGE), *EVAL_OPTIONS, "--sealed",
             "--output-dir", str(Path(c["report"]).parent)])  # fmt: skip
-    record_finish(LEDGER, ledger)
-    print(f"sealed test: {len(candidates)} evaluated now, {ledger['evaluations']} in all; ledger {LEDGER}")
+    ledger = record_finish(LEDGER, run)
+    print(
+        f"sealed test: {len(run['candidates'])} evaluated now, {ledger['evaluations']} in all; ledger {LEDGER}"
+    )
     return 0
 
 

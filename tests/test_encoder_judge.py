@@ -69,9 +69,9 @@ def test_length_heuristics_and_wilson_by_hand():
     ]  # fmt: skip
     h = judge_skill.heuristics(pairs)
     assert h["length_matched_pairs"] == 3
-    assert (h["longer_wins"]["k"], h["longer_wins"]["n"]) == (2, 4)
-    assert (h["shorter_wins_length_matched"]["k"], h["shorter_wins_length_matched"]["n"]) == (1, 3)
-    zero = judge_skill.wilson([False] * 10)
+    assert (h["longer_wins"]["k"], h["longer_wins"]["n"]) == (2.5, 4)  # a tie in length counts half
+    assert (h["shorter_wins_length_matched"]["k"], h["shorter_wins_length_matched"]["n"]) == (1.5, 3)
+    zero = judge_skill.figures(np.array([-1.0] * 4), pairs)["accuracy"]
     assert zero["rate"] == 0 and zero["ci95"][1] > 0.2  # never a zero-width interval
     f = judge_skill.figures(np.array([1.0, -1.0, 1.0, 0.5]), pairs)
     assert (f["accuracy"]["k"], f["accuracy_length_matched"]["k"], f["accuracy_length_matched"]["n"]) == (
@@ -80,6 +80,30 @@ def test_length_heuristics_and_wilson_by_hand():
         3,
     )
     assert (f["agrees_with_longer"]["k"], f["agrees_with_longer"]["n"]) == (1, 3)  # only the first
+
+
+def test_judges_are_compared_per_tree_combined_on_hh_scales_and_chosen_where_length_cannot_decide():
+    pairs = [{"chosen": "a" * 10, "rejected": "b" * 9, "tree_id": f"t{i // 2}"} for i in range(8)]
+    a = np.array([1.0, 1, 1, 1, 1, 1, -1, -1])  # right on 6 of the 8 matched pairs
+    b = np.array([-1.0, -1, -1, -1, 1, 1, 1, 1])  # right on 4
+    tests = judge_skill.compare({"a": a, "b": b}, pairs)
+    (only,) = tests
+    assert only["judges"] == ["a", "b"] and only["test"]["trees"]["n"] == 4  # 8 pairs in 4 trees
+    assert (only["test"]["trees"]["better"], only["test"]["trees"]["worse"]) == (2, 1)
+    # the combination scales each judge by its sd on HH-RLHF, never on Open Assistant
+    combined = judge_skill.combine(
+        {
+            "a": {"hh_rlhf_held_out": np.array([-2.0, 2.0]), "oa": a},
+            "b": {"hh_rlhf_held_out": np.array([-1.0, 1.0]), "oa": b},
+        }
+    )
+    assert combined["oa"][0] == pytest.approx((1 / 2 - 1 / 1) / 2)
+    results = {
+        "judges": {
+            name: {judge_skill.CHOOSE_ON: judge_skill.figures(m, pairs)} for name, m in (("a", a), ("b", b))
+        }
+    }
+    assert judge_skill.choose(results)["judge"] == "a"
 
 
 def test_the_committed_judge_loads_and_names_its_weights():

@@ -492,6 +492,21 @@ def test_a_missing_reward_model_leaves_the_objective_out_said_before_generating(
     assert f"Not computed: {note}." in (out / "report.md").read_text()
 
 
+def test_rejudging_with_the_same_judge_gives_the_same_report(setup, evaluated, judge_dir, tmp_path):
+    """train.evaluate.rejudge scores the answers of generations.jsonl again (nothing generated): with the
+    judge that made the report, every judge figure, loop and end comes out as the evaluation wrote it."""
+    from train.evaluate.rejudge import rejudge
+
+    folder = tmp_path / "adapter"
+    shutil.copytree(setup["adapter"], folder)  # with the eval/ the evaluated fixture wrote into it
+    before = json.loads((folder / "eval" / "report.json").read_text())
+    after = rejudge(folder / "eval", str(judge_dir), str(setup["pairs_file"]))
+    for key in ("judge", "judge_verdicts", "defects", "penalised_base", "preference", "samples"):
+        assert after[key] == before[key], key
+    assert after["rejudged"]["judge_before"] == before["judge"]["name"]
+    assert json.loads((folder / "eval" / "report.json").read_text()) == after
+
+
 def test_a_stale_report_stays_out_of_the_card(setup, evaluated, tmp_path):
     """Re-training into a folder with an old eval/ must not publish the old numbers."""
     from train.card import report_matches

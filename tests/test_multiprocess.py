@@ -92,7 +92,14 @@ def launch(argv, env=None, timeout=300, fails=False):
 
 def test_group_sizes_count_the_processes_of_the_launch(tmp_path, tiny_phi_dir):
     """GRPOConfig's own check, on each rank of a real launch: a generation batch of 2 ranks x 1
-    completion cannot hold a group of 4, and every rank says so in one line before any model loads."""
+    completion cannot hold a group of 4, and a rank that reaches the check says so in one line before
+    any model loads.
+
+    Not necessarily both ranks: torch's elastic agent (which `accelerate launch` runs) looks at its
+    workers every 0.1 s (`--monitor_interval`) and stops the others as soon as one has failed, so a
+    rank still importing when the first one exits is stopped before it can print anything (the
+    failure seen once in three runs: one error line where two were expected). What must hold whatever
+    the timing: at least one rank printed the error, every error line is that one, and nothing loaded."""
     argv = [
         "--config",
         str(RECIPES / "phi2-grpo-qlora.yaml"),
@@ -104,7 +111,8 @@ def test_group_sizes_count_the_processes_of_the_launch(tmp_path, tiny_phi_dir):
     ]
     log = launch(argv, fails=True)
     errors = [line for line in log.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: generation_batch_size (2) must be divisible by num_generations (4)."] * 2, log
+    expected = "error: generation_batch_size (2) must be divisible by num_generations (4)."
+    assert errors in ([expected], [expected] * 2), log  # "(2)": the batch counts both processes
     assert "trainable parameters:" not in log and not (tmp_path / "out").exists()
 
 

@@ -33,55 +33,78 @@ def shas(recipes, names):
     return {n: sealed.sha256(sealed.recipe_file(n, recipes.parent / "runs", recipes)) for n in names}
 
 
-def evaluate_once(path, recipes, names, record_changed=False):
-    ledger = sealed.read_ledger(path)
-    candidates = sealed.plan(ledger, names, shas(recipes, names), record_changed)
-    candidates = [{**c, "report": f"outputs/study/{c['name']}/sealed/report.md"} for c in candidates]
-    return candidates, ledger
+def info(name):
+    return {"adapter_sha256": f"weights-of-{name}", "report": f"outputs/study/{name}/sealed/report.md"}
+
+
+def start(path, recipes, names, test_file, record_changed=False):
+    return sealed.record_start(path, names, shas(recipes, names), record_changed, info, test_file)
 
 
 def test_a_run_is_recorded_before_the_test_is_read_and_counted(tmp_path, recipes, test_file):
     path = tmp_path / "sealed.json"
-    candidates, ledger = evaluate_once(path, recipes, ["dpo", "grpo-tuned"])
-    ledger = sealed.record_start(path, ledger, candidates, test_file)
+    run = start(path, recipes, ["dpo", "grpo-tuned"], test_file)
     on_disk = json.loads(path.read_text())
-    assert (
-        on_disk == ledger and on_disk["evaluations"] == 2 and on_disk["candidates"] == ["dpo", "grpo-tuned"]
-    )
-    run = on_disk["runs"][0]
+    assert on_disk["runs"] == [run] and on_disk["evaluations"] == 2
+    assert on_disk["candidates"] == ["dpo", "grpo-tuned"]
     assert run["finished"] is False  # written before the evaluation: the test counts as read from here
     assert run["test_sha256"] == sealed.sha256(test_file)
     assert run["candidates"][0]["recipe_sha256"] == sealed.sha256(recipes / "dpo.yaml")
     assert run["ran_at"].endswith("+00:00")
-    sealed.record_finish(path, ledger)
+    sealed.record_finish(path, run)
     assert json.loads(path.read_text())["runs"][0]["finished"] is True
+
+
+def test_two_runs_that_overlap_both_stay_on_record(tmp_path, recipes, test_file):
+    """The first run finishes after a second one started: both stay, and only the first is finished;
+    runs started at once from several threads (each its own lock) are all recorded."""
+    path = tmp_path / "sealed.json"
+    first = start(path, recipes, ["dpo"], test_file)
+    second = start(path, recipes, ["grpo-tuned"], test_file)
+    sealed.record_finish(path, first)
+    ledger = json.loads(path.read_text())
+    assert [r["candidates"][0]["name"] for r in ledger["runs"]] == ["dpo", "grpo-tuned"]
+    assert [r["finished"] for r in ledger["runs"]] == [True, False] and ledger["evaluations"] == 2
+    assert second in [{**r, "finished": False} for r in ledger["runs"]]
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    crowd = tmp_path / "crowd.json"
+    names = [f"candidate-{i}" for i in range(12)]
+    with ThreadPoolExecutor(6) as pool:
+        runs = list(
+            pool.map(lambda n: sealed.record_start(crowd, [n], {n: n}, False, info, test_file), names)
+        )
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda run: sealed.record_finish(crowd, run), runs))
+    ledger = json.loads(crowd.read_text())
+    assert ledger["evaluations"] == 12 and ledger["candidates"] == sorted(names)
+    assert all(run["finished"] for run in ledger["runs"])
 
 
 def test_a_candidate_is_read_once(tmp_path, recipes, test_file):
     path = tmp_path / "sealed.json"
-    candidates, ledger = evaluate_once(path, recipes, ["dpo"])
-    sealed.record_start(path, ledger, candidates, test_file)
+    start(path, recipes, ["dpo"], test_file)
     with pytest.raises(
         sealed.SealedError, match="dpo: already evaluated on the sealed test on .* it is read once"
     ):
-        evaluate_once(path, recipes, ["dpo"])
+        start(path, recipes, ["dpo"], test_file)
     # a new candidate still may be evaluated, and counts
-    candidates, ledger = evaluate_once(path, recipes, ["grpo-tuned"])
-    assert sealed.record_start(path, ledger, candidates, test_file)["evaluations"] == 2
+    start(path, recipes, ["grpo-tuned"], test_file)
+    assert json.loads(path.read_text())["evaluations"] == 2
 
 
 def test_a_changed_recipe_is_refused_unless_the_change_is_recorded(tmp_path, recipes, test_file):
     path = tmp_path / "sealed.json"
-    candidates, ledger = evaluate_once(path, recipes, ["dpo"])
-    sealed.record_start(path, ledger, candidates, test_file)
+    start(path, recipes, ["dpo"], test_file)
     (recipes / "dpo.yaml").write_text((recipes / "dpo.yaml").read_text() + "learning_rate: 1.0e-3\n")
     before = path.read_bytes()
     with pytest.raises(sealed.SealedError, match="dpo: its recipe changed after the sealed test saw it"):
-        evaluate_once(path, recipes, ["dpo"])
+        start(path, recipes, ["dpo"], test_file)
     assert path.read_bytes() == before  # a refusal records nothing
-    candidates, ledger = evaluate_once(path, recipes, ["dpo"], record_changed=True)
-    ledger = sealed.record_start(path, ledger, candidates, test_file)
-    assert ledger["runs"][-1]["candidates"][0]["changed_after_seen"] is True
+    run = start(path, recipes, ["dpo"], test_file, record_changed=True)
+    ledger = json.loads(path.read_text())
+    assert run["candidates"][0]["changed_after_seen"] is True
     assert ledger["evaluations"] == 2 and ledger["candidates"] == ["dpo"]
     assert ledger["runs"][0]["candidates"][0]["changed_after_seen"] is False
 
@@ -108,25 +131,54 @@ def test_the_command_refuses_in_one_line_before_loading_anything(capsys, tmp_pat
     assert (ledger.read_bytes() if ledger.exists() else None) == before
 
 
-def test_train_evaluate_refuses_the_sealed_test_unless_study_sealed_runs_it(test_file, tmp_path):
+def test_train_evaluate_refuses_the_sealed_test_unless_study_sealed_runs_it(
+    test_file, tmp_path, recipes, monkeypatch
+):
+    """By content, not by name: a renamed copy, or a file holding one sealed pair, is the sealed test;
+    and --sealed reads it only for an adapter that a ledger run has open, so every read is on record."""
     from dataclasses import replace
 
+    from study import ledger as ledger_module
+    from train.evaluate import inputs
     from train.evaluate.inputs import EvalArguments, EvalError, check_args
+    from train.identity import file_sha256
 
-    args = EvalArguments(
-        output_dir=str(tmp_path / "eval"), adapter="demo/smollm2-grpo-demo", pairs=str(test_file)
-    )
-    with pytest.raises(EvalError, match="a sealed test .* only python -m study.sealed evaluates on it"):
+    monkeypatch.setattr(inputs, "SEALED_TEST", test_file)
+    monkeypatch.setattr(ledger_module, "LEDGER", tmp_path / "sealed.json")
+    adapter = "demo/smollm2-grpo-demo"
+    args = EvalArguments(output_dir=str(tmp_path / "eval"), adapter=adapter, pairs=str(test_file))
+    refused = "a sealed test .* whatever the file is called; only python -m study.sealed evaluates on it"
+    with pytest.raises(EvalError, match=refused):
         check_args(args)
-    check_args(replace(args, pairs=str(test_file.parent / "dev.jsonl")))
-    check_args(replace(args, sealed=True))
+    dev = test_file.parent / "dev.jsonl"
+    check_args(replace(args, pairs=str(dev)))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    copy = shutil.copy(test_file, elsewhere / "held-out.jsonl")
+    mixed = elsewhere / "mixed.jsonl"
+    mixed.write_text(dev.read_text() + test_file.read_text().splitlines(keepends=True)[3])
+    for path in (copy, mixed):
+        with pytest.raises(EvalError, match=refused):
+            check_args(replace(args, pairs=str(path)))
+    assert sealed.content_sha256(copy) == sealed.content_sha256(test_file)
+
+    with pytest.raises(EvalError, match="the ledger has no open run of python -m study.sealed"):
+        check_args(replace(args, sealed=True))
+    weights = file_sha256(study.ROOT / adapter / "adapter_model.safetensors")
+    opened = sealed.record_start(
+        tmp_path / "sealed.json", ["demo"], {"demo": "r"}, False,
+        lambda n: {"adapter_sha256": weights, "report": "x"}, test_file,
+    )  # fmt: skip
+    check_args(replace(args, pairs=str(copy), sealed=True))  # on record: the run is open
+    sealed.record_finish(tmp_path / "sealed.json", opened)
+    with pytest.raises(EvalError, match="no open run"):
+        check_args(replace(args, sealed=True))
 
 
 def test_the_ledger_line_says_how_often_the_test_was_read(tmp_path, recipes, test_file):
     path = tmp_path / "sealed.json"
     assert "has not been read" in ledger_line(path)
-    candidates, ledger = evaluate_once(path, recipes, ["dpo", "grpo-tuned"])
-    sealed.record_start(path, ledger, candidates, test_file)
+    start(path, recipes, ["dpo", "grpo-tuned"], test_file)
     assert "has evaluated 2 candidate(s) in 1 run(s) (dpo, grpo-tuned;" in ledger_line(path)
 
 

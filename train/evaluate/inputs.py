@@ -103,10 +103,37 @@ def check_output_dir(path: str) -> Path:
     return out
 
 
-def is_sealed_test(pairs: str) -> bool:
+REPO = Path(__file__).resolve().parents[2]
+SEALED_TEST = Path("data/study-splits/test.jsonl")  # the study's sealed test, from the repository root
+
+
+def pair_keys(path: str | Path) -> set[str]:
+    """What identifies each pair of a file whatever the file is called: sha256 of its prompt, chosen
+    and rejected reply."""
+    keys = set()
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            pair = json.loads(line)
+        except ValueError:  # read_pairs says what is wrong with the file; here only pairs count
+            continue
+        if isinstance(pair, dict):
+            content = json.dumps(
+                [pair.get("prompt"), pair.get("chosen"), pair.get("rejected")], sort_keys=True
+            )
+            keys.add(hashlib.sha256(content.encode()).hexdigest())
+    return keys
+
+
+def content_sha256(path: str | Path) -> str:
+    """One sha256 of a pair file's content (its pairs' keys, sorted): the same for a renamed or
+    re-ordered copy."""
+    return hashlib.sha256("\n".join(sorted(pair_keys(path))).encode()).hexdigest()
+
+
+def _split_test(path: Path) -> bool:
     """The test.jsonl of a three-split folder (its stats.json names a test range)."""
-    stats = Path(pairs).parent / "stats.json"
-    if Path(pairs).name != "test.jsonl" or not stats.is_file():
+    stats = path.parent / "stats.json"
+    if path.name != "test.jsonl" or not path.is_file() or not stats.is_file():
         return False
     try:
         return "test" in json.loads(stats.read_text()).get("held_out", {})
@@ -114,14 +141,48 @@ def is_sealed_test(pairs: str) -> bool:
         return False
 
 
+def is_sealed_test(pairs: str) -> bool:
+    """Whether ``pairs`` holds any pair of a sealed test (the study's, or the test.jsonl of the split
+    folder the file sits in), by content: a copy under another name is the sealed test too."""
+    tests = {path for path in (REPO / SEALED_TEST, Path(pairs).parent / "test.jsonl") if _split_test(path)}
+    if not tests:
+        return False
+    given = pair_keys(pairs)
+    return any(given & pair_keys(test) for test in tests)
+
+
+def sealed_run_open(adapter: str, revision: str | None = None) -> bool:
+    """Whether study.sealed has a run open on its ledger for this adapter's weights: the only case in
+    which train.evaluate reads the sealed test, so that every read is on record."""
+    from study.ledger import LEDGER, read_ledger
+    from train.identity import file_sha256
+
+    weights = adapter_file(adapter, "adapter_model.safetensors", revision)
+    if weights is None:
+        return False
+    sha = file_sha256(weights)
+    ledger = read_ledger(REPO / LEDGER)
+    return any(
+        not run["finished"] and sha in {c.get("adapter_sha256") for c in run["candidates"]}
+        for run in ledger["runs"]
+    )
+
+
 def check_args(args: EvalArguments) -> None:
     if (args.adapter is None) != (args.pairs is None):
         raise EvalError("--adapter and --pairs go together: the pairs are what the adapter is evaluated on")
-    if args.pairs is not None and is_sealed_test(args.pairs) and not args.sealed:
-        raise EvalError(
-            f"--pairs {args.pairs}: a sealed test (train.data.splits); only python -m study.sealed evaluates "
-            "on it, once, and keeps its ledger: evaluate on dev.jsonl instead"
-        )
+    if args.pairs is not None and Path(args.pairs).is_file() and is_sealed_test(args.pairs):
+        if not args.sealed:
+            raise EvalError(
+                f"--pairs {args.pairs}: a sealed test (train.data.splits), by its pairs whatever the file is "
+                "called; only python -m study.sealed evaluates on it, once, and keeps its ledger: evaluate "
+                "on dev.jsonl instead"
+            )
+        if not sealed_run_open(args.adapter, args.revision):
+            raise EvalError(
+                f"--pairs {args.pairs} --sealed: the ledger has no open run of python -m study.sealed for "
+                "this adapter; run python -m study.sealed NAME, which records the reading first"
+            )
     if args.votes is None and args.adapter is None:
         raise EvalError(
             "give --adapter and --pairs to evaluate a model, or --votes for the leaderboard (or both)"

@@ -104,8 +104,8 @@ def verdict(report: dict) -> str:
     lines = [
         text,
         by_how_much(report, controlled=not said),
-        seen(report),
         judge_caveat((report.get("judge") or {}).get("accuracy")) if judge else None,
+        seen(report),
     ]
     return " ".join(line for line in [*lines, stop_flag(stop_guard(report.get("answers")))] if line)
 
