@@ -130,6 +130,20 @@ def test_stopping_one_row_leaves_the_others_running(loaded, monkeypatch):
     assert results["other"] == alone(loaded, PROMPTS[2], BASE, settings)  # all 24 tokens, unchanged
 
 
+def test_a_queued_request_shows_its_place_and_a_stop_takes_it_out_before_it_runs(loaded, monkeypatch):
+    stop = threading.Event()
+    with generate_calls(loaded, monkeypatch) as rows:
+        with model_lock(loaded):  # someone else's batch holds the model
+            answers = stream(loaded, [conv(PROMPTS[0])], ["default"], GREEDY, stop)
+            (first,) = next(answers)  # no token yet: its place in the queue
+            assert (first.queued, first.text, first.done) == (1, "", False)
+            stop.set()  # the Stop button, while it waits
+            (last,) = list(answers)[-1]  # ends without waiting for the model
+            assert last.done and last.tokens == 0 and batcher_for(loaded.model).waiting == 0
+        time.sleep(0.5)  # the model is free: a request still queued would run now
+    assert rows == []
+
+
 def test_sampled_rows_keep_their_own_settings_and_seed_in_a_shared_batch(loaded, monkeypatch):
     hotter = GenerationSettings(max_new_tokens=12, temperature=1.3, top_p=1.0, seed=6)
     by_itself = {
