@@ -116,7 +116,7 @@ def test_an_arena_battle_hides_the_names_until_the_vote_and_the_leaderboard_coun
 
     at.sidebar.radio[0].set_value("Leaderboard").run()
     for _ in range(120):  # the refit runs in the background; the page shows the last result meanwhile
-        table = at.markdown[0].value
+        table = at.markdown[-1].value  # the board (the About note's text comes first)
         if "1 anonymous vote." in table and "Updating" not in table:
             break
         time.sleep(0.5)
