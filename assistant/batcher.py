@@ -338,7 +338,8 @@ def stream(
                 if stop.is_set():
                     batcher.withdraw(request)  # stopped while waiting: it never runs
                 place = batcher.place(request)
-                yield [replace(answer, queued=place) for answer in streamer.snapshot()]
+                if place:  # a running request's next token is one step away: no need to wake its reader
+                    yield [replace(answer, queued=place) for answer in streamer.snapshot()]
                 continue
             while item is not FINISHED and not isinstance(item, BaseException):
                 try:  # a slow reader gets the newest snapshot, not a backlog

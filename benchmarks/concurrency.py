@@ -226,6 +226,7 @@ def main() -> None:
     parser.add_argument("--endpoints", default="compare,chat,battle")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     parser.add_argument("--name", default="concurrency", help="results file name (keeps earlier runs' files)")
+    parser.add_argument("--start-timeout", type=float, default=300, help="seconds the app may take to start")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -240,7 +241,7 @@ def main() -> None:
     info = machine()
     info["torch_threads"] = args.threads  # the app's, not this client's
     data_dir = tempfile.mkdtemp(prefix="concurrency-")
-    process, url = start_app(args.threads, data_dir)
+    process, url = start_app(args.threads, data_dir, args.start_timeout)
     try:
         models = served_models(data_dir)
         rows = [

@@ -201,8 +201,13 @@ def handlers(arena: Arena, live: LiveLeaderboard) -> SimpleNamespace:
 def layout(assistant: Assistant) -> SimpleNamespace:
     """The tab's components, in the caller's ``gr.Tab``."""
     tuned = assistant.tuned_name
-    # The battle's id lives in the browser, so that a reload finds the battle again.
-    ui = SimpleNamespace(battle_id=gr.BrowserState(None, storage_key="arena-battle"), warned=gr.State(False))
+    # The battle's id lives in the browser, so that a reload finds the battle again. A fixed secret (it
+    # guards nothing: the id is the browser's own) lets a page opened before a restart read its id back and
+    # say that the battle was lost, where a fresh random one would silently start over.
+    ui = SimpleNamespace(
+        battle_id=gr.BrowserState(None, storage_key="arena-battle", secret="arena-battle-id"),
+        warned=gr.State(False),
+    )
     with gr.Row(equal_height=True):
         ui.mode = gr.Radio([ANONYMOUS, NAMED], value=ANONYMOUS, label="Battle", scale=3)
         ui.model_a = gr.Dropdown(

@@ -20,6 +20,8 @@ def build_evidence(assistant: Assistant) -> None:
     evidence = Evidence(folder, name)
     gr.Markdown(evidence.verdict(), elem_id="verdict")
     if evidence.plots:
+        # Served from where they are committed, whatever folder the app was started from.
+        gr.set_static_paths([str(p.parent) for p in evidence.plots])
         gr.Gallery([str(p) for p in evidence.plots], label="Plots", columns=3, height="auto", preview=False)
     gr.Markdown(
         f"### The {len(evidence.all)} sample comparisons\nEvery held-out prompt the report answered, base and "

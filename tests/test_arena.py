@@ -220,3 +220,23 @@ def test_an_idle_battle_expires_with_a_message_and_memory_stays_bounded(loaded, 
     assert len(arena._battles) == 3 and len(arena._gone) <= 3
     with pytest.raises(BattleGone, match="closed to make room"):
         arena.get(first.id)
+
+
+def test_a_reloaded_page_gets_its_battle_back_with_the_buttons_that_fit_or_hears_it_was_lost(arena):
+    from assistant.leaderboard import LiveLeaderboard
+    from space.arena import handlers
+
+    on = handlers(arena, LiveLeaderboard.of(arena.store, resamples=10))
+    battle = arena.start()
+    list(arena.ask(battle.id, "Hi.", None, SAMPLED))
+    battle_id, pane_a, _, status, send, _, stop, again, *votes = on.restore(battle.id)
+    assert battle_id == battle.id and pane_a["value"][1]["content"].startswith(battle.turns[0]["a"])
+    assert "names are hidden" in status and pane_a["label"] == "Model A"
+    assert send["interactive"] and again["interactive"] and not stop["interactive"]
+    assert all(v["interactive"] for v in votes)
+    arena.vote(battle.id, "a")
+    _, pane_a, _, status, send, _, stop, again, *votes = on.restore(battle.id)
+    assert pane_a["label"] == f"Model A: {battle.model_a}" and "A was" in status  # the names, once voted
+    assert not any(b["interactive"] for b in (send, stop, again, *votes))  # only New battle now
+    lost_id, *_, status, _, _, _, _, _, _, _, _ = on.restore("a-battle-from-before-a-restart")
+    assert lost_id is None and status.startswith("The battle you had open is lost")

@@ -118,7 +118,8 @@ def test_stopping_one_row_leaves_the_others_running(loaded, monkeypatch):
     def stopped():
         for (answer,) in stream(loaded, [conv(PROMPTS[2])], ["default"], settings, stop):
             seen.append(answer)
-            stop.set()  # what the stop button does, after the first token
+            if not answer.queued:  # its place in the queue comes first: stop after the first token
+                stop.set()  # what the stop button does
         return seen[-1]
 
     jobs = {"stopped": stopped, "other": lambda: final(loaded, PROMPTS[2], BASE, settings)}
@@ -127,6 +128,20 @@ def test_stopping_one_row_leaves_the_others_running(loaded, monkeypatch):
     assert not errors and rows == [2]
     assert results["stopped"].tokens < 5 and results["stopped"].done
     assert results["other"] == alone(loaded, PROMPTS[2], BASE, settings)  # all 24 tokens, unchanged
+
+
+def test_a_queued_request_shows_its_place_and_a_stop_takes_it_out_before_it_runs(loaded, monkeypatch):
+    stop = threading.Event()
+    with generate_calls(loaded, monkeypatch) as rows:
+        with model_lock(loaded):  # someone else's batch holds the model
+            answers = stream(loaded, [conv(PROMPTS[0])], ["default"], GREEDY, stop)
+            (first,) = next(answers)  # no token yet: its place in the queue
+            assert (first.queued, first.text, first.done) == (1, "", False)
+            stop.set()  # the Stop button, while it waits
+            (last,) = list(answers)[-1]  # ends without waiting for the model
+            assert last.done and last.tokens == 0 and batcher_for(loaded.model).waiting == 0
+        time.sleep(0.5)  # the model is free: a request still queued would run now
+    assert rows == []
 
 
 def test_sampled_rows_keep_their_own_settings_and_seed_in_a_shared_batch(loaded, monkeypatch):

@@ -170,8 +170,10 @@ def test_a_whole_battle_streams_with_the_buttons_that_fit_survives_a_reload_and_
     shot(page, tmp_path, "leaderboard.png")
     page.get_by_role("tab", name="Arena").click()
     page.get_by_role("button", name="New battle").click()
-    page.get_by_role("button", name="Send").wait_for(state="visible")
-    assert buttons(page)["Send"] and not buttons(page)["A is better"]
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("button", name="Send", exact=True)).to_be_enabled()
+    assert not buttons(page)["A is better"]
 
 
 def test_a_chat_answer_appears_in_pieces_and_a_like_is_stored(page, store):

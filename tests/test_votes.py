@@ -64,7 +64,7 @@ def test_named_votes_are_kept_out_of_the_ratings_and_said_so():
     board = leaderboard([vote("x", "y", "a"), vote("x", "y", "a", mode="named")], resamples=10, min_votes=1)
     assert board["votes"] == 1 and board["left_out"] == {"named": 1, "identity": 0}
     text = leaderboard_markdown(board)
-    assert "| 1 | x |" in text and "1 named votes left out" in text
+    assert "| 1 | x |" in text and "1 named vote left out" in text
     assert "No anonymous votes yet" in leaderboard_markdown(leaderboard([vote("x", "y", "a", mode="named")]))
 
 
