@@ -23,7 +23,11 @@ ALPHA = 0.05  # the per-tree paired tests
 
 
 def _better(test: dict) -> bool:
-    return test["better"] > test["worse"] and test["p_value"] < ALPHA
+    return test["better"] > test["worse"] and test["p_value"] is not None and test["p_value"] < ALPHA
+
+
+def _p(test: dict) -> str:
+    return "n/a" if test["p_value"] is None else f"{test['p_value']:.3g}"
 
 
 def criteria(report: dict) -> list[dict]:
@@ -38,7 +42,7 @@ def criteria(report: dict) -> list[dict]:
     return [
         {
             "asks": f"loops at most {LOOPS_AT_MOST:.0%} as often as its base, per-tree p < {ALPHA}",
-            "measured": f"{tuned_loop:.0%} vs {base_loop:.0%}, p = {loop['test']['p_value']:.3g}",
+            "measured": f"{tuned_loop:.0%} vs {base_loop:.0%}, p = {_p(loop['test'])}",
             "met": tuned_loop <= LOOPS_AT_MOST * base_loop and _better(loop["test"]),
         },
         {
@@ -48,13 +52,14 @@ def criteria(report: dict) -> list[dict]:
         },
         {
             "asks": f"the judge prefers it on at least {JUDGE_AT_LEAST:.0%} of prompts, per-tree p < {ALPHA}",
-            "measured": f"{win:.0%}, p = {test['p_value']:.3g}",
+            "measured": f"{win:.0%}, p = {_p(test)}",
             "met": win >= JUDGE_AT_LEAST and _better(test),
         },
         {
             "asks": f"and on at least {EQUAL_LENGTH_AT_LEAST:.0%} at equal length",
-            "measured": f"{equal:.0%}",
-            "met": equal >= EQUAL_LENGTH_AT_LEAST,
+            # None when every prompt had both answers cut at the limit: nothing to read at equal length
+            "measured": "not measurable" if equal is None else f"{equal:.0%}",
+            "met": equal is not None and equal >= EQUAL_LENGTH_AT_LEAST,
         },
         {
             "asks": f"held-out preference accuracy at most {PREFERENCE_DROP_AT_MOST:.0%} points below its base's",
