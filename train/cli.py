@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-TRAIN_EXTRA = "pip install 'phi2-assistant[train]' (or, in a checkout: pip install -c constraints.txt -e '.[train]')"
+TRAIN_EXTRA = (
+    "pip install 'phi2-assistant[train]' (or, in a checkout: pip install -c constraints.txt -e '.[train]')"
+)
 TRAIN_USAGE = "python -m train --config RECIPE.yaml [--key value ...]"
 TRL_OPTIONS = (
     "Every option of TRL's config for the recipe's method (GRPOConfig, DPOConfig or RewardConfig, with"
