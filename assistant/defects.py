@@ -4,7 +4,7 @@ the GRPO reward (train.rewards), the evaluation's loop rate (train.evaluate) and
 An answer loops when more than ``LOOP_THRESHOLD`` of its word 4-grams repeat an earlier 4-gram of the
 same answer ("a being of a being of a being ...", one chorus line over and over). Words are compared
 lower-cased with punctuation stripped, so "Yes, yes." and "yes yes" are the same words. Human replies
-trip it rarely (a list whose items share a stem is the usual case), which study/loop_reward.json measures.
+trip it rarely (0.7% of the chosen dev replies: study/defect_rewards.md).
 """
 
 from __future__ import annotations
