@@ -132,9 +132,13 @@ def evaluate(name: str) -> None:
 def keep(name: str) -> Path:
     """Copy an evaluated candidate (adapter, tokenizer, recipe, metrics, plots, reports) into the tree,
     study/adapters/NAME: outputs/ does not outlive a machine, and its figures must stay checkable."""
+    return copy_run(ROOT / RUNS / name, ROOT / KEPT / name)
+
+
+def copy_run(source: Path, target: Path) -> Path:
+    """A run's adapter and its evidence (DEMO_FILES), copied over ``target``."""
     import shutil
 
-    source, target = ROOT / RUNS / name, ROOT / KEPT / name
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     for item in DEMO_FILES:
@@ -223,24 +227,12 @@ def pick_demos(rows: list[dict]) -> dict:
 
 def promote(rows: list[dict]) -> dict:
     """Copy the picked candidates (pick_demos) over the demo adapters and write their cards."""
-    import shutil
-
     from train.card import write_card
 
     chosen = pick_demos(rows)
     for method, row in chosen.items():
-        if row is None:
-            continue
-        source, target = ROOT / RUNS / row["name"], ROOT / DEMOS[method]
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
-        for name in DEMO_FILES:
-            if (source / name).is_dir():
-                shutil.copytree(source / name, target / name)
-            elif (source / name).exists():
-                shutil.copy2(source / name, target / name)
-        write_card(target)
+        if row is not None:
+            write_card(copy_run(ROOT / RUNS / row["name"], ROOT / DEMOS[method]))
     return {method: row["name"] for method, row in chosen.items() if row}
 
 
