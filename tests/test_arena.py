@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from assistant import models
+from assistant import models, precision
 from assistant.arena import Arena
 from assistant.generation import GenerationSettings, RequestError
 from assistant.models import load_model
@@ -171,7 +171,7 @@ def test_gpu_precision_is_bf16_only_where_the_gpu_has_it(monkeypatch, bf16, tiny
     model = AutoModelForCausalLM.from_pretrained(tiny_phi_dir, **plain)
     assert model.dtype == (torch.bfloat16 if bf16 else torch.float32)  # Phi-2 overflows in fp16
     assert models.precision_plan("cuda", quantize=False, model_type="llama")[0]["dtype"] == half
-    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)  # so the CPU's answer is fixed
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)  # so the CPU's answer is fixed
     assert models.precision_plan("cpu", quantize=False)[0] == {"dtype": torch.float32}
 
 
