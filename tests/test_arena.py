@@ -180,7 +180,7 @@ def test_a_cpu_serves_in_bf16_only_where_it_has_bf16_and_the_header_says_which(m
     loaded for real, and the header names its precision. bf16 is never run here: emulated, it is slow."""
     monkeypatch.delenv("ASSISTANT_CPU_DTYPE", raising=False)
     for native, dtype, label in ((True, torch.bfloat16, "bf16"), (False, torch.float32, "fp32")):
-        monkeypatch.setattr(models, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
         assert models.precision_plan("cpu", quantize=False) == ({"dtype": dtype}, label)
         loaded = models.load_model(str(tiny_phi_dir), device="cpu", quantize=False)
         assert loaded.model.dtype == dtype and f"on cpu in {label}," in loaded.describe()
