@@ -62,3 +62,27 @@ def test_implicit_reward_base_loads_in_the_rules_dtype(tmp_path, tiny_phi_dir, m
     reward = ImplicitReward(str(tmp_path / "dpo"), device="cpu")
     frozen = {p.dtype for n, p in reward.model.named_parameters() if "lora_" not in n}
     assert frozen == {torch.bfloat16 if rule == "bf16" else torch.float32}
+
+
+def test_implicit_reward_beside_a_4bit_policy_loads_its_base_in_4bit(tmp_path, tiny_phi_dir, monkeypatch):
+    """On a T4 (no bf16) the rule alone would put an fp32 Phi-2, about 11 GB, beside the 4-bit policy on a
+    16 GB card: beside a 4-bit policy the implicit reward's base is 4-bit too (bitsandbytes runs on CPU)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from train.implicit import implicit_reward
+    from train.rewards import get_reward_funcs
+
+    monkeypatch.setenv("ASSISTANT_CPU_DTYPE", "fp32")
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_phi_dir, dtype=torch.float32),
+        LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False),
+    )
+    model.save_pretrained(tmp_path / "dpo")
+    AutoTokenizer.from_pretrained(tiny_phi_dir).save_pretrained(tmp_path / "dpo")
+    get_reward_funcs(["dpo_implicit"], implicit_reward_adapter=str(tmp_path / "dpo"), quantize_implicit=True)
+    implicit = implicit_reward(str(tmp_path / "dpo"), None, True)  # the copy the reward function holds
+    kinds = {type(m).__name__ for n, m in implicit.model.named_modules() if n.endswith("k_proj")}
+    assert kinds == {"Linear4bit"}
+    scores = implicit.score_ids([([1, 2, 3], [5, 6, 7]), ([4], [8, 9])])
+    assert len(scores) == 2 and all(abs(s) < 1e4 for s in scores) and scores[0] != 0.0

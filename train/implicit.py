@@ -19,23 +19,33 @@ from train.evaluate.preference import BASE, fit, mean_logprobs, reply_tokens
 
 
 class ImplicitReward:
-    def __init__(self, adapter: str, device: str | None = None, batch_size: int = 8, max_length: int = 1024):
+    def __init__(
+        self,
+        adapter: str,
+        device: str | None = None,
+        quantize: bool = False,
+        batch_size: int = 8,
+        max_length: int = 1024,
+    ):
         from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        from assistant.models import resolve_base
+        from assistant.models import precision_plan, resolve_base
 
         self.name = adapter
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size, self.max_length = batch_size, max_length
-        from train.scorer import load_dtype
-
         base = resolve_base(
             json.loads((Path(adapter) / "adapter_config.json").read_text())["base_model_name_or_path"]
         )
-        # The one precision rule: on a bf16 GPU half the ~11 GB of an fp32 Phi-2 beside the policy.
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=load_dtype(base, self.device))
-        self.model = PeftModel.from_pretrained(model, adapter).to(self.device).eval()
+        # The one precision rule. Beside a 4-bit policy the base is 4-bit too: the rule alone would put an
+        # fp32 Phi-2 (about 11 GB) on a T4, which has no bf16, beside the policy on a 16 GB card; a QLoRA
+        # DPO adapter was trained over that 4-bit base anyway.
+        model_type = getattr(AutoConfig.from_pretrained(base), "model_type", None)
+        kwargs, _ = precision_plan(self.device, quantize, model_type)
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+        model = PeftModel.from_pretrained(model, adapter)
+        self.model = (model if quantize else model.to(self.device)).eval()  # a 4-bit model is placed
         self.tokenizer = AutoTokenizer.from_pretrained(adapter)
         self.pad_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
 
@@ -57,6 +67,6 @@ class ImplicitReward:
 
 
 @functools.cache
-def implicit_reward(adapter: str, device: str | None = None) -> ImplicitReward:
+def implicit_reward(adapter: str, device: str | None = None, quantize: bool = False) -> ImplicitReward:
     """One loaded copy per process (GRPO calls its reward every step)."""
-    return ImplicitReward(adapter, device)
+    return ImplicitReward(adapter, device, quantize)

@@ -146,13 +146,14 @@ def make_reward_model(name_or_path: str, device: str | None = None) -> Callable:
     return reward_model
 
 
-def make_dpo_implicit(adapter: str, device: str | None = None) -> Callable:
+def make_dpo_implicit(adapter: str, device: str | None = None, quantize: bool = False) -> Callable:
     """A reward function scoring each completion, as generated, by a DPO adapter's implicit reward.
-    The adapter must be on the policy's base: the completion's token ids are scored as they are."""
+    The adapter must be on the policy's base: the completion's token ids are scored as they are.
+    ``quantize``: its base 4-bit, as the policy's is (train.implicit says why)."""
     from train.data import prompt_messages
     from train.implicit import implicit_reward
 
-    model = implicit_reward(adapter, device)
+    model = implicit_reward(adapter, device, quantize)
 
     def dpo_implicit(prompts, completion_ids, **kwargs) -> list[float]:
         rows = [
@@ -187,6 +188,7 @@ def get_reward_funcs(
     embedding_model: str = DEFAULT_EMBEDDER,
     reward_model_name_or_path: str | None = None,
     implicit_reward_adapter: str | None = None,
+    quantize_implicit: bool = False,
 ) -> list[Callable]:
     """The reward functions for ``names``, in order, bound to what they need from the recipe."""
     unknown = [n for n in names if n not in REWARDS]
@@ -207,7 +209,7 @@ def get_reward_funcs(
         elif name == "dpo_implicit":
             if not implicit_reward_adapter:
                 raise ValueError("reward_funcs names dpo_implicit but implicit_reward_adapter is not set")
-            funcs.append(make_dpo_implicit(implicit_reward_adapter))
+            funcs.append(make_dpo_implicit(implicit_reward_adapter, quantize=quantize_implicit))
         elif name in ("ends_with_eos", "missing_eos_penalty"):
             funcs.append(functools.partial(REWARDS[name], eos_token_ids=tuple(eos_token_ids)))
         elif name == "preference":

@@ -126,6 +126,7 @@ def _trainer(parsed: Parsed, model, tokenizer, dataset, peft_config, callbacks) 
             embedding_model=train_args.embedding_model,
             reward_model_name_or_path=train_args.reward_model_name_or_path,
             implicit_reward_adapter=train_args.implicit_reward_adapter,
+            quantize_implicit=bool(parsed.model.load_in_4bit),  # as the policy's base loaded
         )
         weights = training_args.reward_weights or [1.0] * len(rewards["reward_funcs"])
         reward_weights = dict(zip(train_args.reward_funcs, weights, strict=False))
