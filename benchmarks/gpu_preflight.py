@@ -56,33 +56,16 @@ SMALL = {
 
 def small_phi(folder: Path) -> Path:
     """A random Phi model with Phi-2's layer names and shape ratios, 4 layers of width 256."""
-    import torch
-    from transformers import AutoTokenizer, PhiConfig, PhiForCausalLM
-
     from assistant.models import packaged_smollm2
+    from benchmarks.random_phi import save_random_phi
 
     path = folder / "small-phi"
     if (path / "config.json").exists():
         return path
-    tokenizer = AutoTokenizer.from_pretrained(packaged_smollm2())
-    tokenizer.chat_template = None  # Phi-2 ships none: ours (assistant.prompt) gets used
-    config = PhiConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=1024,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        max_position_embeddings=2048,
-        partial_rotary_factor=0.4,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    PhiForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    (path / "chat_template.jinja").unlink(missing_ok=True)
-    return path
+    return save_random_phi(
+        path, packaged_smollm2(), hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+        num_attention_heads=8, max_position_embeddings=2048,
+    )  # fmt: skip
 
 
 def peak_memory_mb() -> dict:

@@ -73,43 +73,19 @@ def dpo_recipe(recipe: Path, folder: Path) -> Path:
 def random_phi2(folder: Path) -> Path:
     """Phi-2's configuration (microsoft/phi-2 config.json) with random weights, saved in bf16."""
     import torch
-    from transformers import AutoTokenizer, PhiConfig, PhiForCausalLM
 
     from assistant.models import packaged_smollm2
+    from benchmarks.random_phi import save_random_phi
 
     path = folder / "random-phi2"
     if (path / "config.json").exists():
         return path
-    tokenizer = AutoTokenizer.from_pretrained(packaged_smollm2())
-    tokenizer.chat_template = None  # Phi-2 ships none: ours (assistant.prompt) gets used
-    config = PhiConfig(
-        vocab_size=51200,
-        hidden_size=2560,
-        intermediate_size=10240,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        max_position_embeddings=2048,
-        partial_rotary_factor=0.4,
-        hidden_act="gelu_new",
-        resid_pdrop=0.1,
-        embd_pdrop=0.0,
-        attention_dropout=0.0,
-        layer_norm_eps=1e-5,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    # Built in bf16 directly: building in fp32 first would need 11 GB, then 5 GB more for the copy.
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = PhiForCausalLM._from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    (path / "chat_template.jinja").unlink(missing_ok=True)
-    return path
+    return save_random_phi(
+        path, packaged_smollm2(), dtype=torch.bfloat16, vocab_size=51200, hidden_size=2560,
+        intermediate_size=10240, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+        max_position_embeddings=2048, hidden_act="gelu_new", resid_pdrop=0.1, embd_pdrop=0.0,
+        attention_dropout=0.0, layer_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+    )  # fmt: skip
 
 
 def child(

@@ -31,27 +31,9 @@ def smollm2_dir() -> Path:
 def tiny_phi_dir(tmp_path_factory, smollm2_dir) -> Path:
     """A randomly initialised Phi model with Phi-2's layer names, tiny sizes and no chat template,
     and an offline tokenizer (SmolLM2's, with its template removed, as Phi-2 ships none)."""
-    import torch
-    from transformers import AutoTokenizer, PhiConfig, PhiForCausalLM
+    from benchmarks.random_phi import save_random_phi
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    tokenizer.chat_template = None
-    torch.manual_seed(0)
-    config = PhiConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=512,
-        partial_rotary_factor=0.4,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-    )
-    model = PhiForCausalLM(config)
-    path = tmp_path_factory.mktemp("tiny-phi")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    (path / "chat_template.jinja").unlink(missing_ok=True)
-    return path
+    return save_random_phi(
+        tmp_path_factory.mktemp("tiny-phi"), smollm2_dir, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=512,
+    )  # fmt: skip
