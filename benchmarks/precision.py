@@ -1,6 +1,6 @@
 """fp32 against bf16 serving on the CPU: the same greedy answers? how many tokens per second?
 
-    python -m benchmarks.precision [--new-tokens 64] [--threads 1] [--force]
+    python -m benchmarks.precision [--new-tokens 64] [--prompts 4] [--threads 1] [--force]
 
 Loads the packaged SmolLM2-135M-Instruct with the demo adapters twice, in fp32 and in bf16
 (``ASSISTANT_CPU_DTYPE``, the serving rule's override), answers the same prompts greedily one at a time
@@ -28,7 +28,7 @@ PROMPTS = [
 ]
 
 
-def run(dtype: str, new_tokens: int) -> dict:
+def run(dtype: str, new_tokens: int, prompts: list[str]) -> dict:
     from assistant.models import load_for_serving
     from assistant.service import Assistant, Limits
 
@@ -37,7 +37,7 @@ def run(dtype: str, new_tokens: int) -> dict:
     assistant = Assistant(loaded, Limits(max_new_tokens=new_tokens))
     settings = assistant.settings(0, 1, new_tokens, 0)
     answers, tokens, seconds = [], 0, 0.0
-    for prompt in PROMPTS:
+    for prompt in prompts:
         prepared = assistant.prepare(prompt, [], "", settings)
         began = time.perf_counter()
         answer = list(assistant.chat(prepared))[-1]
@@ -68,13 +68,14 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="the first N prompts only")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     parser.add_argument("--force", action="store_true", help="run bf16 even where the CPU emulates it")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     record = {
         "new_tokens": args.new_tokens,
-        "prompts": PROMPTS,
+        "prompts": PROMPTS[: args.prompts],
         "native_bf16": cpu_has_native_bf16(),
         "machine": machine(),
     }
@@ -84,18 +85,24 @@ def main() -> None:
         )
         write("precision", record, f"# fp32 against bf16 serving\n\nSkipped: {record['skipped']}.")
         return
-    fp32, bf16 = run("fp32", args.new_tokens), run("bf16", args.new_tokens)
+    prompts = record["prompts"]
+    fp32, bf16 = run("fp32", args.new_tokens, prompts), run("bf16", args.new_tokens, prompts)
     from transformers import AutoTokenizer
 
     from assistant.models import packaged_smollm2
 
     tokenizer = AutoTokenizer.from_pretrained(packaged_smollm2())
     parted = [parted_at(a, b, tokenizer) for a, b in zip(fp32["answers"], bf16["answers"], strict=True)]
-    record.update(fp32=fp32, bf16=bf16, parted_at=parted, same=sum(p is None for p in parted))
+    ratio = round(bf16["tokens_per_s"] / fp32["tokens_per_s"], 3)
+    record.update(
+        fp32=fp32, bf16=bf16, bf16_over_fp32=ratio, parted_at=parted, same=sum(p is None for p in parted)
+    )
     lines = [
         "# fp32 against bf16 serving",
         "",
-        f"SmolLM2-135M-Instruct with the demo adapters, greedy, {args.new_tokens} new tokens at most, one user.",
+        f"SmolLM2-135M-Instruct with the demo adapters, greedy, {args.new_tokens} new tokens at most, one user"
+        + ("" if record["native_bf16"] else "; this CPU has no native bf16, so bf16 is emulated (`--force`)")
+        + ".",
         "",
         "| precision | tokens/s (one user) | tokens | seconds |",
         "|---|---:|---:|---:|",
@@ -104,10 +111,12 @@ def main() -> None:
             for r in (fp32, bf16)
         ),
         "",
-        f"Same greedy answer in both: {record['same']} of {len(PROMPTS)} prompts"
+        f"bf16 / fp32 tokens per second, same run: **{ratio}x**.",
+        "",
+        f"Same greedy answer in both: {record['same']} of {len(prompts)} prompts"
         + (
             f"; the others part at token {', '.join(str(p) for p in parted if p is not None)}."
-            if record["same"] < len(PROMPTS)
+            if record["same"] < len(prompts)
             else "."
         ),
     ]
