@@ -69,8 +69,8 @@ CASES = {
         ["reward_funcs names helpfulness", "train.rewards.REWARDS", "concision"],
     ),
     "weights of the wrong length": (
-        ["--reward_weights", "1", "2"],
-        ["reward_weights has 2 values for 3 reward_funcs", "one weight per reward"],
+        ["--reward_weights", "1", "2", "3"],
+        ["reward_weights has 3 values for 2 reward_funcs", "one weight per reward"],
     ),
     "reward model with no model": (
         ["--reward_funcs", "reward_model", "--reward_weights", "1"],
