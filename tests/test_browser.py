@@ -95,9 +95,18 @@ def shot(page, tmp_path, name):
 
 
 def buttons(page) -> dict:
-    """Which of the Arena's buttons can be clicked now."""
+    """Which of the Arena's buttons can be clicked now, read in one go in the page: read one by one, a
+    stream that ends between two reads shows a state the page never had (Stop and the votes both live)."""
     names = ["Send", "Stop", "Regenerate", *VOTES]
-    return {n: page.get_by_role("button", name=n, exact=True).is_enabled() for n in names}
+    return page.evaluate(
+        """names => Object.fromEntries(names.map(name => {
+            const shown = [...document.querySelectorAll("button")].filter(b => b.offsetParent !== null
+                && ((b.getAttribute("aria-label") || b.innerText).trim() === name));
+            if (shown.length !== 1) throw new Error(`${shown.length} visible buttons named ${name}`);
+            return [name, !shown[0].disabled && shown[0].getAttribute("aria-disabled") !== "true"];
+        }))""",
+        names,
+    )
 
 
 VOTES = ["A is better", "B is better", "Tie", "Both are bad"]
