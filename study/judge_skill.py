@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,7 @@ OPEN_ASSISTANT = (SPLITS / "train.jsonl", DEV)  # never test.jsonl: the sealed t
 HH_SOURCE = "../shared/data/hh-rlhf-helpful"
 CHOOSE_ON = "open_assistant_train_dev"
 COMBINED = "combined (mean of margins in HH-RLHF sd units)"
+COMBINED_JUDGE = Path("demo/judge-combined")  # the combination as a judge folder (judges.json)
 
 
 def lengths(pairs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -94,10 +96,15 @@ def margins(scorer, pairs: list[dict]) -> np.ndarray:
     )
 
 
+def scales(by_judge: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """Each judge's sd of margins on HH-RLHF held out (not on Open Assistant: the combination has nothing
+    fitted on the pairs the judge is chosen on)."""
+    return {name: float(np.std(m["hh_rlhf_held_out"])) or 1.0 for name, m in by_judge.items()}
+
+
 def combine(by_judge: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The mean of the judges' margins, each in units of its sd on HH-RLHF held out (not on Open
-    Assistant: the combination has nothing fitted on the pairs the judge is chosen on)."""
-    scale = {name: float(np.std(m["hh_rlhf_held_out"])) or 1.0 for name, m in by_judge.items()}
+    """The mean of the judges' margins, each in units of its sd on HH-RLHF held out."""
+    scale = scales(by_judge)
     sets = next(iter(by_judge.values())).keys()
     return {
         where: np.mean([m[where] / scale[name] for name, m in by_judge.items()], axis=0) for where in sets
@@ -117,6 +124,28 @@ def compare(by_judge: dict[str, np.ndarray], pairs: list[dict]) -> list[dict]:
         for i, a in enumerate(names)
         for b in names[i + 1 :]
     ]
+
+
+def write_combined(by_judge: dict, paths: dict[str, str]) -> str:
+    """The combination as a judge folder the evaluation loads (train.scorer.MeanOfJudges): its members,
+    relative to it, their scales and the sha256 of their weights."""
+    from train.identity import folder_weights_sha256
+
+    scale = scales(by_judge)
+    members = [
+        {
+            "path": os.path.relpath(Path(paths[name]).resolve(), COMBINED_JUDGE.resolve()),
+            "scale": scale[name],
+            "weights_sha256": folder_weights_sha256(Path(paths[name])),
+        }
+        for name in by_judge
+    ]
+    spec = {
+        "description": f"{COMBINED}, written by study.judge_skill (study/judge_skill.md)",
+        "members": members,
+    }
+    write_text(COMBINED_JUDGE / "judges.json", json.dumps(spec, indent=2) + "\n")
+    return str(COMBINED_JUDGE)
 
 
 def choose(results: dict) -> dict:
@@ -253,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         by_judge[Path(judge).name] = {where: margins(scorer, pairs) for where, pairs in sets.items()}
         print(f"{judge}: measured", flush=True)
         if len(by_judge) == len(args.judges) > 1:
+            paths[COMBINED] = write_combined(by_judge, paths)
             by_judge[COMBINED] = combine(by_judge)
         # written after every judge (a slow judge on a busy CPU may take hours): what is measured is kept
         results = write_results(command, baselines, sets, by_judge, paths, args.matched_only)

@@ -8,7 +8,7 @@
 
 Every candidate is a recipe in recipes/study/, trained on the same training pairs (the English Open
 Assistant pairs of the oasst1 validation split and the oasst2 sample, at every depth) and evaluated by
-``python -m train.evaluate`` on the same dev pairs, with the same judge (demo/judge-minilm-hh: python -m study.judge_train, trained on HH-RLHF only) and the same
+``python -m train.evaluate`` on the same dev pairs, with the same judge (demo/judge-combined: two judges trained on HH-RLHF only, chosen by python -m study.judge_skill) and the same
 generation settings. Three splits by tree (train.data.splits): dev = the 25% of trees the study held out
 before (read many times: every choice is made on it), a sealed test = the next 25% (trees no evaluation
 had read), train = the rest. Nothing here reads the sealed test: ``python -m study.sealed`` evaluates the
@@ -35,10 +35,12 @@ DATA = Path("data/study-splits")
 # dev: the study's old held-out trees (145 pairs, 65 trees); the sealed test: the next 25% (114 prompts,
 # 52 trees: at least 100); train: the other 50% (254 pairs)
 EVAL_FRACTION = TEST_FRACTION = 0.25
-# The judge: a frozen MiniLM cross-encoder with a head fitted on HH-RLHF (study/judge_levers.md); it
-# replaced demo/judge-hh-rlhf (a LoRA on the policy's own base), which knew less beyond length
-# (study/judge_skill.md).
-JUDGE = Path("demo/judge-minilm-hh")
+# The judge: the mean of the two judges' scores, each in units of its sd on held-out HH-RLHF (written by
+# study.judge_skill), chosen there by its length-matched accuracy on every Open Assistant pair outside the
+# sealed test: 64% of 70, against 59% for demo/judge-hh-rlhf (a reward LoRA on SmolLM2) and 56% for
+# demo/judge-minilm-hh (a frozen MiniLM cross-encoder with a head fitted on HH-RLHF) alone.
+JUDGES = [Path("demo/judge-minilm-hh"), Path("demo/judge-hh-rlhf")]
+JUDGE = Path("demo/judge-combined")
 RUNS = Path("outputs/study")
 KEPT = Path("study/adapters")  # every evaluated candidate, committed (keep)
 RESULTS = Path("study")
@@ -166,7 +168,7 @@ def check_reward_models() -> dict:
     report) and of the study's own reward model on the Open Assistant pairs: how much each can be trusted."""
     from train.data import load_pairs
     from train.evaluate.answers import judge_accuracy
-    from train.scorer import Scorer
+    from train.scorer import Scorer, load_judge
 
     path = ROOT / RESULTS / "reward_models.json"
     if path.exists():
@@ -176,7 +178,7 @@ def check_reward_models() -> dict:
         from train.hh_rlhf import build_pairs
 
         _, held_out, _ = build_pairs(SHARED / "hh-rlhf-helpful")  # all 613 held out
-        checks[JUDGE.name] = {"hh_rlhf_held_out": judge_accuracy(Scorer(str(ROOT / JUDGE)), held_out)}
+        checks[JUDGE.name] = {"hh_rlhf_held_out": judge_accuracy(load_judge(str(ROOT / JUDGE)), held_out)}
     model = ROOT / RUNS / "reward-model-oasst"
     if (model / "adapter_config.json").exists():
         held_out = load_pairs(ROOT / DATA / "dev.jsonl")
@@ -257,8 +259,20 @@ def main(argv: list[str] | None = None) -> int:
                 train(NEEDS[name], Path(f"recipes/study/{NEEDS[name]}.yaml"), RUNS / NEEDS[name])
             train(name, Path(f"recipes/study/{name}.yaml"), RUNS / name)
     if args.step in ("all", "evaluate"):
-        if not (ROOT / JUDGE / "judge_head.json").exists():
-            sh([sys.executable, "-m", "study.judge_train", "--output", str(JUDGE)])
+        if not (ROOT / JUDGES[0] / "judge_head.json").exists():
+            sh([sys.executable, "-m", "study.judge_train", "--output", str(JUDGES[0])])
+        if not (ROOT / JUDGE / "judges.json").exists():
+            sh(
+                [
+                    sys.executable,
+                    "-m",
+                    "study.judge_skill",
+                    *map(str, JUDGES),
+                    "--hh-limit",
+                    "100",
+                    "--matched-only",
+                ]
+            )
         for name in names:
             if name in CANDIDATES:
                 evaluate(name)

@@ -107,18 +107,26 @@ def test_judges_are_compared_per_tree_combined_on_hh_scales_and_chosen_where_len
 
 
 def test_the_committed_judge_loads_and_names_its_weights():
-    from study.run import JUDGE, ROOT
+    """The study's judge, demo/judge-combined: its members are the committed judges, as they are now (the
+    sha256 it names), trained on no Open Assistant data; it loads, scores and names itself by them."""
+    from study.run import JUDGE, JUDGES, ROOT
     from train.evaluate import judge_identity
+    from train.identity import folder_weights_sha256
+    from train.scorer import load_judge
 
-    info = json.loads((ROOT / JUDGE / "training_info.json").read_text())
+    info = json.loads((ROOT / JUDGES[0] / "training_info.json").read_text())
     assert (
         info["train_pairs"] == 5570
         and info["length_control"]
         and "Open Assistant" not in info["data"]["source"]
     )
+    spec = json.loads((ROOT / JUDGE / "judges.json").read_text())
+    members = [(ROOT / JUDGE / m["path"]).resolve() for m in spec["members"]]
+    assert members == [(ROOT / j).resolve() for j in JUDGES]
+    assert [m["weights_sha256"] for m in spec["members"]] == [folder_weights_sha256(m) for m in members]
     identity = judge_identity(str(ROOT / JUDGE))
-    assert identity["weights_sha256"] and identity["description"] == info["description"]
-    scorer = Scorer(str(ROOT / JUDGE))
-    good, bad = scorer.score([[{"role": "user", "content": p["prompt"]}] for p in PAIRS[:1]] * 2,
-                             [PAIRS[0]["chosen"], PAIRS[0]["rejected"]])  # fmt: skip
+    assert identity["weights_sha256"] and identity["description"] == spec["description"]
+    judge = load_judge(str(ROOT / JUDGE))
+    good, bad = judge.score([[{"role": "user", "content": p["prompt"]}] for p in PAIRS[:1]] * 2,
+                            [PAIRS[0]["chosen"], PAIRS[0]["rejected"]])  # fmt: skip
     assert np.isfinite([good, bad]).all()

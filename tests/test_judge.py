@@ -67,3 +67,39 @@ def test_reward_recipe_trains_a_judge_that_scores(tmp_path, tiny_phi_dir):
         [[{"role": "user", "content": "Hi?"}]] * 2, ["Hello, how can I help?", "No."]
     )
     assert len(scores) == 2 and all(math.isfinite(s) for s in scores) and scores[0] != scores[1]
+
+
+def test_a_mean_of_judges_scores_each_member_in_its_own_units_and_is_named_by_them(tmp_path, tiny_phi_dir):
+    """The judge study.judge_skill writes when the combination wins (demo/judge-combined): two real
+    (tiny) reward models, each score divided by its scale, averaged; its identity follows its members."""
+    import pytest
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tests._helpers_train import make_tiny_classifier
+    from train.evaluate import judge_identity
+    from train.scorer import MeanOfJudges, Scorer, load_judge
+
+    first, second = make_tiny_classifier(tmp_path / "first", tiny_phi_dir), tmp_path / "second"
+    model = AutoModelForSequenceClassification.from_pretrained(first)
+    with torch.no_grad():
+        model.score.weight.mul_(-3.0)  # another judge: reversed and three times as wide
+    model.save_pretrained(second)
+    AutoTokenizer.from_pretrained(first).save_pretrained(second)
+    combined = tmp_path / "combined"
+    combined.mkdir()
+    spec = {"members": [{"path": "../first", "scale": 2.0}, {"path": "../second", "scale": 0.5}]}
+    (combined / "judges.json").write_text(json.dumps(spec))
+
+    judge = load_judge(str(combined), device="cpu")
+    assert isinstance(judge, MeanOfJudges) and isinstance(load_judge(str(first), device="cpu"), Scorer)
+    conversations, answers = [[{"role": "user", "content": "Hi?"}]] * 2, ["Hello.", "Go away, I am busy."]
+    a = Scorer(str(first), "cpu").score(conversations, answers)
+    b = Scorer(str(second), "cpu").score(conversations, answers)
+    assert a[0] != a[1] and judge.score(conversations, answers) == pytest.approx(
+        [(x / 2.0 + y / 0.5) / 2 for x, y in zip(a, b, strict=True)]
+    )
+    before = judge_identity(str(combined))["weights_sha256"]
+    spec["members"][1]["scale"] = 1.0
+    (combined / "judges.json").write_text(json.dumps(spec))
+    assert before and judge_identity(str(combined))["weights_sha256"] != before

@@ -11,7 +11,10 @@ import hashlib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "head.safetensors")
+# judges.json: a mean of judges (train.scorer.MeanOfJudges), which names each member's weights by sha256
+WEIGHT_FILES = (
+    "model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "head.safetensors", "judges.json",
+)  # fmt: skip
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -108,6 +108,33 @@ class Scorer:
         return scores
 
 
+class MeanOfJudges:
+    """A judge made of judges: a folder whose ``judges.json`` names its members (folders relative to it)
+    and a scale for each, the sd of its score margins on held-out HH-RLHF pairs. Its score is the mean
+    of the members' scores, each in units of its scale, so no member outweighs another by its range.
+    ``python -m study.judge_skill`` writes one when the combination is the judge it chooses."""
+
+    def __init__(self, folder: str | Path, device: str | None = None):
+        spec = json.loads((Path(folder) / "judges.json").read_text())
+        self.name = str(folder)
+        self.members = [
+            (Scorer(str((Path(folder) / m["path"]).resolve()), device), float(m["scale"]))
+            for m in spec["members"]
+        ]
+        self.device = self.members[0][0].device
+
+    def score(self, conversations: list[list[dict]], answers: list[str]) -> list[float]:
+        each = [[s / scale for s in judge.score(conversations, answers)] for judge, scale in self.members]
+        return [sum(scores) / len(scores) for scores in zip(*each, strict=True)]
+
+
+def load_judge(name_or_path: str, device: str | None = None) -> Scorer | MeanOfJudges:
+    """A judge folder or Hub id: a mean of judges where the folder has ``judges.json``, else one model."""
+    if (Path(name_or_path) / "judges.json").is_file():
+        return MeanOfJudges(name_or_path, device)
+    return Scorer(name_or_path, device)
+
+
 @functools.cache
 def scorer(name_or_path: str, device: str | None = None) -> Scorer:
     """One loaded copy per process (GRPO calls its reward every step)."""

@@ -1,6 +1,6 @@
 """Does the tuned model do better than its base on what people preferred, on data it never saw?
 
-    python -m train.evaluate --adapter DIR --pairs data/pairs/eval.jsonl --judge demo/judge-minilm-hh --output-dir DIR/eval
+    python -m train.evaluate --adapter DIR --pairs data/pairs/eval.jsonl --judge demo/judge-combined --output-dir DIR/eval
     python -m train.evaluate --votes votes.jsonl --output-dir votes-report       # the arena's leaderboard
 
 One module per job, read top to bottom:
@@ -72,6 +72,8 @@ def judge_identity(judge: str) -> dict:
     from train.identity import folder_weights_sha256
 
     info = Path(judge) / "training_info.json"
+    if not info.is_file():  # a mean of judges (train.scorer.MeanOfJudges) describes itself there
+        info = Path(judge) / "judges.json"
     description = json.loads(info.read_text()).get("description") if info.is_file() else None
     sha = folder_weights_sha256(Path(judge)) if Path(judge).is_dir() else None
     return {"name": short_name(judge), "weights_sha256": sha, "description": description}
@@ -172,9 +174,9 @@ def measure(
     report["defects"] = compare(answers["base"], answers["tuned"], answering.trees(prompts))
     scores = {}
     if args.judge:
-        from train.scorer import Scorer
+        from train.scorer import load_judge
 
-        judge = Scorer(args.judge, device=loaded.device)
+        judge = load_judge(args.judge, device=loaded.device)
         accuracy = cached.get("judge_accuracy") or answering.judge_accuracy(judge, pairs)
         report["judge"] = {**judge_id, "accuracy": accuracy}
         scores = dict(cached.get("judge") or {})

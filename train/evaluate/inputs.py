@@ -34,7 +34,7 @@ class EvalArguments:
         default=None,
         metadata={
             "help": "A sequence-classification reward model that scores both models' answers: a folder "
-            "(e.g. demo/judge-minilm-hh) or a Hub id (OpenAssistant/reward-model-deberta-v3-large-v2)."
+            "(e.g. demo/judge-combined, a mean of judges, or demo/judge-minilm-hh) or a Hub id (OpenAssistant/reward-model-deberta-v3-large-v2)."
         },
     )
     base_cache: str | None = field(

@@ -41,7 +41,7 @@ def read_answers(folder: Path) -> tuple[list[dict], dict]:
 
 
 def rejudge(folder: Path, judge_path: str, pairs_file: str) -> dict:
-    from train.scorer import Scorer
+    from train.scorer import load_judge
 
     report = json.loads((folder / "report.json").read_text())
     prompts, answers = read_answers(folder)
@@ -55,7 +55,7 @@ def rejudge(folder: Path, judge_path: str, pairs_file: str) -> dict:
         raise SystemExit(
             f"error: {pairs_file} does not give the {report['pairs']['n']} pairs {folder} was evaluated on"
         )
-    judge = Scorer(judge_path)
+    judge = load_judge(judge_path)
     scores = {side: answering.judge_scores(judge, prompts, answers[side]) for side in answers}
     before = (report.get("judge") or {}).get("name")
     report["judge"] = {**judge_identity(judge_path), "accuracy": answering.judge_accuracy(judge, pairs)}
