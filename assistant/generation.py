@@ -1,9 +1,9 @@
 """Generation on the one shared model: streaming, base-vs-tuned side by side, stopping and routing.
 
 Every request names its own adapter routing (``"__base__"`` or the adapter's name, one per row). The
-apps' requests (``assistant.batcher.stream``) go to the model's batcher: requests that arrive
-while the model is busy are generated together, one row each, in one ``generate`` call, and each row
-streams to its own caller and stops on its own. Offline batches (``generate``: evaluation, benchmarks)
+apps' requests (``assistant.batcher.stream``) go to the model's batcher: they share one running
+batch, one row each, joining it at the next token (its own decode loop, ``assistant.decode``), and each
+row streams to its own caller and stops on its own. Offline batches (``generate``: evaluation, benchmarks)
 run one ``generate`` call per batch under the same per-model lock. Under the lock, a mixed batch is
 routed by PEFT's ``adapter_names`` (which installs hooks on the shared layers for the call), and a batch
 through one adapter sets that state on the model for the call, so no request depends on state another

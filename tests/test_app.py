@@ -133,7 +133,7 @@ def test_stopping_a_chat_stops_the_generation_on_the_server(url, loaded):
             time.sleep(0.01)
         job.cancel()  # what the stop button sends
         deadline = time.time() + 30
-        while not model_lock(loaded).acquire(timeout=0.1):  # released when generate has returned
+        while not model_lock(loaded).acquire(timeout=0.1):  # released when the batch has ended
             assert time.time() < deadline, "generation did not stop"
         model_lock(loaded).release()
         assert len(steps) < 40  # of the 64 it would have made
@@ -141,29 +141,32 @@ def test_stopping_a_chat_stops_the_generation_on_the_server(url, loaded):
         hook.remove()
 
 
-def test_a_chat_stopped_while_it_waits_in_the_queue_never_generates(url, loaded, monkeypatch):
+def test_a_chat_stopped_while_it_waits_in_the_queue_never_generates(url, loaded):
     from assistant.batcher import batcher_for
     from assistant.generation import model_lock
 
-    calls, real = [], loaded.model.generate
-    monkeypatch.setattr(loaded.model, "generate", lambda **kw: calls.append(1) or real(**kw))
+    calls = []  # every forward the batcher runs on the model
+    hook = loaded.model.register_forward_pre_hook(lambda *a: calls.append(1))
     batcher = batcher_for(loaded.model)
-    with model_lock(loaded):  # the model is busy with someone else's batch: the chat waits for it
-        job = Client(url, verbose=False).submit(
-            "Write a long story about a dragon.", "tuned-a", SYSTEM, 0, 1, 64, 0, api_name="/chat"
-        )
-        deadline = time.time() + 60
-        while batcher.waiting < 1:
-            assert time.time() < deadline, "the chat never reached the queue"
-            time.sleep(0.01)
-        time.sleep(0.6)  # it has shown its place in the queue by now
-        started = time.time()
-        job.cancel()  # what the stop button sends
-        while batcher.waiting:  # out of the queue while the batch ahead still runs
-            assert time.time() - started < 5, "the stopped chat stayed in the queue"
-            time.sleep(0.01)
-        cancelled_in = time.time() - started
-    time.sleep(1)  # the model is free now: a chat still queued would start here
+    try:
+        with model_lock(loaded):  # the model is busy with someone else's batch: the chat waits for it
+            job = Client(url, verbose=False).submit(
+                "Write a long story about a dragon.", "tuned-a", SYSTEM, 0, 1, 64, 0, api_name="/chat"
+            )
+            deadline = time.time() + 60
+            while batcher.waiting < 1:
+                assert time.time() < deadline, "the chat never reached the queue"
+                time.sleep(0.01)
+            time.sleep(0.6)  # it has shown its place in the queue by now
+            started = time.time()
+            job.cancel()  # what the stop button sends
+            while batcher.waiting:  # out of the queue while the batch ahead still runs
+                assert time.time() - started < 5, "the stopped chat stayed in the queue"
+                time.sleep(0.01)
+            cancelled_in = time.time() - started
+        time.sleep(1)  # the model is free now: a chat still queued would start here
+    finally:
+        hook.remove()
     assert calls == [] and cancelled_in < 5
     assert job.status().code.name in ("CANCELLED", "FINISHED")
 

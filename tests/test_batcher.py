@@ -1,5 +1,5 @@
-"""Batched serving across people, on the real SmolLM2 with a random LoRA built here: requests that wait
-while the model is held are generated together, and each row answers as it would alone."""
+"""Batched serving across people, on the real SmolLM2 with a random LoRA built here: requests share one
+running batch (joining it at the next token), and each row answers as it would alone."""
 
 import random
 import socket
@@ -40,20 +40,34 @@ def final(loaded, prompt, adapter, settings=GREEDY, stop=None):
     return list(stream(loaded, [conv(prompt)], [adapter], settings, stop))[-1][0]
 
 
+class Forwards(list):
+    """The (rows, tokens) of every forward the batcher ran on the model: a prefill feeds a request's
+    prompts, a decoding step one token of every running row."""
+
+    @property
+    def prefills(self) -> list[int]:
+        return sorted(rows for rows, tokens in self if tokens > 1)
+
+    @property
+    def widest_step(self) -> int:
+        return max(rows for rows, tokens in self if tokens == 1)
+
+
 @contextmanager
-def generate_calls(loaded, monkeypatch):
-    """The number of rows of every generate call made on the model."""
-    rows, real = [], loaded.model.generate
-    monkeypatch.setattr(
-        loaded.model, "generate", lambda **kw: rows.append(kw["input_ids"].shape[0]) or real(**kw)
+def forward_calls(loaded):
+    calls = Forwards()
+    hook = loaded.model.register_forward_pre_hook(
+        lambda module, args, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True
     )
-    yield rows
-    monkeypatch.setattr(loaded.model, "generate", real)
+    try:
+        yield calls
+    finally:
+        hook.remove()
 
 
 def together(loaded, jobs: dict) -> tuple[dict, dict]:
     """Runs each job in its own thread while the model is held, and lets the model go once every job
-    waits in the batcher, so that the batcher takes them all at its next batch boundary."""
+    waits in the batcher, so that the batcher takes them all before its first step."""
     results, errors = {}, {}
 
     def run(key, job):
@@ -75,7 +89,7 @@ def together(loaded, jobs: dict) -> tuple[dict, dict]:
     return results, errors
 
 
-def test_waiting_requests_run_as_one_batch_and_each_row_answers_as_it_would_alone(loaded, monkeypatch):
+def test_waiting_requests_run_as_one_batch_and_each_row_answers_as_it_would_alone(loaded):
     short = GenerationSettings(max_new_tokens=5, temperature=0)
     jobs = {
         "chat": lambda: final(loaded, PROMPTS[0], "default"),
@@ -83,10 +97,11 @@ def test_waiting_requests_run_as_one_batch_and_each_row_answers_as_it_would_alon
         "short": lambda: final(loaded, PROMPTS[2], "default", short),
         "compare": lambda: list(stream(loaded, [conv(PROMPTS[1])] * 2, [BASE, "default"], GREEDY))[-1],
     }
-    with generate_calls(loaded, monkeypatch) as rows:
+    with forward_calls(loaded) as calls:
         results, errors = together(loaded, jobs)
     assert not errors
-    assert rows == [5]  # one generate call, one row per person (two for the comparison)
+    assert calls.prefills == [1, 1, 1, 2]  # each request prefilled by itself
+    assert calls.widest_step == 5  # then decoded together, one row per person (two for the comparison)
     assert results["chat"].text == alone(loaded, PROMPTS[0], "default").text
     assert results["base"].text == alone(loaded, PROMPTS[1], BASE).text
     assert results["base"].text != alone(loaded, PROMPTS[1], "default").text  # routing is visible
@@ -111,7 +126,7 @@ def test_each_row_stops_on_its_own_end_of_turn_and_its_own_limit(loaded):
     assert results["story"] == alone(loaded, PROMPTS[2], BASE, GenerationSettings(24, temperature=0))
 
 
-def test_stopping_one_row_leaves_the_others_running(loaded, monkeypatch):
+def test_stopping_one_row_leaves_the_others_running(loaded):
     stop, seen = threading.Event(), []
     settings = GenerationSettings(max_new_tokens=24, temperature=0)
 
@@ -123,16 +138,47 @@ def test_stopping_one_row_leaves_the_others_running(loaded, monkeypatch):
         return seen[-1]
 
     jobs = {"stopped": stopped, "other": lambda: final(loaded, PROMPTS[2], BASE, settings)}
-    with generate_calls(loaded, monkeypatch) as rows:
+    with forward_calls(loaded) as calls:
         results, errors = together(loaded, jobs)
-    assert not errors and rows == [2]
+    assert not errors and calls.prefills == [1, 1] and calls.widest_step == 2
     assert results["stopped"].tokens < 5 and results["stopped"].done
     assert results["other"] == alone(loaded, PROMPTS[2], BASE, settings)  # all 24 tokens, unchanged
 
 
-def test_a_queued_request_shows_its_place_and_a_stop_takes_it_out_before_it_runs(loaded, monkeypatch):
+def test_a_request_joins_the_running_batch_at_the_next_token_and_each_answers_as_it_would_alone(loaded):
+    long = GenerationSettings(max_new_tokens=40, temperature=0)
+    events, results = [], {}  # (who, tokens so far, done) in the order the readers saw them
+
+    def read(key, prompt, adapter, settings):
+        for (answer,) in stream(loaded, [conv(prompt)], [adapter], settings):
+            if answer.tokens:
+                events.append((key, answer.tokens, answer.done))
+            results[key] = answer
+
+    with forward_calls(loaded) as calls:
+        first = threading.Thread(target=read, args=("first", PROMPTS[2], "default", long))
+        first.start()
+        deadline = time.time() + 120
+        while not any(key == "first" and tokens >= 3 for key, tokens, _ in events):
+            assert time.time() < deadline and first.is_alive(), "the first request never got going"
+            time.sleep(0.01)
+        read("second", PROMPTS[0], BASE, SAMPLED)  # sampled, through the base: its own row in every way
+        first.join(timeout=300)
+    seen = [key for key, _, _ in events]
+    first_done = next(i for i, (key, _, done) in enumerate(events) if key == "first" and done)
+    assert seen.index("second") < first_done  # its first token came while the first was mid-answer
+    assert [key for key, _, done in events if done] == ["second", "first"]  # and it ended before it
+    assert calls.prefills == [1, 1] and calls.widest_step == 2  # joined the running batch
+    joined = next(i for i, (rows, tokens) in enumerate(calls) if i and tokens > 1)
+    assert joined >= 3 and calls[joined + 1] == (2, 1)  # after the first's own steps, at the next one
+    assert results["first"] == alone(loaded, PROMPTS[2], "default", long)  # 40 tokens, never ended
+    assert results["first"].tokens == 40 and not results["first"].ended
+    assert results["second"] == final(loaded, PROMPTS[0], BASE, SAMPLED)  # the same request alone
+
+
+def test_a_queued_request_shows_its_place_and_a_stop_takes_it_out_before_it_runs(loaded):
     stop = threading.Event()
-    with generate_calls(loaded, monkeypatch) as rows:
+    with forward_calls(loaded) as calls:
         with model_lock(loaded):  # someone else's batch holds the model
             answers = stream(loaded, [conv(PROMPTS[0])], ["default"], GREEDY, stop)
             (first,) = next(answers)  # no token yet: its place in the queue
@@ -141,10 +187,10 @@ def test_a_queued_request_shows_its_place_and_a_stop_takes_it_out_before_it_runs
             (last,) = list(answers)[-1]  # ends without waiting for the model
             assert last.done and last.tokens == 0 and batcher_for(loaded.model).waiting == 0
         time.sleep(0.5)  # the model is free: a request still queued would run now
-    assert rows == []
+    assert calls == []
 
 
-def test_sampled_rows_keep_their_own_settings_and_seed_in_a_shared_batch(loaded, monkeypatch):
+def test_sampled_rows_keep_their_own_settings_and_seed_in_a_shared_batch(loaded):
     hotter = GenerationSettings(max_new_tokens=12, temperature=1.3, top_p=1.0, seed=6)
     by_itself = {
         "sampled": final(loaded, PROMPTS[1], "default", SAMPLED),
@@ -156,9 +202,9 @@ def test_sampled_rows_keep_their_own_settings_and_seed_in_a_shared_batch(loaded,
         key: (lambda s=s: final(loaded, PROMPTS[1], "default", s))
         for key, s in (("sampled", SAMPLED), ("hotter", hotter), ("greedy", GREEDY))
     }
-    with generate_calls(loaded, monkeypatch) as rows:
+    with forward_calls(loaded) as calls:
         results, errors = together(loaded, jobs)
-    assert not errors and rows == [3]
+    assert not errors and calls.prefills == [1, 1, 1] and calls.widest_step == 3
     assert results == by_itself
     assert final(loaded, PROMPTS[1], "default", SAMPLED) == by_itself["sampled"]  # reproducible
 
@@ -181,16 +227,16 @@ def test_the_nucleus_is_the_one_transformers_keeps(top_p, spread):
     assert 0 < len(ours) < 49152
 
 
-def test_a_bad_request_fails_alone_and_the_batch_it_was_in_still_answers(loaded, monkeypatch):
+def test_a_bad_request_fails_alone_and_the_batch_it_was_in_still_answers(loaded):
     jobs = {
         "good": lambda: final(loaded, PROMPTS[0], "default"),
         "bad": lambda: list(stream(loaded, [[{"role": "user"}]], [BASE], GREEDY)),  # no content
         "other": lambda: final(loaded, PROMPTS[1], BASE),
     }
-    with generate_calls(loaded, monkeypatch) as rows:
+    with forward_calls(loaded) as calls:
         results, errors = together(loaded, jobs)
     assert set(errors) == {"bad"} and "content" in str(errors["bad"])
-    assert rows == [1, 1]  # the batch failed before its first token; the good ones ran again alone
+    assert calls.prefills == [1, 1] and calls.widest_step == 2  # the bad one failed before its prefill
     assert results["good"].text == alone(loaded, PROMPTS[0], "default").text
     assert results["other"].text == alone(loaded, PROMPTS[1], BASE).text
     assert final(loaded, PROMPTS[1], BASE).text  # and the model keeps serving
@@ -208,9 +254,7 @@ def free_port() -> int:
 COMPARE = dict(system="", temperature=0, top_p=1, max_new_tokens=12, seed=0)
 
 
-def test_the_app_lets_requests_reach_the_batcher_together_and_says_busy_beyond_its_queue(
-    loaded, monkeypatch, tmp_path
-):
+def test_the_app_lets_requests_reach_the_batcher_together_and_says_busy_beyond_its_queue(loaded, tmp_path):
     from app import build_demo
     from assistant.store import Store
 
@@ -222,7 +266,7 @@ def test_the_app_lets_requests_reach_the_batcher_together_and_says_busy_beyond_i
     core = Assistant(loaded, limits)
     try:
         clients = [Client(url, verbose=False) for _ in range(5)]
-        with generate_calls(loaded, monkeypatch) as rows:
+        with forward_calls(loaded) as calls:
             with model_lock(loaded):
                 jobs = [
                     c.submit(p, api_name="/compare", **COMPARE)
@@ -241,7 +285,7 @@ def test_the_app_lets_requests_reach_the_batcher_together_and_says_busy_beyond_i
                 with pytest.raises(Exception, match="busy"):
                     clients[4].predict(PROMPTS[1], api_name="/compare", **COMPARE)
             answers = [job.result(timeout=300) for job in jobs]
-        assert rows == [8]  # four comparisons, two rows each, in one generate call
+        assert calls.prefills == [2, 2, 2, 2] and calls.widest_step == 8  # four comparisons, one batch
         for prompt, answer in zip([*PROMPTS, PROMPTS[0]], answers, strict=True):
             prepared = core.prepare(prompt, [], "", core.settings(0, 1, 12, 0))
             assert tuple(answer) == tuple(a.text for a in list(core.compare(prepared))[-1])

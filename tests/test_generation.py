@@ -109,7 +109,7 @@ def test_streaming_yields_growing_partials_and_ends_with_the_full_answer(loaded,
 def test_a_slow_reader_gets_the_newest_snapshot_and_always_the_final_one(loaded, alone):
     rows = stream(loaded, [conv(PROMPTS[1])] * 2, [BASE, "default"], GREEDY)
     first = next(r for r in rows if not r[0].queued)  # the first token, after any wait in the queue
-    with model_lock(loaded):  # generate has finished: everything after the first is queued
+    with model_lock(loaded):  # the batch has ended: everything after the first is queued
         pass
     rest = list(rows)
     assert len(rest) == 1 and all(a.done for a in rest[0])  # the backlog collapses into the final answer
@@ -125,7 +125,7 @@ def test_stopping_a_stream_stops_generation_itself(loaded):
         answers = stream(loaded, [conv("Count to a thousand.")], [BASE], settings)
         next(answers), next(answers)
         answers.close()  # what Gradio does when the user presses stop
-        with model_lock(loaded):  # released when generate has returned
+        with model_lock(loaded):  # released when the batch has ended
             pass
         assert len(steps) < 10
     finally:

@@ -1,0 +1,180 @@
+"""The batcher's decode loop, one step at a time: a running batch that rows join and leave between steps.
+
+A request is prefilled on its own (one forward over its rows' prompts, left-padded among themselves),
+which gives its first token at once; its KV cache is then merged into the running batch's: the shorter
+cache is padded on the left along the sequence axis, the two are concatenated along the batch axis, and
+the attention mask marks the padding so no row ever attends to it. Each decoding step is one forward
+of every running row's last token, with explicit position ids (each row counts only its own tokens)
+and PEFT's ``adapter_names`` routing each row through its own adapter. A row that is done is dropped at
+once (the batch axis indexed), and the columns that only dropped rows used are trimmed from the left.
+
+Each row picks its own next token (``choose``): the model's repetition penalty over its own tokens
+(never the padding), its own minimum length, then greedy argmax or a draw with its own temperature,
+top-p and seeded generator. Nothing in a row's token depends on the other rows, but the floating-point
+sums of a batched forward can: a masked pad column adds exactly zero, yet a kernel may add the same
+numbers in another order for another batch shape (tests compare each row with the same request alone).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from assistant.generation import GenerationSettings, _encode, _routing
+
+TOP_K = 64  # the nucleus is looked for among this many most likely tokens first (see ``nucleus``)
+
+
+def nucleus(probs: torch.Tensor, top: torch.Tensor, ids: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs`` (one row) with the tokens outside the top-p nucleus set to 0, given its most likely
+    tokens ``top`` (sorted, with their ``ids``): the full sort only when they hold less than top_p.
+
+    This is the set transformers' ``TopPLogitsWarper`` keeps (tested), without sorting the whole
+    vocabulary for every row at every step (about 25 ms a row on the shared 2-core CPU, more than a
+    small model's step)."""
+    if top_p >= 1:
+        return probs
+    top, ids = (top, ids) if top.sum() >= top_p else probs.sort(descending=True)
+    kept = ids[(top.cumsum(0) - top) < top_p]  # the tokens before each hold less than top_p
+    return torch.zeros_like(probs).index_copy_(0, kept, probs[kept])
+
+
+@dataclass(eq=False)
+class Row:
+    """One answer being generated: its request (``request.streamer`` gets its tokens), its place in it,
+    its own settings and sampling generator, and its tokens so far (prompt and answer)."""
+
+    request: object
+    index: int
+    settings: GenerationSettings
+    ids: list[int]
+    generator: torch.Generator = field(init=False)
+    new: int = 0  # tokens chosen so far
+
+    def __post_init__(self) -> None:
+        seed = self.settings.seed
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**63)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def adapter(self) -> str:
+        return self.request.adapters[self.index]
+
+    @property
+    def done(self) -> bool:
+        return self.request.closed or self.request.streamer.done[self.index]
+
+
+def choose(logits: torch.Tensor, rows: list[Row], stop_ids: list[int], penalty: float) -> torch.Tensor:
+    """The next token of every row, from its last logits (``[rows, vocab]``), each by its own settings.
+
+    The order is ``generate``'s with the batcher's old sampler: the generation config's repetition
+    penalty (what ``train.evaluate`` sets), then the minimum length, then greedy or a draw."""
+    scores = logits.float()
+    for i, row in enumerate(rows):
+        if penalty != 1.0:  # transformers' RepetitionPenaltyLogitsProcessor, over this row's own tokens
+            ids = torch.tensor(row.ids, device=scores.device)
+            seen = scores[i, ids]
+            scores[i, ids] = torch.where(seen < 0, seen * penalty, seen / penalty)
+        if row.new < row.settings.min_new_tokens:
+            scores[i, stop_ids] = -float("inf")
+    tokens = scores.argmax(dim=-1)
+    sampled = [i for i, row in enumerate(rows) if row.settings.do_sample]
+    if sampled:
+        temperatures = torch.tensor([[rows[i].settings.temperature] for i in sampled])
+        probs = torch.softmax(scores[sampled].cpu() / temperatures, dim=-1)
+        top, top_ids = probs.topk(min(TOP_K, probs.shape[-1]), dim=-1)
+        for k, i in enumerate(sampled):
+            # Drawn over the whole vocabulary in its own order: rounding noise can reorder near-equal
+            # probabilities in a sorted list, but it cannot move a token's place here.
+            kept = nucleus(probs[k], top[k], top_ids[k], rows[i].settings.top_p)
+            tokens[i] = torch.multinomial(kept, 1, generator=rows[i].generator).item()
+    for row, token in zip(rows, tokens.tolist(), strict=True):
+        row.ids.append(token)
+        row.new += 1
+    return tokens
+
+
+def _forward(model, adapters, input_ids, mask, positions, cache) -> torch.Tensor:
+    """One forward of the rows (each through its adapter); the logits of each row's last position."""
+    with _routing(model, adapters) as routing:
+        out = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,  # as generate does: the vocabulary projection of the last position only
+            **routing,
+        )
+    return out.logits[:, -1, :]
+
+
+class Running:
+    """Rows decoding together: one KV cache (``[rows, heads, columns, dim]`` per layer), the attention
+    mask over its columns (0 on each row's left padding), each row's next token (chosen, not yet in the
+    cache) and its position (the count of the row's own tokens before it)."""
+
+    def __init__(self, rows: list[Row], cache: DynamicCache, mask, tokens, positions):
+        self.rows, self.cache, self.mask, self.tokens, self.positions = rows, cache, mask, tokens, positions
+
+    @classmethod
+    def prefill(cls, loaded, request, stop_ids: list[int], penalty: float) -> Running:
+        """A request's rows, prefilled by themselves, with their first tokens chosen."""
+        batch = _encode(loaded, request.conversations)
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate counts them
+        cache = DynamicCache()
+        logits = _forward(loaded.model, request.adapters, input_ids, mask, positions, cache)
+        rows = [
+            Row(request, i, settings, input_ids[i][mask[i].bool()].tolist())
+            for i, settings in enumerate(request.settings)
+        ]
+        tokens = choose(logits, rows, stop_ids, penalty)
+        return cls(rows, cache, mask, tokens, mask.sum(-1))
+
+    def step(self, model, stop_ids: list[int], penalty: float) -> None:
+        """Feed every row its last token, and choose the next."""
+        self.mask = F.pad(self.mask, (0, 1), value=1)
+        adapters = [row.adapter for row in self.rows]
+        logits = _forward(
+            model, adapters, self.tokens[:, None], self.mask, self.positions[:, None], self.cache
+        )
+        self.positions = self.positions + 1
+        self.tokens = choose(logits, self.rows, stop_ids, penalty)
+
+    def join(self, other: Running) -> Running:
+        """Both batches' rows in one: the shorter cache padded on the left (masked), then stacked."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+
+        def left(x: torch.Tensor, axis_from_end: int) -> torch.Tensor:
+            missing = width - x.shape[-axis_from_end]
+            return F.pad(x, (0, 0) * (axis_from_end - 1) + (missing, 0)) if missing else x
+
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([left(mine.keys, 2), left(theirs.keys, 2)])
+            mine.values = torch.cat([left(mine.values, 2), left(theirs.values, 2)])
+        self.mask = torch.cat([left(self.mask, 1), left(other.mask, 1)])
+        self.tokens = torch.cat([self.tokens, other.tokens])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.rows += other.rows
+        return self
+
+    def keep(self, kept: list[int]) -> None:
+        """Only the rows ``kept`` (indices) stay; columns now padding in every row are trimmed."""
+        if len(kept) == len(self.rows):
+            return
+        index = torch.tensor(kept, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.tokens, self.positions = self.mask[index], self.tokens[index], self.positions[index]
+        self.rows = [self.rows[i] for i in kept]
+        first = int(self.mask.any(dim=0).int().argmax())  # the first column some row still uses
+        if first:
+            self.mask = self.mask[:, first:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
