@@ -19,7 +19,10 @@ from train.train import build_trainer, parse_args
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 STEPS = 3
 SMALL = {
-    "grpo": ["--num_generations", "4", "--per_device_train_batch_size", "4", "--max_completion_length", "8"],
+    # a graded reward with spread even in 8 random tokens (the recipe's loop and end rewards have none
+    # there: every completion is cut and too short to loop, and GRPO learns only from spread)
+    "grpo": ["--num_generations", "4", "--per_device_train_batch_size", "4", "--max_completion_length", "8",
+             "--reward_funcs", "preference", "--reward_weights", "1.0"],  # fmt: skip
     "dpo": ["--per_device_train_batch_size", "2", "--max_length", "64"],
 }
 
