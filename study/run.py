@@ -262,17 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (ROOT / JUDGES[0] / "judge_head.json").exists():
             sh([sys.executable, "-m", "study.judge_train", "--output", str(JUDGES[0])])
         if not (ROOT / JUDGE / "judges.json").exists():
-            sh(
-                [
-                    sys.executable,
-                    "-m",
-                    "study.judge_skill",
-                    *map(str, JUDGES),
-                    "--hh-limit",
-                    "100",
-                    "--matched-only",
-                ]
-            )
+            sh([sys.executable, "-m", "study.judge_skill", *map(str, JUDGES), "--hh-limit", "100",
+                "--matched-only"])  # fmt: skip
         for name in names:
             if name in CANDIDATES:
                 evaluate(name)
