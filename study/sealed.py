@@ -3,6 +3,8 @@
     python -m study.sealed NAME [NAME ...]              # outputs/study/NAME, evaluated on the sealed test
     python -m study.sealed NAME --record-changed        # evaluate a candidate whose recipe changed after
                                                         # the test saw it; the ledger says so
+    python -m study.sealed NAME --finish-interrupted    # a run stopped before its report: run it again;
+                                                        # the ledger counts both and says so
 
 This is the only code that reads ``data/study-splits/test.jsonl`` (train.data.splits); every choice of the
 study (learning rates, candidates, steps, the demo pick) is made on dev.jsonl by ``python -m study.run``.
@@ -55,21 +57,38 @@ def seen(ledger: dict) -> dict[str, dict]:
     out = {}
     for run in ledger["runs"]:
         for candidate in run["candidates"]:
-            out[candidate["name"]] = {**candidate, "ran_at": run["ran_at"]}
+            out[candidate["name"]] = {
+                **candidate,
+                "ran_at": run["ran_at"],
+                "finished": run.get("finished", True),
+            }
     return out
 
 
-def plan(ledger: dict, names: list[str], recipes: dict[str, str], record_changed: bool) -> list[dict]:
-    """The candidates to evaluate now, each {name, recipe_sha256, changed_after_seen}; raises SealedError
-    for one the sealed test must not evaluate."""
+def plan(
+    ledger: dict,
+    names: list[str],
+    recipes: dict[str, str],
+    record_changed: bool,
+    finish_interrupted: bool = False,
+) -> list[dict]:
+    """The candidates to evaluate now, each {name, recipe_sha256, changed_after_seen} (and ``resumes``:
+    the run it finishes); raises SealedError for one the sealed test must not evaluate."""
     before, out = seen(ledger), []
     for name in dict.fromkeys(names):
         earlier = before.get(name)
         changed = earlier is not None and earlier["recipe_sha256"] != recipes[name]
+        interrupted = earlier is not None and not earlier["finished"] and not Path(earlier["report"]).exists()
+        if earlier is not None and not changed and interrupted and finish_interrupted:
+            # stopped before it wrote a report: nothing was seen to choose by; this run is on record too
+            out.append({"name": name, "recipe_sha256": recipes[name], "changed_after_seen": False,
+                        "resumes": earlier["ran_at"]})  # fmt: skip
+            continue
         if earlier is not None and not changed:
+            hint = "; it stopped before its report: --finish-interrupted runs it again" if interrupted else ""
             raise SealedError(
                 f"{name}: already evaluated on the sealed test on {earlier['ran_at']} with this recipe "
-                f"(report: {earlier['report']}); it is read once"
+                f"(report: {earlier['report']}); it is read once{hint}"
             )
         if changed and not record_changed:
             raise SealedError(
@@ -81,12 +100,21 @@ def plan(ledger: dict, names: list[str], recipes: dict[str, str], record_changed
     return out
 
 
-def record_start(path: Path, names: list[str], recipes: dict, record_changed: bool, info, test: Path) -> dict:
+def record_start(
+    path: Path,
+    names: list[str],
+    recipes: dict,
+    record_changed: bool,
+    info,
+    test: Path,
+    finish_interrupted=False,
+) -> dict:
     """Under the ledger's lock: re-read it, refuse what it must (plan), append this run and write it,
     all before the test is read; returns the run. ``info(name)`` adds what identifies the adapter."""
     with locked(path):
         ledger = read_ledger(path)
-        candidates = [{**c, **info(c["name"])} for c in plan(ledger, names, recipes, record_changed)]
+        planned = plan(ledger, names, recipes, record_changed, finish_interrupted)
+        candidates = [{**c, **info(c["name"])} for c in planned]
         run = {
             "ran_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "test_file": str(test),
@@ -142,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         "--record-changed", action="store_true", help="evaluate a candidate whose recipe changed after "
         "the test saw it; the ledger marks the run changed_after_seen",
     )  # fmt: skip
+    parser.add_argument(
+        "--finish-interrupted", action="store_true", help="evaluate again a candidate whose sealed run "
+        "stopped before it wrote a report; the ledger counts both runs and marks this one resumes",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     try:
@@ -151,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         recipes = {n: sha256(recipe_file(n, RUNS, Path("recipes/study"))) for n in args.names}
         run = record_start(
-            LEDGER, args.names, recipes, args.record_changed, lambda n: candidate_info(n, RUNS), TEST
-        )
+            LEDGER, args.names, recipes, args.record_changed, lambda n: candidate_info(n, RUNS), TEST,
+            args.finish_interrupted,
+        )  # fmt: skip
     except SealedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -94,6 +94,21 @@ def test_a_candidate_is_read_once(tmp_path, recipes, test_file):
     assert json.loads(path.read_text())["evaluations"] == 2
 
 
+def test_a_run_stopped_before_its_report_may_be_finished_on_record_once(tmp_path, recipes, test_file):
+    """Interrupted (no report written): refused by default, run again with finish_interrupted, which the
+    ledger counts as a read too and marks; once that run finished, the candidate is refused again."""
+    path = tmp_path / "sealed.json"
+    first = start(path, recipes, ["dpo"], test_file)
+    with pytest.raises(sealed.SealedError, match="it is read once; it stopped before its report"):
+        start(path, recipes, ["dpo"], test_file)
+    again = sealed.record_start(path, ["dpo"], shas(recipes, ["dpo"]), False, info, test_file, True)
+    assert again["candidates"][0]["resumes"] == first["ran_at"]
+    assert json.loads(path.read_text())["evaluations"] == 2  # both reads are on record
+    sealed.record_finish(path, again)
+    with pytest.raises(sealed.SealedError, match="it is read once$"):
+        sealed.record_start(path, ["dpo"], shas(recipes, ["dpo"]), False, info, test_file, True)
+
+
 def test_a_changed_recipe_is_refused_unless_the_change_is_recorded(tmp_path, recipes, test_file):
     path = tmp_path / "sealed.json"
     start(path, recipes, ["dpo"], test_file)
