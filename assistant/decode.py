@@ -1,7 +1,8 @@
 """The batcher's decode loop, one step at a time: a running batch that rows join and leave between steps.
 
-A request is prefilled on its own (one forward over its rows' prompts, left-padded among themselves),
-which gives its first token at once; its KV cache is then merged into the running batch's: the shorter
+The requests that arrive together are prefilled together (one forward over all their rows' prompts,
+left-padded among themselves), which gives their first tokens at once; that KV cache is then merged
+into the running batch's: the shorter
 cache is padded on the left along the sequence axis, the two are concatenated along the batch axis, and
 the attention mask marks the padding so no row ever attends to it. Each decoding step is one forward
 of every running row's last token, with explicit position ids (each row counts only its own tokens)
@@ -124,16 +125,18 @@ class Running:
         self.rows, self.cache, self.mask, self.tokens, self.positions = rows, cache, mask, tokens, positions
 
     @classmethod
-    def prefill(cls, loaded, request, stop_ids: list[int], penalty: float) -> Running:
-        """A request's rows, prefilled by themselves, with their first tokens chosen."""
-        batch = _encode(loaded, request.conversations)
+    def prefill(cls, loaded, requests: list, stop_ids: list[int], penalty: float) -> Running:
+        """The rows of ``requests``, prefilled in one forward, with their first tokens chosen."""
+        batch = _encode(loaded, [c for request in requests for c in request.conversations])
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate counts them
         cache = DynamicCache()
-        logits = _forward(loaded.model, request.adapters, input_ids, mask, positions, cache)
+        adapters = [a for request in requests for a in request.adapters]
+        logits = _forward(loaded.model, adapters, input_ids, mask, positions, cache)
+        places = [(request, i, s) for request in requests for i, s in enumerate(request.settings)]
         rows = [
-            Row(request, i, settings, input_ids[i][mask[i].bool()].tolist())
-            for i, settings in enumerate(request.settings)
+            Row(request, i, settings, input_ids[k][mask[k].bool()].tolist())
+            for k, (request, i, settings) in enumerate(places)
         ]
         tokens = choose(logits, rows, stop_ids, penalty)
         return cls(rows, cache, mask, tokens, mask.sum(-1))

@@ -41,8 +41,8 @@ def final(loaded, prompt, adapter, settings=GREEDY, stop=None):
 
 
 class Forwards(list):
-    """The (rows, tokens) of every forward the batcher ran on the model: a prefill feeds a request's
-    prompts, a decoding step one token of every running row."""
+    """The (rows, tokens) of every forward the batcher ran on the model: a prefill feeds the prompts
+    of the requests taken together, a decoding step one token of every running row."""
 
     @property
     def prefills(self) -> list[int]:
@@ -100,8 +100,8 @@ def test_waiting_requests_run_as_one_batch_and_each_row_answers_as_it_would_alon
     with forward_calls(loaded) as calls:
         results, errors = together(loaded, jobs)
     assert not errors
-    assert calls.prefills == [1, 1, 1, 2]  # each request prefilled by itself
-    assert calls.widest_step == 5  # then decoded together, one row per person (two for the comparison)
+    assert calls.prefills == [5]  # prefilled in one forward, one row per person (two for the comparison)
+    assert calls.widest_step == 5  # then decoded together
     assert results["chat"].text == alone(loaded, PROMPTS[0], "default").text
     assert results["base"].text == alone(loaded, PROMPTS[1], BASE).text
     assert results["base"].text != alone(loaded, PROMPTS[1], "default").text  # routing is visible
@@ -140,7 +140,7 @@ def test_stopping_one_row_leaves_the_others_running(loaded):
     jobs = {"stopped": stopped, "other": lambda: final(loaded, PROMPTS[2], BASE, settings)}
     with forward_calls(loaded) as calls:
         results, errors = together(loaded, jobs)
-    assert not errors and calls.prefills == [1, 1] and calls.widest_step == 2
+    assert not errors and calls.prefills == [2]  # (it may stop before the first step together)
     assert results["stopped"].tokens < 5 and results["stopped"].done
     assert results["other"] == alone(loaded, PROMPTS[2], BASE, settings)  # all 24 tokens, unchanged
 
@@ -204,7 +204,7 @@ def test_sampled_rows_keep_their_own_settings_and_seed_in_a_shared_batch(loaded)
     }
     with forward_calls(loaded) as calls:
         results, errors = together(loaded, jobs)
-    assert not errors and calls.prefills == [1, 1, 1] and calls.widest_step == 3
+    assert not errors and calls.prefills == [3] and calls.widest_step == 3
     assert results == by_itself
     assert final(loaded, PROMPTS[1], "default", SAMPLED) == by_itself["sampled"]  # reproducible
 
@@ -236,7 +236,8 @@ def test_a_bad_request_fails_alone_and_the_batch_it_was_in_still_answers(loaded)
     with forward_calls(loaded) as calls:
         results, errors = together(loaded, jobs)
     assert set(errors) == {"bad"} and "content" in str(errors["bad"])
-    assert calls.prefills == [1, 1] and calls.widest_step == 2  # the bad one failed before its prefill
+    # Together they failed at encoding the bad one, before any forward; then each by itself.
+    assert calls.prefills == [1, 1] and calls.widest_step == 2
     assert results["good"].text == alone(loaded, PROMPTS[0], "default").text
     assert results["other"].text == alone(loaded, PROMPTS[1], BASE).text
     assert final(loaded, PROMPTS[1], BASE).text  # and the model keeps serving
@@ -285,7 +286,7 @@ def test_the_app_lets_requests_reach_the_batcher_together_and_says_busy_beyond_i
                 with pytest.raises(Exception, match="busy"):
                     clients[4].predict(PROMPTS[1], api_name="/compare", **COMPARE)
             answers = [job.result(timeout=300) for job in jobs]
-        assert calls.prefills == [2, 2, 2, 2] and calls.widest_step == 8  # four comparisons, one batch
+        assert calls.prefills == [8] and calls.widest_step == 8  # four comparisons, one batch
         for prompt, answer in zip([*PROMPTS, PROMPTS[0]], answers, strict=True):
             prepared = core.prepare(prompt, [], "", core.settings(0, 1, 12, 0))
             assert tuple(answer) == tuple(a.text for a in list(core.compare(prepared))[-1])
