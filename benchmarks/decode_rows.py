@@ -1,0 +1,95 @@
+"""What one decoding step of the batcher costs with N rows, against one row: the floor under
+``benchmarks/concurrency.py``'s ratios (8 users at once cannot take less than a step of 8 rows over a
+step of one, times the steps).
+
+    python -m benchmarks.decode_rows [--rows 1,2,4,8,16] [--steps 16] [--repeats 5] [--threads 1]
+
+Model: the packaged SmolLM2-135M-Instruct (fp32, CPU) with a LoRA like the CPU demo's. Each row is a
+chat prompt prefilled by ``assistant.decode.Running.prefill`` (the batcher's own), then ``--steps`` steps
+of ``Running.step`` (forward of every row's last token through the adapter, then each row's sampled
+token: temperature 0.7, top-p 0.95, its own seed) are timed; the repeats go through the row counts in
+alternating order so that load from other work falls on all. Reported per row count: the median
+seconds a step, the ratio to one row, and tokens per second (rows / step). Writes
+benchmarks/results/decode_rows.json and decode_rows.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+
+from tqdm import tqdm
+
+from benchmarks.serving_common import (
+    PROMPT,
+    THREADS_HELP,
+    load_smollm2_with_lora,
+    machine,
+    median,
+    timed,
+    write,
+)
+
+
+def main() -> None:
+    import torch
+
+    from assistant.batcher import Request
+    from assistant.decode import Running
+    from assistant.generation import GenerationSettings, _streamer, eos_ids
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="1,2,4,8,16")
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    counts = [int(n) for n in args.rows.split(",")]
+    info = machine()
+    loaded = load_smollm2_with_lora()
+    stop_ids = sorted(eos_ids(loaded))
+    settings = GenerationSettings(args.steps + 1, temperature=0.7, top_p=0.95, seed=0)
+
+    def batch(n: int) -> Running:
+        adapters = ["default"] * n
+        streamer = _streamer(loaded, adapters, None, [settings.max_new_tokens] * n, threading.Event())
+        conversations = [[{"role": "user", "content": f"{PROMPT} ({i})"}] for i in range(n)]
+        request = Request(conversations, adapters, [settings] * n, streamer, lambda _: None)
+        return Running.prefill(loaded, [request], stop_ids, 1.0)
+
+    seconds: dict[int, list[float]] = {n: [] for n in counts}
+    with torch.inference_mode():
+        batch(1).step(loaded.model, stop_ids, 1.0)  # warm-up
+        for repeat in tqdm(range(args.repeats), desc="repeats"):
+            for n in counts if repeat % 2 == 0 else counts[::-1]:
+                running = batch(n)
+                for _ in range(args.steps):
+                    seconds[n].append(timed(lambda r=running: r.step(loaded.model, stop_ids, 1.0)))
+    one = median(seconds[counts[0]])
+    rows = [
+        {
+            "rows": n,
+            "step_s": median(seconds[n]),
+            "vs_first": round(median(seconds[n]) / one, 2),
+            "tokens_per_s": round(n / median(seconds[n]), 1),
+        }
+        for n in counts
+    ]
+    record = {"steps": args.steps, "repeats": args.repeats, "rows": rows, "machine": info}
+    lines = [
+        "# One decoding step with N rows",
+        "",
+        f"`python -m benchmarks.decode_rows --threads {args.threads}` — SmolLM2-135M-Instruct + LoRA r=16, "
+        f"fp32, `assistant.decode.Running.step` (forward + sampling), median of {args.steps} steps x "
+        f"{args.repeats} repeats per row count, in one run.",
+        "",
+        f"| rows | step s | vs {counts[0]} row(s) | tokens/s |",
+        "|---|---|---|---|",
+        *(f"| {r['rows']} | {r['step_s']} | {r['vs_first']} | {r['tokens_per_s']} |" for r in rows),
+    ]
+    write("decode_rows", record, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
