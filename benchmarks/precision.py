@@ -7,8 +7,9 @@ Loads the packaged SmolLM2-135M-Instruct with the demo adapters twice, in fp32 a
 through the served path (``Assistant.chat``), and records per precision the tokens per second of one
 user alone, and per prompt whether the two precisions gave the same answer (and where they part, in
 tokens). The apps serve bf16 only where ``cpu_has_native_bf16()`` (AVX512-BF16 or AMX-BF16): elsewhere
-bf16 matmuls are emulated, hundreds of times slower, so without the flag the run is skipped and the
-result says so (``--force`` runs it anyway: expect it to take very long).
+bf16 is emulated and arithmetic-bound work crawls (``benchmarks/cpu_bf16.py``), so without the flag the
+run is skipped and the result says so (``--force`` runs it anyway: one user's greedy decoding only
+streams the weights, so it takes about as long as fp32).
 Writes benchmarks/results/precision.json and precision.md.
 """
 
