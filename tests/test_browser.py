@@ -230,3 +230,47 @@ def test_the_evidence_tab_gives_the_committed_verdict_first_and_browses_every_co
     assert ("cut off at the 256-token limit" in marks) == any(
         "cut off" in m for side in ("base", "tuned") for m in worse[0].marks(side)
     )
+
+
+def test_a_newcomer_plays_five_battles_and_sees_no_red_error(page, store):
+    """Issue 28's walk-through: five anonymous battles in a row, with what a first visitor tries along
+    the way (a message too long, Regenerate, every vote); refusals are warnings, never an error badge."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Arena").click()
+    send, again = (
+        page.get_by_role("button", name="Send", exact=True),
+        page.get_by_role("button", name="Regenerate"),
+    )
+    votes_before = len(store.files["votes"].read_text().splitlines()) if store.files["votes"].exists() else 0
+    prompts = [
+        "Name a fruit.",
+        "How do I boil an egg?",
+        "Say hello.",
+        "Why is the sky blue?",
+        "Name a color.",
+    ]
+    for i, (prompt, vote) in enumerate(zip(prompts, [*VOTES, VOTES[0]], strict=True)):
+        new = page.get_by_role("button", name="New battle")
+        if new.is_visible():
+            new.click()
+        expect(send).to_be_enabled()
+        if i == 1:
+            page.get_by_placeholder("Ask both models").fill("x" * 9000)
+            send.click()
+            page.locator(".toast-body.warning").get_by_text("the message is too long").first.wait_for()
+            assert no_error_badge(page)
+        page.get_by_placeholder("Ask both models").fill(prompt)
+        send.click()
+        expect(page.get_by_role("button", name=vote)).to_be_enabled(timeout=600_000)
+        if i == 3:
+            again.click()
+            expect(page.get_by_role("button", name=vote)).to_be_disabled()  # answering again
+            expect(page.get_by_role("button", name=vote)).to_be_enabled(timeout=600_000)
+        page.get_by_role("button", name=vote).click()
+        page.get_by_text("A was ").wait_for()
+        assert no_error_badge(page), f"battle {i + 1}"
+    lines = store.files["votes"].read_text().splitlines()
+    assert len(lines) == votes_before + 5
+    choices = [json.loads(line)["winner"] for line in lines[-5:]]
+    assert len(set(choices)) == 4, choices  # each of the four votes was recorded as itself
