@@ -172,9 +172,8 @@ class Batcher:
 
 
 def _prefill(loaded, requests: list[Request], stop_ids, penalty) -> Running | None:
-    """The requests taken together, prefilled in one forward (eight at once cost a third less than one
-    by one, benchmarks/results/concurrency.md); if that fails, each by itself, so a bad request fails
-    alone and its error goes to its caller, who shows it to the user."""
+    """The requests taken together, prefilled in one forward; if that fails, each by itself, so a bad
+    request fails alone and its error goes to its caller, who shows it to the user."""
     try:
         return _hand_out(Running.prefill(loaded, requests, stop_ids, penalty))
     except BaseException as error:
@@ -183,11 +182,7 @@ def _prefill(loaded, requests: list[Request], stop_ids, penalty) -> Running | No
             return None
     batch = None
     for request in requests:
-        try:
-            joining = _hand_out(Running.prefill(loaded, [request], stop_ids, penalty))
-        except BaseException as error:
-            request.fail(error)
-            continue
+        joining = _prefill(loaded, [request], stop_ids, penalty)
         if joining is not None:
             batch = joining if batch is None else batch.join(joining)
     return batch

@@ -2,9 +2,9 @@
 
 The requests that arrive together are prefilled together (one forward over all their rows' prompts,
 left-padded among themselves), which gives their first tokens at once; that KV cache is then merged
-into the running batch's: the shorter
-cache is padded on the left along the sequence axis, the two are concatenated along the batch axis, and
-the attention mask marks the padding so no row ever attends to it. Each decoding step is one forward
+into the running batch's: the shorter cache is padded on the left along the sequence axis, the two are
+concatenated along the batch axis, and the attention mask marks the padding so no row ever attends to
+it. Each decoding step is one forward
 of every running row's last token, with explicit position ids (each row counts only its own tokens)
 and PEFT's ``adapter_names`` routing each row through its own adapter. A row that is done is dropped at
 once (the batch axis indexed), and the columns that only dropped rows used are trimmed from the left.
