@@ -132,10 +132,18 @@ def evaluate(name: str) -> None:
     keep(name)
 
 
-def keep(name: str) -> Path:
+def keep(name: str, report: str | None = None) -> Path:
     """Copy an evaluated candidate (adapter, tokenizer, recipe, metrics, plots, reports) into the tree,
-    study/adapters/NAME: outputs/ does not outlive a machine, and its figures must stay checkable."""
-    return copy_run(ROOT / RUNS / name, ROOT / KEPT / name)
+    study/adapters/NAME: outputs/ does not outlive a machine, and its figures must stay checkable. With
+    ``report`` (a report folder: "sealed"), that folder only: the kept folder's other reports (a dev
+    report re-judged in the tree) stay as they are."""
+    if report is None:
+        return copy_run(ROOT / RUNS / name, ROOT / KEPT / name)
+    import shutil
+
+    target = ROOT / KEPT / name / report
+    shutil.rmtree(target, ignore_errors=True)
+    return Path(shutil.copytree(ROOT / RUNS / name / report, target))
 
 
 def copy_run(source: Path, target: Path) -> Path:

@@ -162,7 +162,7 @@ def candidate_info(name: str, runs: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    from study.run import EVAL_OPTIONS, JUDGE, ROOT, RUNS, sh
+    from study.run import EVAL_OPTIONS, JUDGE, ROOT, RUNS, keep, sh
 
     parser = argparse.ArgumentParser(prog="python -m study.sealed", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="+", help="final candidates (folders of outputs/study/)")
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         sh([sys.executable, "-m", "train.evaluate", "--adapter", str(RUNS / c["name"]), "--pairs", str(TEST),
             "--judge", str(JUDGE), *EVAL_OPTIONS, "--sealed",
             "--output-dir", str(Path(c["report"]).parent)])  # fmt: skip
+        keep(c["name"], Path(c["report"]).parent.name)  # the sealed report, into the tree to commit
     ledger = record_finish(LEDGER, run)
     print(
         f"sealed test: {len(run['candidates'])} evaluated now, {ledger['evaluations']} in all; ledger {LEDGER}"

@@ -205,3 +205,19 @@ def test_the_studys_evaluations_run_at_serving_length():
     argv = [*study.EVAL_OPTIONS, "--adapter", "demo/smollm2-grpo-demo", "--output-dir", "x"]
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(argv)
     assert args.max_new_tokens == 256 and args.base_cache == str(study.RUNS / "base-cache")
+
+
+def test_keeping_a_sealed_report_leaves_the_kept_dev_reports_as_they_are(tmp_path, monkeypatch):
+    import study.run as run
+
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    made, kept = tmp_path / run.RUNS / "cand", tmp_path / run.KEPT / "cand"
+    for folder, text in ((made / "eval", "stale"), (made / "sealed", "sealed"), (kept / "eval", "re-judged")):
+        folder.mkdir(parents=True)
+        (folder / "report.md").write_text(text)
+    (kept / "sealed").mkdir()
+    (kept / "sealed" / "old.md").write_text("an earlier sealed report")
+    run.keep("cand", "sealed")
+    assert (kept / "eval" / "report.md").read_text() == "re-judged"  # study.sealed keeps only its report
+    assert [p.name for p in (kept / "sealed").iterdir()] == ["report.md"]
+    assert (kept / "sealed" / "report.md").read_text() == "sealed"
