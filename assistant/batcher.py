@@ -202,9 +202,12 @@ def _hand_out(batch: Running) -> Running | None:
     for request, theirs in tokens.items():
         request.streamer.prompt_seen = True  # (generate's first put carries the prompt; ours never does)
         request.streamer.put(torch.tensor(theirs))
-        if all(request.streamer.done):
-            request.finish()
+    # Done is read once per row: a Stop pressed between two reads would drop rows unfinished.
     kept = [i for i, row in enumerate(batch.rows) if not row.done]
+    running = {batch.rows[i].request for i in kept}
+    for request in tokens:
+        if request not in running:
+            request.finish()
     if not kept:
         return None
     batch.keep(kept)
