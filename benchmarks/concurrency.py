@@ -1,13 +1,15 @@
 """Many people at once: 1, 2, 4 and 8 simultaneous users of the real app, through gradio_client.
 
     python -m benchmarks.concurrency [--new-tokens 32] [--levels 1,2,4,8] [--endpoints compare,chat,battle]
+                                     [--repeats 3] [--threads 2]
 
 Starts ``python app.py`` (offline: SmolLM2 with the demo adapters) as a subprocess on loopback, then for
 each endpoint (``/compare``: base and first adapter side by side; ``/chat``: the first adapter, streamed;
 ``/battle``: a named battle, base against the first adapter) sends each of 8 different prompts alone,
-one after another (the same-run baseline: "one user alone"), then N users at once (N > 1), each with its
-own client and prompt, all released together. Per level: the total time until the last answer, the
-time to first token p50/p95 (``/chat`` streams; ``/compare`` and ``/battle`` return whole answers, so
+one after another (the same-round baseline: "one user alone"), then N users at once (N > 1), each with
+its own client and prompt, all released together; ``--repeats`` such rounds, because one burst on a
+shared 2-core machine varies by a fifth from run to run. Per level (median round): the total time until
+the last answer, the time to first token p50/p95 (``/chat`` streams; ``/compare`` and ``/battle`` return whole answers, so
 there it is the time to the answer), and tokens per second per user (answers re-tokenized); each against
 one user alone, as ratios; and whether every answer is identical to the same prompt's answer alone.
 Sampling is the app's default (temperature 0.7, top-p 0.95) with seed 0, so identical answers show
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -146,30 +149,66 @@ def served_models(data_dir: str) -> list[str]:
     return [match.group(1), *match.group(2).split(", ")]
 
 
-def endpoint_rows(url, endpoint: str, levels: list[int], new_tokens: int, models, count) -> list[dict]:
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds used so far by process ``pid`` (default: this one, all its threads)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def endpoint_rows(url, endpoint: str, levels, new_tokens: int, models, count, repeats: int, app_pid: int):
+    """Per level, ``repeats`` rounds; each round first sends the prompts alone (its own baseline, so a
+    round's ratio compares times under the same load), then N users at once."""
     from gradio_client import Client
 
     # A fresh client for every request: a client keeps its session's chat history.
     one(Client(url, verbose=False), endpoint, PROMPTS[-1], new_tokens, models)  # warm-up, not counted
-    alone = [one(Client(url, verbose=False), endpoint, p, new_tokens, models) for p in PROMPTS[: max(levels)]]
-    reference = summary(alone, count)
+    rounds: dict[int, list[dict]] = {n: [] for n in levels}
+    for _ in range(repeats):
+        alone = [
+            one(Client(url, verbose=False), endpoint, p, new_tokens, models) for p in PROMPTS[: max(levels)]
+        ]
+        for n in levels:
+            app, client = cpu_seconds(app_pid), cpu_seconds()
+            if n == 1:  # one user alone: each prompt by itself, as above
+                total, results = statistics.median(r["seconds"] for r in alone), alone
+            else:
+                total, results = at_once(url, endpoint, PROMPTS[:n], new_tokens, models)
+            one_alone = statistics.median(r["seconds"] for r in alone[:n])
+            rounds[n].append(
+                {
+                    "total": total,
+                    "one_alone": one_alone,
+                    "ratio": total / one_alone,
+                    "sequential": sum(r["seconds"] for r in alone[:n]),
+                    "results": results,
+                    "alone": alone,
+                    "app_cpu": (cpu_seconds(app_pid) - app) if n > 1 else None,
+                    "client_cpu": (cpu_seconds() - client) if n > 1 else None,
+                }
+            )
+    reference = summary([r for got in rounds[levels[0]] for r in got["alone"]], count)
     rows = []
     for n in levels:
-        if n == 1:  # one user alone: each prompt by itself, as above
-            results, total = alone, statistics.median(r["seconds"] for r in alone)
-            one_alone = total
-        else:
-            total, results = at_once(url, endpoint, PROMPTS[:n], new_tokens, models)
-            one_alone = statistics.median(r["seconds"] for r in alone[:n])
+        got = rounds[n]
+        results = [r for g in got for r in g["results"]]
         stats = summary(results, count)
+        ratios = [g["ratio"] for g in got]
         rows.append(
             {
                 "endpoint": endpoint,
                 "users": n,
-                "total_s": round(total, 3),
-                "one_alone_s": round(one_alone, 3),
-                "total_over_one_alone": round(total / one_alone, 2),
-                "total_over_sequential": round(total / sum(r["seconds"] for r in alone[:n]), 2),
+                "rounds": len(got),
+                "total_s": round(statistics.median(g["total"] for g in got), 3),
+                "one_alone_s": round(statistics.median(g["one_alone"] for g in got), 3),
+                "total_over_one_alone": round(statistics.median(ratios), 2),
+                "ratio_range": [round(min(ratios), 2), round(max(ratios), 2)],
+                "total_over_sequential": round(
+                    statistics.median(g["total"] / g["sequential"] for g in got), 2
+                ),
                 **stats,
                 "first_token_p50_over_alone": round(
                     stats["first_token_p50_s"] / reference["first_token_p50_s"], 2
@@ -177,9 +216,13 @@ def endpoint_rows(url, endpoint: str, levels: list[int], new_tokens: int, models
                 "tokens_per_s_over_alone": round(
                     stats["tokens_per_s_per_user"] / reference["tokens_per_s_per_user"], 2
                 ),
+                "app_cpu_s": None if n == 1 else round(statistics.median(g["app_cpu"] for g in got), 2),
+                "client_cpu_s": None if n == 1 else round(statistics.median(g["client_cpu"] for g in got), 2),
                 "answers": len(results),
                 "identical_to_alone": sum(
-                    r["texts"] == a["texts"] for r, a in zip(results, alone, strict=False)
+                    r["texts"] == a["texts"]
+                    for g in got
+                    for r, a in zip(g["results"], g["alone"], strict=False)
                 ),
             }
         )
@@ -193,21 +236,26 @@ def markdown(record: dict) -> str:
         "",
         f"`python -m benchmarks.concurrency` — `python app.py` on loopback (offline: {', '.join(record['models'])}),"
         f" gradio_client, {record['new_tokens']} new tokens at most, temperature 0.7, seed 0, "
-        f"{record['app_threads']} torch thread(s) in the app. One user alone: each of the prompts sent by "
-        "itself, one after another, in the same run (median). First token: `/chat` streams; `/compare` "
-        "and `/battle` return whole answers, so theirs is the time to the answer. Tokens per second: the "
-        "request's answers re-tokenized, over its time. Identical: answers equal to the same prompt's alone.",
+        f"{record['app_threads']} torch thread(s) in the app. {record['repeats']} rounds per endpoint: "
+        "each round sends the prompts alone, one after another (its baseline: the median), then N users at "
+        "once; the table gives the median round, and the range of the rounds' ratios. First token: `/chat` "
+        "streams; `/compare` and `/battle` return whole answers, so theirs is the time to the answer. Tokens "
+        "per second: the request's answers re-tokenized, over its time. CPU s: what the app and this "
+        "client (its gradio_client threads, on the same cores) used during the N users' round. Identical: "
+        "answers equal to the same prompt's alone in the same round.",
         "",
-        "| endpoint | users | total s | one alone s | total / alone | total / sequential | first token p50 s "
-        "| p95 s | p50 / alone | tok/s per user | / alone | identical |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| endpoint | users | total s | one alone s | total / alone | rounds' range | total / sequential "
+        "| first token p50 s | p95 s | p50 / alone | tok/s per user | / alone | CPU s app / client | identical |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
+        cpu = "" if r["app_cpu_s"] is None else f"{r['app_cpu_s']} / {r['client_cpu_s']}"
+        low, high = r["ratio_range"]
         lines.append(
             f"| /{r['endpoint']} | {r['users']} | {r['total_s']} | {r['one_alone_s']} | "
-            f"{r['total_over_one_alone']} | {r['total_over_sequential']} | {r['first_token_p50_s']} | "
-            f"{r['first_token_p95_s']} | {r['first_token_p50_over_alone']} | "
-            f"{r['tokens_per_s_per_user']} | {r['tokens_per_s_over_alone']} | "
+            f"{r['total_over_one_alone']} | {low} to {high} | {r['total_over_sequential']} | "
+            f"{r['first_token_p50_s']} | {r['first_token_p95_s']} | {r['first_token_p50_over_alone']} | "
+            f"{r['tokens_per_s_per_user']} | {r['tokens_per_s_over_alone']} | {cpu} | "
             f"{r['identical_to_alone']}/{r['answers']} |"
         )
     goals = [r for r in record["rows"] if r["endpoint"] in ("chat", "compare") and r["users"] == 8]
@@ -231,6 +279,7 @@ def main() -> None:
     parser.add_argument("--levels", default="1,2,4,8")
     parser.add_argument("--endpoints", default="compare,chat,battle")
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per level (the median is reported)")
     parser.add_argument("--name", default="concurrency", help="results file name (keeps earlier runs' files)")
     parser.add_argument("--start-timeout", type=float, default=300, help="seconds the app may take to start")
     args = parser.parse_args()
@@ -253,7 +302,9 @@ def main() -> None:
         rows = [
             row
             for endpoint in args.endpoints.split(",")
-            for row in endpoint_rows(url, endpoint, levels, args.new_tokens, models, count)
+            for row in endpoint_rows(
+                url, endpoint, levels, args.new_tokens, models, count, args.repeats, process.pid
+            )
         ]
     finally:
         process.terminate()
@@ -261,6 +312,7 @@ def main() -> None:
     record = {
         "new_tokens": args.new_tokens,
         "app_threads": args.threads,
+        "repeats": args.repeats,
         "models": models,
         "rows": rows,
         "machine": info,

@@ -227,6 +227,32 @@ def test_the_nucleus_is_the_one_transformers_keeps(top_p, spread):
     assert 0 < len(ours) < 49152
 
 
+def test_the_cache_grows_in_place_and_holds_what_concatenation_would():
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from assistant.decode import SpareLayer
+
+    torch.manual_seed(0)
+    ours, theirs = SpareLayer(), DynamicLayer()
+    prompt = torch.randn(3, 2, 5, 4)  # [rows, heads, columns, dim]
+    ours.update(prompt, prompt), theirs.update(prompt, prompt)
+    buffers = set()
+    for step in range(8):
+        if step == 6:  # a row leaves and the first two columns go, as Running.keep does
+            for layer in (ours, theirs):
+                layer.batch_select_indices(torch.tensor([0, 2]))
+                layer.keys, layer.values = layer.keys[..., 2:, :], layer.values[..., 2:, :]
+        token = torch.randn(len(theirs.keys), 2, 1, 4)
+        keys, values = ours.update(token, token + 1)
+        expected = theirs.update(token, token + 1)
+        assert torch.equal(keys, expected[0]) and torch.equal(values, expected[1])
+        buffers.add(keys._base.data_ptr())
+    # The prompt's buffer had room for 10 columns: steps 0 to 4 wrote into it, step 5 moved to one with
+    # room for 22, and a row leaving (a copy, as in transformers) gave step 6 a new one.
+    assert len(buffers) == 3
+
+
 def test_a_bad_request_fails_alone_and_the_batch_it_was_in_still_answers(loaded):
     jobs = {
         "good": lambda: final(loaded, PROMPTS[0], "default"),
