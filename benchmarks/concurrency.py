@@ -177,7 +177,7 @@ def endpoint_rows(url, endpoint: str, levels, new_tokens: int, models, count, re
                 total, results = statistics.median(r["seconds"] for r in alone), alone
             else:
                 total, results = at_once(url, endpoint, PROMPTS[:n], new_tokens, models)
-            one_alone = statistics.median(r["seconds"] for r in alone[:n])
+            one_alone = statistics.median(r["seconds"] for r in alone[: n if n > 1 else None])
             rounds[n].append(
                 {
                     "total": total,
