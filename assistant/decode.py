@@ -37,9 +37,8 @@ def nucleus(probs: torch.Tensor, top: torch.Tensor, ids: torch.Tensor, top_p: fl
     hold less than top_p, and in the fully sorted vocabulary only when these do too.
 
     This is the set transformers' ``TopPLogitsWarper`` keeps (tested), without sorting the whole
-    vocabulary for every row at every step: a sort costs 4 to 5 ms a row on the 2-core CPU, a top 1024
-    under 1 ms (benchmarks/decode_rows.py), and at temperature 0.7 the 64 most likely tokens held less
-    than 0.95 at about 4 steps in 10 of SmolLM2's answers."""
+    vocabulary for every row at every step: a sort of SmolLM2's 49,152 tokens costs several times a top
+    1024 and tens of times a top 64 (``benchmarks/decode_rows.py`` times the three)."""
     if top_p >= 1:
         return probs
     if top.sum() < top_p and len(probs) > WIDER_K:
@@ -111,7 +110,7 @@ def _append(cache: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """``cache`` with ``new`` appended along the sequence axis, written into the room left after
     ``cache`` in the buffer it is a view of; without room, both are copied into a buffer with room for
     as many columns again. A step then copies one token per row and layer, not the whole cache as
-    ``torch.cat`` does (with 8 rows, about a seventh of a step on the 2-core CPU)."""
+    ``torch.cat`` does."""
     if cache.dim() != new.dim():  # the layer's empty start
         cache = new.new_empty(*new.shape[:2], 0, new.shape[-1])
     buffer, width, extra = cache._base, cache.shape[-2], new.shape[-2]

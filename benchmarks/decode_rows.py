@@ -9,7 +9,11 @@ chat prompt prefilled by ``assistant.decode.Running.prefill`` (the batcher's own
 of ``Running.step`` (forward of every row's last token through the adapter, then each row's sampled
 token: temperature 0.7, top-p 0.95, its own seed) are timed; the repeats go through the row counts in
 alternating order so that load from other work falls on all. Reported per row count: the median
-seconds a step, the ratio to one row, and tokens per second (rows / step). Writes
+seconds a step, the ratio to one row, tokens per second (rows / step), the median prefill of the rows'
+prompts (one forward, as requests that arrive together share), and what N answers of 32 tokens (that
+prefill, then 31 steps) cost against one: the floor under ``benchmarks/concurrency.py``'s 32-token
+``/chat`` ratio, with no server or client around it; and what ``choose`` pays to find
+one row's top-p nucleus: a sort of the whole vocabulary against its top 64 and top 1024. Writes
 benchmarks/results/decode_rows.json and decode_rows.md.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import threading
+import time
 
 from tqdm import tqdm
 
@@ -59,13 +64,21 @@ def main() -> None:
         return Running.prefill(loaded, [request], stop_ids, 1.0)
 
     seconds: dict[int, list[float]] = {n: [] for n in counts}
+    prefills: dict[int, list[float]] = {n: [] for n in counts}
     with torch.inference_mode():
         batch(1).step(loaded.model, stop_ids, 1.0)  # warm-up
         for repeat in tqdm(range(args.repeats), desc="repeats"):
             for n in counts if repeat % 2 == 0 else counts[::-1]:
+                prefill_began = time.perf_counter()
                 running = batch(n)
+                prefills[n].append(time.perf_counter() - prefill_began)
                 for _ in range(args.steps):
                     seconds[n].append(timed(lambda r=running: r.step(loaded.model, stop_ids, 1.0)))
+    probs = torch.softmax(torch.randn(loaded.model.config.vocab_size) * 3, dim=-1)
+    nucleus_s = {
+        "sort": median([timed(lambda: probs.sort(descending=True)) for _ in range(20)]),
+        **{f"top {k}": median([timed(lambda k=k: probs.topk(k)) for _ in range(20)]) for k in (64, 1024)},
+    }
     one = median(seconds[counts[0]])
     rows = [
         {
@@ -73,10 +86,22 @@ def main() -> None:
             "step_s": median(seconds[n]),
             "vs_first": round(median(seconds[n]) / one, 2),
             "tokens_per_s": round(n / median(seconds[n]), 1),
+            "prefill_s": round(median(prefills[n]), 4),
+            # N answers of 32 tokens (a prefill, then 31 steps) against one such answer
+            "answers_of_32_vs_first": round(
+                (median(prefills[n]) + 31 * median(seconds[n])) / (median(prefills[counts[0]]) + 31 * one),
+                2,
+            ),
         }
         for n in counts
     ]
-    record = {"steps": args.steps, "repeats": args.repeats, "rows": rows, "machine": info}
+    record = {
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "rows": rows,
+        "nucleus_s": nucleus_s,
+        "machine": info,
+    }
     lines = [
         "# One decoding step with N rows",
         "",
@@ -84,9 +109,17 @@ def main() -> None:
         f"fp32, `assistant.decode.Running.step` (forward + sampling), median of {args.steps} steps x "
         f"{args.repeats} repeats per row count, in one run.",
         "",
-        f"| rows | step s | vs {counts[0]} row(s) | tokens/s |",
-        "|---|---|---|---|",
-        *(f"| {r['rows']} | {r['step_s']} | {r['vs_first']} | {r['tokens_per_s']} |" for r in rows),
+        f"| rows | step s | vs {counts[0]} row(s) | tokens/s | prefill s | 32-token answers vs {counts[0]} |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {r['rows']} | {r['step_s']} | {r['vs_first']} | {r['tokens_per_s']} | {r['prefill_s']} | "
+            f"{r['answers_of_32_vs_first']} |"
+            for r in rows
+        ),
+        "",
+        f"Finding one row's nucleus over {len(probs):,} tokens (median of 20): "
+        + ", ".join(f"{name} {s * 1000:.2f} ms" for name, s in nucleus_s.items())
+        + f"; a sort costs {nucleus_s['sort'] / nucleus_s['top 1024']:.1f}x a top 1024.",
     ]
     write("decode_rows", record, "\n".join(lines))
 
