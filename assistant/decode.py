@@ -29,6 +29,7 @@ from assistant.generation import GenerationSettings, _encode, _routing
 
 TOP_K = 64  # the nucleus is looked for among this many most likely tokens first (see ``nucleus``)
 WIDER_K = 1024  # ... then among this many, before the whole vocabulary is sorted
+SPARE = 128  # columns the KV cache grows by when it runs out of room (see ``_append``)
 
 
 def nucleus(probs: torch.Tensor, top: torch.Tensor, ids: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -108,9 +109,9 @@ def choose(logits: torch.Tensor, rows: list[Row], stop_ids: list[int], penalty: 
 
 def _append(cache: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """``cache`` with ``new`` appended along the sequence axis, written into the room left after
-    ``cache`` in the buffer it is a view of; without room, both are copied into a buffer with room for
-    as many columns again. A step then copies one token per row and layer, not the whole cache as
-    ``torch.cat`` does."""
+    ``cache`` in the buffer it is a view of; without room, both are copied into a buffer with ``SPARE``
+    columns to spare. A step then copies one token per row and layer, and the whole cache once every
+    ``SPARE`` steps, where ``torch.cat`` copies it at every step."""
     if cache.dim() != new.dim():  # the layer's empty start
         cache = new.new_empty(*new.shape[:2], 0, new.shape[-1])
     buffer, width, extra = cache._base, cache.shape[-2], new.shape[-2]
@@ -119,7 +120,7 @@ def _append(cache: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         if start + width + extra <= buffer.shape[-2]:
             buffer[..., start + width : start + width + extra, :] = new
             return buffer[..., start : start + width + extra, :]
-    buffer = new.new_empty(*new.shape[:2], 2 * (width + extra), new.shape[-1])
+    buffer = new.new_empty(*new.shape[:2], width + extra + SPARE, new.shape[-1])
     buffer[..., :width, :] = cache
     buffer[..., width : width + extra, :] = new
     return buffer[..., : width + extra, :]
