@@ -1,17 +1,18 @@
 """Many people at once: 1, 2, 4 and 8 simultaneous users of the real app, through gradio_client.
 
     python -m benchmarks.concurrency [--new-tokens 32] [--levels 1,2,4,8] [--endpoints compare,chat,battle]
-                                     [--repeats 3] [--threads 2]
+                                     [--repeats 3] [--threads N]
 
 Starts ``python app.py`` (offline: SmolLM2 with the demo adapters) as a subprocess on loopback, then for
 each endpoint (``/compare``: base and first adapter side by side; ``/chat``: the first adapter, streamed;
 ``/battle``: a named battle, base against the first adapter) sends each of 8 different prompts alone,
 one after another (the same-round baseline: "one user alone"), then N users at once (N > 1), each with
 its own client and prompt, all released together; ``--repeats`` such rounds, because one burst on a
-shared 2-core machine varies by a fifth from run to run. Per level (median round): the total time until
-the last answer, the time to first token p50/p95 (``/chat`` streams; ``/compare`` and ``/battle`` return whole answers, so
-there it is the time to the answer), and tokens per second per user (answers re-tokenized); each against
-one user alone, as ratios; and whether every answer is identical to the same prompt's answer alone.
+shared 2-core machine varies by a fifth from run to run. Per level (medians of the rounds): the total
+time until the last answer, the time to first token p50/p95 (``/chat`` streams; ``/compare`` and
+``/battle`` return whole answers, so there it is the time to the answer), tokens per second per user
+(answers re-tokenized), each against one user alone, as ratios; the CPU seconds of the app and of this
+client; and whether every answer is identical to the same prompt's answer alone.
 Sampling is the app's default (temperature 0.7, top-p 0.95) with seed 0, so identical answers show
 that a row's sampling does not depend on the rows it shares a batch with.
 Writes benchmarks/results/concurrency.json and concurrency.md (``--name`` another name). Goal (issue 28,
@@ -104,8 +105,9 @@ def one(client, endpoint: str, prompt: str, new_tokens: int, models) -> dict:
     return {"first": first if first is not None else seconds, "seconds": seconds, "texts": texts}
 
 
-def at_once(url: str, endpoint: str, prompts: list[str], new_tokens: int, models) -> tuple[float, list]:
-    """Every prompt from its own client, released together; the total seconds and each result."""
+def at_once(url: str, endpoint: str, prompts: list[str], new_tokens: int, models, app_pid: int):
+    """Every prompt from its own client, released together: the total seconds, each result, and the CPU
+    seconds the app and this client used from the release to the last answer."""
     from gradio_client import Client
 
     clients = [Client(url, verbose=False) for _ in prompts]
@@ -119,10 +121,11 @@ def at_once(url: str, endpoint: str, prompts: list[str], new_tokens: int, models
     for t in threads:
         t.start()
     barrier.wait()
-    began = time.perf_counter()
+    began, app, client = time.perf_counter(), cpu_seconds(app_pid), cpu_seconds()
     for t in threads:
         t.join()
-    return time.perf_counter() - began, results
+    cpu = {"app": cpu_seconds(app_pid) - app, "client": cpu_seconds() - client}
+    return time.perf_counter() - began, results, cpu
 
 
 def p95(values: list[float]) -> float:
@@ -172,11 +175,10 @@ def endpoint_rows(url, endpoint: str, levels, new_tokens: int, models, count, re
             one(Client(url, verbose=False), endpoint, p, new_tokens, models) for p in PROMPTS[: max(levels)]
         ]
         for n in levels:
-            app, client = cpu_seconds(app_pid), cpu_seconds()
             if n == 1:  # one user alone: each prompt by itself, as above
-                total, results = statistics.median(r["seconds"] for r in alone), alone
+                total, results, cpu = statistics.median(r["seconds"] for r in alone), alone, None
             else:
-                total, results = at_once(url, endpoint, PROMPTS[:n], new_tokens, models)
+                total, results, cpu = at_once(url, endpoint, PROMPTS[:n], new_tokens, models, app_pid)
             one_alone = statistics.median(r["seconds"] for r in alone[: n if n > 1 else None])
             rounds[n].append(
                 {
@@ -186,8 +188,7 @@ def endpoint_rows(url, endpoint: str, levels, new_tokens: int, models, count, re
                     "sequential": sum(r["seconds"] for r in alone[:n]),
                     "results": results,
                     "alone": alone,
-                    "app_cpu": (cpu_seconds(app_pid) - app) if n > 1 else None,
-                    "client_cpu": (cpu_seconds() - client) if n > 1 else None,
+                    "cpu": cpu,
                 }
             )
     reference = summary([r for got in rounds[levels[0]] for r in got["alone"]], count)
@@ -216,8 +217,10 @@ def endpoint_rows(url, endpoint: str, levels, new_tokens: int, models, count, re
                 "tokens_per_s_over_alone": round(
                     stats["tokens_per_s_per_user"] / reference["tokens_per_s_per_user"], 2
                 ),
-                "app_cpu_s": None if n == 1 else round(statistics.median(g["app_cpu"] for g in got), 2),
-                "client_cpu_s": None if n == 1 else round(statistics.median(g["client_cpu"] for g in got), 2),
+                "app_cpu_s": None if n == 1 else round(statistics.median(g["cpu"]["app"] for g in got), 2),
+                "client_cpu_s": None
+                if n == 1
+                else round(statistics.median(g["cpu"]["client"] for g in got), 2),
                 "answers": len(results),
                 "identical_to_alone": sum(
                     r["texts"] == a["texts"]
@@ -238,10 +241,11 @@ def markdown(record: dict) -> str:
         f" gradio_client, {record['new_tokens']} new tokens at most, temperature 0.7, seed 0, "
         f"{record['app_threads']} torch thread(s) in the app. {record['repeats']} rounds per endpoint: "
         "each round sends the prompts alone, one after another (its baseline: the median), then N users at "
-        "once; the table gives the median round, and the range of the rounds' ratios. First token: `/chat` "
+        "once; each figure is the median of the rounds', and the range of the rounds' ratios is given. First token: `/chat` "
         "streams; `/compare` and `/battle` return whole answers, so theirs is the time to the answer. Tokens "
         "per second: the request's answers re-tokenized, over its time. CPU s: what the app and this "
-        "client (its gradio_client threads, on the same cores) used during the N users' round. Identical: "
+        "client (its gradio_client threads, on the same cores) used from the N users' release to the last "
+        "answer. Identical: "
         "answers equal to the same prompt's alone in the same round.",
         "",
         "| endpoint | users | total s | one alone s | total / alone | rounds' range | total / sequential "
