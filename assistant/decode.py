@@ -138,6 +138,8 @@ class SpareLayer(DynamicLayer):
 
 
 class SpareCache(DynamicCache):
+    """A ``DynamicCache`` whose layers, made as the model first writes to them, are ``SpareLayer``s."""
+
     def __init__(self) -> None:
         Cache.__init__(self, layer_class_to_replicate=SpareLayer)
 
