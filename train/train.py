@@ -264,6 +264,13 @@ def _end(trainer):
 # The command
 
 
+def _error(message: str) -> None:
+    """``error: message`` on stderr in one write: the ranks of a launch share the stream, and print's two
+    writes (the text, then the newline) let two ranks' errors land on one line (seen in CI)."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     from assistant.models import ModelLoadError
     from train.pieces import check_recipe
@@ -279,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         parsed = parse_args(argv)
         check_recipe(parsed.train)  # the data, adapters and reward model it needs, before anything loads
     except (ValueError, OSError) as error:  # bad recipe file or values: one line, no traceback
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        _error(str(error).splitlines()[0])
         return 2
     try:
         from train.data import DataError
@@ -287,13 +294,12 @@ def main(argv: list[str] | None = None) -> int:
 
         trainer = run(parsed)
     except (ConfigError, DataError, ModelLoadError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        _error(str(error))
         return 2
     except HubPushError as error:
-        print(
-            f"error: trained and saved in {parsed.training.output_dir}, but the push failed: {error}; "
-            f"push again with: python -m train.hub {parsed.training.output_dir} --repo-id ...",
-            file=sys.stderr,
+        _error(
+            f"trained and saved in {parsed.training.output_dir}, but the push failed: {error}; "
+            f"push again with: python -m train.hub {parsed.training.output_dir} --repo-id ..."
         )
         return 3
     except KeyboardInterrupt:
