@@ -107,33 +107,48 @@ def choose(logits: torch.Tensor, rows: list[Row], stop_ids: list[int], penalty: 
     return tokens
 
 
-def _append(cache: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """``cache`` with ``new`` appended along the sequence axis, written into the room left after
-    ``cache`` in the buffer it is a view of; without room, both are copied into a buffer with ``SPARE``
-    columns to spare. A step then copies one token per row and layer, and the whole cache once every
-    ``SPARE`` steps, where ``torch.cat`` copies it at every step."""
+def _append(
+    cache: torch.Tensor, new: torch.Tensor, buffer: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cache`` with ``new`` appended along the sequence axis, and the buffer that holds it: written into
+    the room left after ``cache`` when ``cache`` is a slice of ``buffer`` along that axis; otherwise both
+    are copied into a new buffer with ``SPARE`` columns to spare. A step then copies one token per row and
+    layer, and the whole cache once every ``SPARE`` steps, where ``torch.cat`` copies it at every step.
+
+    The buffer is passed in, not found as ``cache._base``: under ``torch.inference_mode`` (the batcher's)
+    a view keeps no ``_base``."""
     if cache.dim() != new.dim():  # the layer's empty start
         cache = new.new_empty(*new.shape[:2], 0, new.shape[-1])
-    buffer, width, extra = cache._base, cache.shape[-2], new.shape[-2]
-    if buffer is not None and buffer.shape[:2] == cache.shape[:2] and buffer.stride() == cache.stride():
+    width, extra = cache.shape[-2], new.shape[-2]
+    if (
+        buffer is not None
+        and cache.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+        and buffer.shape[:2] == cache.shape[:2]
+        and buffer.stride() == cache.stride()
+    ):
         start = (cache.storage_offset() - buffer.storage_offset()) // cache.stride(-2)
         if start + width + extra <= buffer.shape[-2]:
             buffer[..., start + width : start + width + extra, :] = new
-            return buffer[..., start : start + width + extra, :]
+            return buffer[..., start : start + width + extra, :], buffer
     buffer = new.new_empty(*new.shape[:2], width + extra + SPARE, new.shape[-1])
     buffer[..., :width, :] = cache
     buffer[..., width : width + extra, :] = new
-    return buffer[..., : width + extra, :]
+    return buffer[..., : width + extra, :], buffer
 
 
 class SpareLayer(DynamicLayer):
     """transformers' dynamic cache layer, grown in place (``_append``). ``Running.join`` and ``keep``
-    replace or slice ``keys`` and ``values`` as they would a ``DynamicLayer``'s."""
+    replace or slice ``keys`` and ``values`` as they would a ``DynamicLayer``'s; the buffers they were
+    cut from are kept beside them, so a slice still grows in place."""
+
+    key_buffer: torch.Tensor | None = None
+    value_buffer: torch.Tensor | None = None
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        self.keys, self.values = _append(self.keys, key_states), _append(self.values, value_states)
+        self.keys, self.key_buffer = _append(self.keys, key_states, self.key_buffer)
+        self.values, self.value_buffer = _append(self.values, value_states, self.value_buffer)
         return self.keys, self.values
 
 

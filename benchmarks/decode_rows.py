@@ -12,7 +12,9 @@ alternating order so that load from other work falls on all. Reported per row co
 seconds a step, the ratio to one row, tokens per second (rows / step), the median prefill of the rows'
 prompts (one forward, as requests that arrive together share), and what N answers of 32 tokens (that
 prefill, then 31 steps) cost against one: the floor under ``benchmarks/concurrency.py``'s 32-token
-``/chat`` ratio, with no server or client around it; and what ``choose`` pays to find
+``/chat`` ratio, with no server or client around it; each step also in PyTorch's layout of the linear
+layers (``x @ W.T``) against the served one (``assistant.cpu_linear``'s ``W @ x.T``), in the same
+repeats; and what ``choose`` pays to find
 one row's top-p nucleus: a sort of the whole vocabulary against its top 64 and top 1024. Writes
 benchmarks/results/decode_rows.json and decode_rows.md.
 """
@@ -40,6 +42,7 @@ def main() -> None:
     import torch
 
     from assistant.batcher import Request
+    from assistant.cpu_linear import weights_first
     from assistant.decode import Running
     from assistant.generation import GenerationSettings, _streamer, eos_ids
 
@@ -63,33 +66,44 @@ def main() -> None:
         request = Request(conversations, adapters, [settings] * n, streamer, lambda _: None)
         return Running.prefill(loaded, [request], stop_ids, 1.0)
 
-    seconds: dict[int, list[float]] = {n: [] for n in counts}
+    # Each layout of the linear layers (assistant.cpu_linear): the served one, weights first, and PyTorch's.
+    layouts = {"weights first": True, "PyTorch's": False}
+    seconds = {(n, layout): [] for n in counts for layout in layouts}
     prefills: dict[int, list[float]] = {n: [] for n in counts}
     with torch.inference_mode():
         batch(1).step(loaded.model, stop_ids, 1.0)  # warm-up
         for repeat in tqdm(range(args.repeats), desc="repeats"):
             for n in counts if repeat % 2 == 0 else counts[::-1]:
-                prefill_began = time.perf_counter()
-                running = batch(n)
-                prefills[n].append(time.perf_counter() - prefill_began)
-                for _ in range(args.steps):
-                    seconds[n].append(timed(lambda r=running: r.step(loaded.model, stop_ids, 1.0)))
+                for layout in layouts if (repeat + n) % 2 == 0 else list(layouts)[::-1]:
+                    weights_first(loaded.model, layouts[layout])
+                    prefill_began = time.perf_counter()
+                    running = batch(n)
+                    if layouts[layout]:
+                        prefills[n].append(time.perf_counter() - prefill_began)
+                    for _ in range(args.steps):
+                        seconds[n, layout].append(
+                            timed(lambda r=running: r.step(loaded.model, stop_ids, 1.0))
+                        )
+        weights_first(loaded.model)
     probs = torch.softmax(torch.randn(loaded.model.config.vocab_size) * 3, dim=-1)
     nucleus_s = {
         "sort": median([timed(lambda: probs.sort(descending=True)) for _ in range(20)]),
         **{f"top {k}": median([timed(lambda k=k: probs.topk(k)) for _ in range(20)]) for k in (64, 1024)},
     }
-    one = median(seconds[counts[0]])
+    step = {n: median(seconds[n, "weights first"]) for n in counts}
+    one = step[counts[0]]
     rows = [
         {
             "rows": n,
-            "step_s": median(seconds[n]),
-            "vs_first": round(median(seconds[n]) / one, 2),
-            "tokens_per_s": round(n / median(seconds[n]), 1),
+            "step_s": step[n],
+            "vs_first": round(step[n] / one, 2),
+            "tokens_per_s": round(n / step[n], 1),
+            "step_s_pytorch_layout": median(seconds[n, "PyTorch's"]),
+            "pytorch_layout_over_weights_first": round(median(seconds[n, "PyTorch's"]) / step[n], 2),
             "prefill_s": round(median(prefills[n]), 4),
             # N answers of 32 tokens (a prefill, then 31 steps) against one such answer
             "answers_of_32_vs_first": round(
-                (median(prefills[n]) + 31 * median(seconds[n])) / (median(prefills[counts[0]]) + 31 * one),
+                (median(prefills[n]) + 31 * step[n]) / (median(prefills[counts[0]]) + 31 * one),
                 2,
             ),
         }
@@ -109,11 +123,17 @@ def main() -> None:
         f"fp32, `assistant.decode.Running.step` (forward + sampling), median of {args.steps} steps x "
         f"{args.repeats} repeats per row count, in one run.",
         "",
-        f"| rows | step s | vs {counts[0]} row(s) | tokens/s | prefill s | 32-token answers vs {counts[0]} |",
-        "|---|---|---|---|---|---|",
+        "Step s: the served layout of the linear layers (`assistant.cpu_linear`: weights first, `W @ x.T`, "
+        "in steps of several rows); beside it the same steps in PyTorch's `x @ W.T`, timed in the same "
+        "repeats in alternating order.",
+        "",
+        f"| rows | step s | vs {counts[0]} row(s) | tokens/s | prefill s | 32-token answers vs {counts[0]} "
+        "| step s, PyTorch's layout | PyTorch's / weights first |",
+        "|---|---|---|---|---|---|---|---|",
         *(
             f"| {r['rows']} | {r['step_s']} | {r['vs_first']} | {r['tokens_per_s']} | {r['prefill_s']} | "
-            f"{r['answers_of_32_vs_first']} |"
+            f"{r['answers_of_32_vs_first']} | {r['step_s_pytorch_layout']} | "
+            f"{r['pytorch_layout_over_weights_first']} |"
             for r in rows
         ),
         "",

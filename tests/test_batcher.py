@@ -227,7 +227,36 @@ def test_the_nucleus_is_the_one_transformers_keeps(top_p, spread):
     assert 0 < len(ours) < 49152
 
 
-def test_the_cache_grows_in_place_and_holds_what_concatenation_would():
+def test_the_served_model_decodes_several_rows_weights_first_with_the_same_answers(loaded):
+    import torch
+    import torch.nn.functional as F
+
+    from assistant.cpu_linear import WeightsFirstLinear, weights_first
+
+    model = loaded.model
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    first = [m for m in layers if type(m) is WeightsFirstLinear]
+    # Every base layer and the vocabulary projection; LoRA's rank-sized A and B keep PyTorch's path.
+    assert len(first) == 30 * 7 + 1 and model.get_output_embeddings() in first
+    assert all(min(m.in_features, m.out_features) < 64 for m in layers if m not in first)
+
+    gate = first[0]
+    for shape in [(1, 1), (2, 7)]:  # one row, and a prefill: exactly PyTorch's own product
+        x = torch.randn(*shape, gate.in_features)
+        assert torch.equal(gate(x), F.linear(x, gate.weight, gate.bias))
+    x = torch.randn(8, 1, gate.in_features)  # a step of 8 rows: the same products, summed in another order
+    torch.testing.assert_close(gate(x), F.linear(x, gate.weight, gate.bias))
+
+    rows = [conv(p) for p in PROMPTS]
+    answers = {}
+    for on in (False, True):
+        weights_first(model, on)
+        answers[on] = [a.text for a in list(stream(loaded, rows, ["default", BASE, "default"], SAMPLED))[-1]]
+    assert answers[True] == answers[False] and all(answers[True])
+
+
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+def test_the_cache_grows_in_place_and_holds_what_concatenation_would(mode):
     import torch
     from transformers.cache_utils import DynamicLayer
 
@@ -235,20 +264,22 @@ def test_the_cache_grows_in_place_and_holds_what_concatenation_would():
 
     torch.manual_seed(0)
     ours, theirs = SpareLayer(), DynamicLayer()
-    prompt = torch.randn(3, 2, 5, 4)  # [rows, heads, columns, dim]
-    ours.update(prompt, prompt), theirs.update(prompt, prompt)
     buffers = set()
-    for step in range(8):
-        if step == 6:  # a row leaves and the first two columns go, as Running.keep does
-            for layer in (ours, theirs):
-                layer.batch_select_indices(torch.tensor([0, 2]))
-                layer.keys, layer.values = layer.keys[..., 2:, :], layer.values[..., 2:, :]
-        token = torch.randn(len(theirs.keys), 2, 1, 4)
-        keys, values = ours.update(token, token + 1)
-        expected = theirs.update(token, token + 1)
-        assert torch.equal(keys, expected[0]) and torch.equal(values, expected[1])
-        buffers.add(keys._base.data_ptr())
-    # The prompt's buffer had room to spare for every step until a row left (a copy, as in transformers).
+    with getattr(torch, mode)():  # the batcher decodes under inference_mode, where views keep no _base
+        prompt = torch.randn(3, 2, 5, 4)  # [rows, heads, columns, dim]
+        ours.update(prompt, prompt), theirs.update(prompt, prompt)
+        for step in range(8):
+            if step == 6:  # a row leaves and the first two columns go, as Running.keep does
+                for layer in (ours, theirs):
+                    layer.batch_select_indices(torch.tensor([0, 2]))
+                    layer.keys, layer.values = layer.keys[..., 2:, :], layer.values[..., 2:, :]
+            token = torch.randn(len(theirs.keys), 2, 1, 4)
+            keys, values = ours.update(token, token + 1)
+            expected = theirs.update(token, token + 1)
+            assert torch.equal(keys, expected[0]) and torch.equal(values, expected[1])
+            buffers.add(keys.untyped_storage().data_ptr())
+    # The prompt's buffer had room to spare for every step until a row left (a copy, as in transformers),
+    # and the copy had room for the rest.
     assert len(buffers) == 2
 
 
