@@ -29,10 +29,10 @@ class WeightsFirstLinear(torch.nn.Linear):
         return out[:, None, :]
 
 
-def weights_first(model: torch.nn.Module, on: bool = True) -> int:
+def weights_first(model: torch.nn.Module, on: bool = True) -> None:
     """Make every plain fp32 ``nn.Linear`` on a CPU in ``model`` (base layers, the vocabulary
     projection; not LoRA's rank-sized A and B) a ``WeightsFirstLinear``, in place, or with ``on=False``
-    back; the number of layers that are now weights-first. A quantized or GPU layer stays as it is:
+    back. A quantized or GPU layer stays as it is:
     the layout was measured on this CPU's fp32 kernels only."""
     for module in model.modules():
         if (
@@ -42,4 +42,3 @@ def weights_first(model: torch.nn.Module, on: bool = True) -> int:
             and min(module.in_features, module.out_features) >= SMALLEST
         ):
             module.__class__ = WeightsFirstLinear if on else torch.nn.Linear
-    return sum(type(m) is WeightsFirstLinear for m in model.modules())

@@ -240,14 +240,14 @@ def test_the_served_model_decodes_several_rows_weights_first_with_the_same_answe
     assert len(first) == 30 * 7 + 1 and model.get_output_embeddings() in first
     assert all(min(m.in_features, m.out_features) < 64 for m in layers if m not in first)
 
-    gate = first[0]
+    layer = first[0]
     torch.manual_seed(0)
     for shape in [(1, 1), (2, 7)]:  # one row, and a prefill: exactly PyTorch's own product
-        x = torch.randn(*shape, gate.in_features)
-        assert torch.equal(gate(x), F.linear(x, gate.weight, gate.bias))
-    x = torch.randn(8, 1, gate.in_features)  # a step of 8 rows: the same products, summed in another order
+        x = torch.randn(*shape, layer.in_features)
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    x = torch.randn(8, 1, layer.in_features)  # a step of 8 rows: the same products, summed in another order
     # (fp32 sums of 576 products, about 1 in size: rounding moves them by up to a few 1e-5)
-    torch.testing.assert_close(gate(x), F.linear(x, gate.weight, gate.bias), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-4, atol=1e-4)
 
     rows = [conv(p) for p in PROMPTS]
     answers = {}
