@@ -15,7 +15,8 @@ prefill, then 31 steps) cost against one: the floor under ``benchmarks/concurren
 ``/chat`` ratio, with no server or client around it; each step also in PyTorch's layout of the linear
 layers (``x @ W.T``) against the served one (``assistant.cpu_linear``'s ``W @ x.T``), in the same
 repeats; and what ``choose`` pays to find
-one row's top-p nucleus: a sort of the whole vocabulary against its top 64 and top 1024. Writes
+one row's top-p nucleus: a sort of the whole vocabulary against its top 64 and top 1024; and one
+row's draw, ``torch.multinomial`` against ``assistant.decode.draw``. Writes
 benchmarks/results/decode_rows.json and decode_rows.md.
 """
 
@@ -43,7 +44,7 @@ def main() -> None:
 
     from assistant.batcher import Request
     from assistant.cpu_linear import weights_first
-    from assistant.decode import Running
+    from assistant.decode import Running, draw, nucleus
     from assistant.generation import GenerationSettings, _streamer, eos_ids
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -90,6 +91,17 @@ def main() -> None:
         "sort": median([timed(lambda: probs.sort(descending=True)) for _ in range(20)]),
         **{f"top {k}": median([timed(lambda k=k: probs.topk(k)) for _ in range(20)]) for k in (64, 1024)},
     }
+    # One row's draw from its nucleus: torch.multinomial over the zeroed vocabulary against ``draw``
+    # (the same token and generator state, tested)
+    kept = nucleus(probs, *probs.topk(64), 0.95)
+    zeroed = torch.zeros_like(probs).index_copy_(0, kept, probs[kept])
+    generator = torch.Generator().manual_seed(0)
+    draw_s = {
+        "torch.multinomial": median(
+            [timed(lambda: torch.multinomial(zeroed, 1, generator=generator)) for _ in range(20)]
+        ),
+        "draw": median([timed(lambda: draw(probs, kept, generator)) for _ in range(20)]),
+    }
     step = {n: median(seconds[n, "weights first"]) for n in counts}
     one = step[counts[0]]
     rows = [
@@ -114,6 +126,7 @@ def main() -> None:
         "repeats": args.repeats,
         "rows": rows,
         "nucleus_s": nucleus_s,
+        "draw_s": draw_s,
         "machine": info,
     }
     lines = [
@@ -140,6 +153,11 @@ def main() -> None:
         f"Finding one row's nucleus over {len(probs):,} tokens (median of 20): "
         + ", ".join(f"{name} {s * 1000:.2f} ms" for name, s in nucleus_s.items())
         + f"; a sort costs {nucleus_s['sort'] / nucleus_s['top 1024']:.1f}x a top 1024.",
+        "",
+        f"Drawing one row's token from its top-0.95 nucleus ({len(kept):,} tokens; median of 20): "
+        f"`torch.multinomial` over the zeroed vocabulary {draw_s['torch.multinomial'] * 1000:.2f} ms, "
+        f"`assistant.decode.draw` (the same token and generator state) {draw_s['draw'] * 1000:.2f} ms, "
+        f"{draw_s['torch.multinomial'] / draw_s['draw']:.1f}x faster.",
     ]
     write("decode_rows", record, "\n".join(lines))
 

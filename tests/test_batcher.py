@@ -221,10 +221,33 @@ def test_the_nucleus_is_the_one_transformers_keeps(top_p, spread):
     logits = torch.randn(1, 49152) * spread  # spread 4: a peaked distribution, 1: a flat one
     probs = torch.softmax(logits, dim=-1)[0]
     top, ids = probs.topk(64)
-    ours = nucleus(probs, top, ids, top_p).nonzero().flatten().tolist()
+    ours = nucleus(probs, top, ids, top_p).tolist()
     theirs = TopPLogitsWarper(top_p)(None, logits.clone()).isfinite()[0].nonzero().flatten().tolist()
     assert ours == theirs
     assert 0 < len(ours) < 49152
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.95, 1.0])
+@pytest.mark.parametrize("spread", [1.0, 4.0])
+def test_a_draw_picks_the_token_multinomial_picks_and_leaves_the_generator_where_it_does(top_p, spread):
+    import torch
+
+    from assistant.decode import draw, nucleus
+
+    tokens = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        probs = torch.softmax(torch.randn(49152) * spread, dim=-1)
+        kept = nucleus(probs, *probs.topk(64), top_p)
+        zeroed = torch.zeros_like(probs).index_copy_(0, kept, probs[kept])
+        ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        picks = [
+            (draw(probs, kept, ours), int(torch.multinomial(zeroed, 1, generator=theirs))) for _ in range(3)
+        ]
+        assert all(a == b for a, b in picks), picks
+        assert torch.equal(ours.get_state(), theirs.get_state())
+        tokens.update(pick for pick, _ in picks)
+    assert len(tokens) > 20  # draws, not a constant
 
 
 def test_the_served_model_decodes_several_rows_weights_first_with_the_same_answers(loaded):
