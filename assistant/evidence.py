@@ -1,5 +1,6 @@
 """The served adapter's evidence, for both apps' Evidence tab: its verdict, read from the evaluation report
-committed beside it (``<adapter>/eval/report.json``, written by ``python -m train.evaluate``), its plots,
+committed beside it (``<adapter>/sealed/report.json``, the study's sealed test, where it was read; else
+``<adapter>/eval/report.json``; written by ``python -m train.evaluate``), its plots,
 and every sample comparison of ``eval/generations.jsonl`` (the write-up this project reproduces shows two
 hand-picked ones; the Space shows all of them, with the judge's pick and the marks a reader notices first:
 a repetition loop, ``assistant.defects.loops``, and an answer cut off at the token limit).
@@ -19,9 +20,12 @@ from assistant.defects import loops
 FILTERS = {"all": "All", "better": "Tuned better", "worse": "Tuned worse", "tie": "Same score"}
 
 
+REPORTS = ("sealed", "eval")  # the sealed test's verdict first: no choice was made on it
+
+
 def find(loaded, name: str | None) -> Path | None:
-    """The folder of ``name``'s evaluation (``eval/``): beside the served adapter when it is a local
-    folder, else in the repository's demo/ folder; None when neither has one."""
+    """The folder of ``name``'s evaluation (``sealed/``, else ``eval/``): beside the served adapter when
+    it is a local folder, else in the repository's demo/ folder; None when neither has one."""
     from assistant.models import demo_dir, short_name
 
     if not name:
@@ -30,8 +34,9 @@ def find(loaded, name: str | None) -> Path | None:
     if demo_dir() is not None:
         candidates.append(demo_dir() / name)
     for folder in candidates:
-        if (folder / "eval" / "report.json").is_file():
-            return folder / "eval"
+        for report in REPORTS:
+            if (folder / report / "report.json").is_file():
+                return folder / report
     return None
 
 
@@ -122,11 +127,17 @@ class Evidence:
                 f"**It does not beat its base beyond chance**: preference accuracy {diff * 100:+.1f} points, "
                 "an interval that holds zero."
             )
+        sealed = (
+            " (the sealed test: read once, after every choice was made)"
+            if self.folder.name == "sealed"
+            else ""
+        )
         lines = [
             f"### {self.name} against {base}",
             headline,
+            *(f"- {line}" for line in self._seen()),
             "",
-            f"On {n or 'the'} held-out pairs of `{split}` (human preference labels the adapter never saw).",
+            f"On {n or 'the'} held-out pairs of `{split}`{sealed} (human preference labels the adapter never saw).",
             "",
             "| measure | base | tuned | tuned − base |",
             "|---|---|---|---|",
@@ -150,9 +161,12 @@ class Evidence:
             controlled = _get(verdicts, "length_controlled", "rate")
             if controlled is not None:
                 lines.append(f"| … at equal answer length | | {_pct(controlled)} of prompts | |")
-        for key, label in (("ended_properly", "ended by itself"), ("loops", "loop"), ("loop_rate", "loop")):
-            b, t = _get(r, "answers", "base", key), _get(r, "answers", "tuned", key)
-            b, t = (_get(x, "rate") if isinstance(x, dict) else x for x in (b, t))
+        for key, label in (("end", "end by themselves"), ("loop", "loop")):
+            b, t = _get(r, "defects", key, "base", "rate"), _get(r, "defects", key, "tuned", "rate")
+            if b is None:  # reports written before the defects section
+                b, t = (_get(r, "answers", side, "ended_properly", "rate") for side in ("base", "tuned"))
+                if key == "loop":
+                    continue
             if isinstance(b, (int, float)) and isinstance(t, (int, float)):
                 lines.append(
                     f"| answers that {label} | {_pct(b)} | {_pct(t)} | {(t - b) * 100:+.0f} points |"
@@ -167,9 +181,43 @@ class Evidence:
             ]
         lines += [
             "",
-            f"From `{self.folder.parent.name}/eval/report.json` (the full report: `report.md` there).",
+            f"From `{self.folder.parent.name}/{self.folder.name}/report.json` (the full report: `report.md` there).",
         ]
         return "\n".join(lines)
+
+    def _seen(self) -> list[str]:
+        """The judge's per-prompt verdict and what a reader sees (loops, ends), each with its paired test
+        per conversation tree, in words; none for a report without them."""
+        out = []
+        test = _get(self.report, "judge_verdicts", "per_prompt", "test")
+        win = _get(self.report, "judge_verdicts", "per_prompt", "win", "rate")
+        if test and win is not None:
+            judge = _get(self.report, "judge", "name", default="the judge")
+            prefers = "prefers" if _won(test) else "does not prefer, beyond chance,"
+            out.append(f"{judge} {prefers} its answers: on {win:.0%} of prompts ({_counted(test)}).")
+        for key, what, better in (("loop", "loops", "less"), ("end", "ends by itself", "more")):
+            defect = _get(self.report, "defects", key)
+            if defect:
+                b, t, test = defect["base"]["rate"], defect["tuned"]["rate"], defect["test"]
+                verdict = (
+                    f"{better} often than its base"
+                    if _won(test)
+                    else "no differently from its base, beyond chance"
+                )
+                out.append(f"It {what} {verdict}: {t:.0%} of answers against {b:.0%} ({_counted(test)}).")
+        return out
+
+
+def _won(test: dict) -> bool:
+    """Whether a report's paired test says tuned did better: more often than worse, at p < 0.05."""
+    return test["better"] > test["worse"] and test.get("p_value") is not None and test["p_value"] < 0.05
+
+
+def _counted(test: dict) -> str:
+    unit = test.get("trees") or test
+    p = test.get("p_value")
+    p = "p n/a" if p is None else "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+    return f"trees {unit['better']} better, {unit['worse']} worse, {p}"
 
 
 def comparison_markdown(c: Comparison) -> tuple[str, str, str]:

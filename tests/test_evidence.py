@@ -19,6 +19,13 @@ def test_the_committed_report_gives_the_verdict_and_every_comparison_with_the_ju
     diff = report["preference"]["tuned_minus_base"]["accuracy"]
     assert diff["ci95"][0] < 0 < diff["ci95"][1] and f"{diff['mean'] * 100:+.1f} points" in verdict
     assert report["pairs"]["file"] in verdict and "longer reply" in verdict  # the split; the judge's caution
+    # Beside the headline, what a reader sees, each with the report's own paired test per tree
+    for key, what in (("loop", "It loops"), ("end", "It ends by itself")):
+        defect = report["defects"][key]
+        trees = defect["test"]["trees"]
+        line = next(line for line in verdict.splitlines() if line.startswith(f"- {what} "))
+        assert f"{defect['tuned']['rate']:.0%} of answers against {defect['base']['rate']:.0%}" in line
+        assert f"trees {trees['better']} better, {trees['worse']} worse" in line
     # The per-prompt picks are the report's own: the same counts as its sign test.
     counts = report["judge_verdicts"]["per_prompt"]["test"]
     assert len(evidence.all) == counts["n"]
@@ -50,3 +57,21 @@ def test_a_report_without_optional_fields_still_reads_and_loops_are_marked(tmp_p
     assert c.marks("tuned") == ["loops (repeats itself)"] and c.marks("base") == []
     assert evidence.comparisons("better") == [] and evidence.plots == []
     shutil.rmtree(folder.parent)
+
+
+def test_the_sealed_tests_report_is_the_verdict_where_it_was_read(tmp_path):
+    from types import SimpleNamespace
+
+    from assistant.evidence import find
+
+    adapter = tmp_path / "my-adapter"
+    report = {"preference": {"tuned_minus_base": {"accuracy": {"mean": 0.0, "ci95": [-0.02, 0.02]}}}}
+    for folder in ("eval", "sealed"):
+        (adapter / folder).mkdir(parents=True)
+        (adapter / folder / "report.json").write_text(json.dumps(report))
+    served = SimpleNamespace(adapter=str(adapter))  # what find reads of a loaded model: its adapter path
+    assert find(served, "my-adapter") == adapter / "sealed"
+    verdict = Evidence(adapter / "sealed", "my-adapter").verdict()
+    assert "the sealed test" in verdict and "my-adapter/sealed/report.json" in verdict
+    shutil.rmtree(adapter / "sealed")
+    assert find(served, "my-adapter") == adapter / "eval"
