@@ -163,11 +163,9 @@ class Evidence:
             if controlled is not None:
                 lines.append(f"| … at equal answer length | | {_pct(controlled)} of prompts | |")
         for key, label in (("end", "end by themselves"), ("loop", "loop")):
-            b, t = _get(r, "defects", key, "base", "rate"), _get(r, "defects", key, "tuned", "rate")
-            if b is None:  # reports written before the defects section
+            b, t = (_get(r, "defects", key, side, "rate") for side in ("base", "tuned"))
+            if b is None and key == "end":  # a report written before the defects section
                 b, t = (_get(r, "answers", side, "ended_properly", "rate") for side in ("base", "tuned"))
-                if key == "loop":
-                    continue
             if isinstance(b, (int, float)) and isinstance(t, (int, float)):
                 lines.append(
                     f"| answers that {label} | {_pct(b)} | {_pct(t)} | {(t - b) * 100:+.0f} points |"
