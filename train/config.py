@@ -97,6 +97,16 @@ class TrainArguments:
             "fresh LoRA; its own r, alpha and targets apply, and it is the reference of the KL term."
         },
     )
+    preference_anchor: float = field(
+        default=0.0,
+        metadata={
+            "help": "GRPO: weight of the length-normalised DPO loss on the training pairs, against the base, "
+            "added to GRPO's loss (train.anchor: holds preference accuracy); 0 is off."
+        },
+    )
+    preference_anchor_pairs: int = field(
+        default=4, metadata={"help": "GRPO: training pairs the preference anchor takes at each loss call."}
+    )
     gold_check_every: int = field(
         default=0,
         metadata={

@@ -182,10 +182,19 @@ def check_combinations(training_args, model_args) -> None:
 
 
 def check_adapters(train_args) -> None:
-    """Only grpo, dpo and sft continue an adapter (that the folders exist is checked when a run starts:
+    """Only grpo, dpo and sft continue an adapter, only GRPO takes a preference anchor (that the folders exist is checked when a run starts:
     train.pieces.check_recipe)."""
     if train_args.init_adapter and train_args.method not in ("grpo", "dpo", "sft"):
         raise ConfigError(f"init_adapter warm-starts grpo, dpo or sft, not method {train_args.method}")
+    if train_args.preference_anchor and train_args.method != "grpo":
+        raise ConfigError(
+            f"preference_anchor adds DPO's loss to GRPO's, not to method {train_args.method}: set it to 0"
+        )
+    if train_args.preference_anchor < 0 or train_args.preference_anchor_pairs < 1:
+        raise ConfigError(
+            "preference_anchor must be at least 0 and preference_anchor_pairs at least 1, got "
+            f"{train_args.preference_anchor} and {train_args.preference_anchor_pairs}"
+        )
 
 
 def check_pairs(train_args) -> None:

@@ -14,6 +14,7 @@ train.outputs (the folder).
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 import time
@@ -87,9 +88,7 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
     peft_config = get_peft_config(model_args)
     if train_args.init_adapter:
         model, peft_config = warm_start(model, train_args.init_adapter, model_args, notes)
-    trainer, reward_weights = _trainer(
-        parsed, model, tokenizer, to_dataset(pairs, train_args.method), peft_config, callbacks
-    )
+    trainer, reward_weights = _trainer(parsed, model, tokenizer, pairs, peft_config, callbacks)
 
     # TRL made them bf16 over a 4-bit base, where lr 2e-5 updates round away; never under ZeRO-3 with
     # a 16-bit base, which needs them in its dtype (see lora_to_fp32_where_needed).
@@ -108,7 +107,7 @@ def build_trainer(parsed: Parsed, callbacks=(), model=None) -> Built:
     )  # fmt: skip
 
 
-def _trainer(parsed: Parsed, model, tokenizer, dataset, peft_config, callbacks) -> tuple[object, dict | None]:
+def _trainer(parsed: Parsed, model, tokenizer, pairs, peft_config, callbacks) -> tuple[object, dict | None]:
     """The method's TRL trainer, and GRPO's reward weights by reward name (None for the other methods)."""
     from trl import DPOTrainer, RewardTrainer, SFTTrainer
 
@@ -130,8 +129,18 @@ def _trainer(parsed: Parsed, model, tokenizer, dataset, peft_config, callbacks) 
         )
         weights = training_args.reward_weights or [1.0] * len(rewards["reward_funcs"])
         reward_weights = dict(zip(train_args.reward_funcs, weights, strict=False))
+    grpo = TurnStopGRPOTrainer
+    if train_args.preference_anchor:  # the DPO loss on the same pairs beside GRPO's (train.anchor)
+        from train.anchor import AnchoredGRPOTrainer
+
+        grpo = functools.partial(
+            AnchoredGRPOTrainer,
+            anchor_pairs=pairs,
+            weight=train_args.preference_anchor,
+            pairs_per_call=train_args.preference_anchor_pairs,
+        )
     trainer_class = {
-        "grpo": TurnStopGRPOTrainer,
+        "grpo": grpo,
         "dpo": DPOTrainer,
         "reward": RewardTrainer,
         "sft": SFTTrainer,
@@ -140,7 +149,7 @@ def _trainer(parsed: Parsed, model, tokenizer, dataset, peft_config, callbacks) 
         model=model,
         **rewards,
         args=training_args,
-        train_dataset=dataset,
+        train_dataset=to_dataset(pairs, train_args.method),
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=list(callbacks),

@@ -44,6 +44,38 @@ def fit(prompt_ids: list[int], reply_ids: list[int], max_length: int) -> tuple[l
     return prompt_ids, reply_ids, True
 
 
+def batch_mean_logprobs(model, rows: list[tuple[list[int], list[int]]], pad_id: int, device, **kwargs):
+    """A tensor: the mean log-probability of each row's reply ids given its prompt ids, in one forward.
+
+    Rows are left-padded so every reply ends at the last position, and only the reply positions get
+    logits (``logits_to_keep``); ``kwargs`` go to the model (PEFT's ``adapter_names``). Differentiable:
+    the caller decides on ``torch.no_grad``.
+    """
+    import torch
+
+    width = max(len(prompt) + len(reply) for prompt, reply in rows)
+    keep = max(len(reply) for _, reply in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, (prompt, reply) in enumerate(rows):
+        input_ids[j, width - len(prompt) - len(reply) :] = torch.tensor(prompt + reply)
+        mask[j, width - len(prompt) - len(reply) :] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=input_ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=position_ids.to(device),
+        logits_to_keep=keep + 1,
+        **kwargs,
+    ).logits[:, -keep - 1 : -1]
+    targets = input_ids[:, -keep:].to(logits.device)
+    means = []
+    for j, (_, reply) in enumerate(rows):  # row by row: a [reply, vocab] float copy at a time, not the batch's
+        row = logits[j, keep - len(reply) :].float()
+        means.append((row.gather(-1, targets[j, keep - len(reply) :, None]).squeeze(-1) - row.logsumexp(-1)).mean())
+    return torch.stack(means)
+
+
 def mean_logprobs(
     model,
     rows: list[tuple[list[int], list[int], str]],
@@ -55,8 +87,7 @@ def mean_logprobs(
     """Mean log-probability of each row's reply tokens given its prompt, with its adapter.
 
     ``rows`` are (prompt ids, reply ids, adapter name), the adapter being "__base__" or the adapter's
-    name: one batch can mix both (PEFT's ``adapter_names``). Rows are batched by length, left-padded so
-    every reply ends at the last position, and only the reply positions get logits (``logits_to_keep``).
+    name: one batch can mix both (PEFT's ``adapter_names``). Rows are batched by length.
     """
     import torch
     from tqdm.auto import tqdm
@@ -66,30 +97,11 @@ def mean_logprobs(
     with torch.no_grad(), tqdm(total=len(rows), desc=desc, unit=" seq") as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            width = max(len(rows[i][0]) + len(rows[i][1]) for i in chunk)
-            keep = max(len(rows[i][1]) for i in chunk)
-            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, i in enumerate(chunk):
-                sequence = rows[i][0] + rows[i][1]
-                input_ids[j, width - len(sequence) :] = torch.tensor(sequence)
-                mask[j, width - len(sequence) :] = 1
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(
-                input_ids=input_ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=position_ids.to(device),
-                adapter_names=[rows[i][2] for i in chunk],
-                logits_to_keep=keep + 1,
-            ).logits[:, -keep - 1 : -1]
-            targets = input_ids[:, -keep:].to(logits.device)
-            for j, i in enumerate(
-                chunk
-            ):  # row by row: a [reply, vocab] float copy at a time, not the batch's
-                n = len(rows[i][1])
-                row = logits[j, keep - n :].float()
-                token_logprobs = row.gather(-1, targets[j, keep - n :, None]).squeeze(-1) - row.logsumexp(-1)
-                scores[i] = token_logprobs.mean().item()
+            means = batch_mean_logprobs(
+                model, [rows[i][:2] for i in chunk], pad_id, device, adapter_names=[rows[i][2] for i in chunk]
+            )
+            for i, score in zip(chunk, means.tolist(), strict=True):
+                scores[i] = score
             bar.update(len(chunk))
     return scores
 
