@@ -27,8 +27,8 @@ def anchor_rows(pairs: list[dict], tokenizer, seed: int) -> list[tuple[tuple, tu
     """((prompt ids, chosen ids), (prompt ids, rejected ids)) of every pair, cut to MAX_LENGTH, shuffled."""
     rows = []
     for pair in pairs:
-        chosen, rejected = (reply_tokens(tokenizer, pair["prompt"], pair[side]) for side in ("chosen", "rejected"))
-        rows.append((fit(*chosen, MAX_LENGTH)[:2], fit(*rejected, MAX_LENGTH)[:2]))
+        sides = (reply_tokens(tokenizer, pair["prompt"], pair[side]) for side in ("chosen", "rejected"))
+        rows.append(tuple(fit(*side, MAX_LENGTH)[:2] for side in sides))
     random.Random(seed).shuffle(rows)
     return rows
 

@@ -70,9 +70,9 @@ def batch_mean_logprobs(model, rows: list[tuple[list[int], list[int]]], pad_id: 
     ).logits[:, -keep - 1 : -1]
     targets = input_ids[:, -keep:].to(logits.device)
     means = []
-    for j, (_, reply) in enumerate(rows):  # row by row: a [reply, vocab] float copy at a time, not the batch's
-        row = logits[j, keep - len(reply) :].float()
-        means.append((row.gather(-1, targets[j, keep - len(reply) :, None]).squeeze(-1) - row.logsumexp(-1)).mean())
+    for j, (_, reply) in enumerate(rows):  # row by row: a [reply, vocab] float copy at a time
+        row, target = logits[j, keep - len(reply) :].float(), targets[j, keep - len(reply) :, None]
+        means.append((row.gather(-1, target).squeeze(-1) - row.logsumexp(-1)).mean())
     return torch.stack(means)
 
 
