@@ -71,6 +71,7 @@ def test_grpo_with_an_anchor_adds_it_at_every_step_and_logs_it(tmp_path, tiny_ph
     assert all(0 < m["anchor/loss"] < 5 and 0 <= m["anchor/accuracy"] <= 1 for m in steps)
     # the anchor's base margins are those of three different batches of the shuffled pairs
     assert len({round(m["anchor/base_margin"], 6) for m in steps}) == 3
+    assert (tmp_path / "out" / "plots" / "anchor.png").stat().st_size > 0
 
 
 def test_an_anchor_on_another_method_than_grpo_is_one_line(tmp_path, tiny_phi_dir):

@@ -117,6 +117,7 @@ def plot_metrics(output_dir: str | os.PathLike) -> list[Path]:
         ("loss_kl.png", _loss_kl(records, keys, grpo)),
         ("completion_length.png", _completion_length(records) if "completions/mean_length" in keys else None),
         ("gold_check.png", _gold_check(records) if "gold/judge" in keys else None),
+        ("anchor.png", _anchor(records) if "anchor/loss" in keys else None),
     ]
     return [_save(fig, plots / name) for name, fig in figures if fig is not None]
 
@@ -223,6 +224,19 @@ def _gold_check(records: list[dict]):
     prompts = next((r["gold/prompts"] for r in records if r.get("gold/prompts")), "?")
     ax.set_title(f"Gold check on {prompts} dev prompts: training reward and judge")
     _legend(ax, judge_ax)
+    return fig
+
+
+def _anchor(records: list[dict]):
+    """The preference anchor (train.anchor) on its training pairs: the tuned margin above the base's is
+    what it holds, step by step (each step scores other pairs, so the two lines move together)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _line(ax, records, "anchor/margin", "tuned", smooth=False, color="C0", marker="o")
+    _line(ax, records, "anchor/base_margin", "base", smooth=False, color="C7", marker="s")
+    ax.set_ylabel("chosen − rejected (mean log-prob per token)")
+    ax.set_xlabel("step")
+    ax.set_title("Preference anchor: margins on its training pairs")
+    _legend(ax)
     return fig
 
 
