@@ -33,7 +33,7 @@ def test_the_anchor_starts_at_log_two_and_lifts_the_margin_above_the_bases(smoll
     assert len(rows) == len(PAIRS) and rows != anchor_rows(PAIR_ROWS, tokenizer, seed=1)  # shuffled by seed
     pad = tokenizer.pad_token_id
     # A fresh LoRA (lora_B = 0) is the base: the loss is DPO's log 2, the margins equal.
-    loss, seen = anchor_loss(model, model, rows, pad, "cpu")
+    loss, seen = anchor_loss(model, rows, pad, "cpu")
     assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
     assert seen["anchor/margin"] == pytest.approx(seen["anchor/base_margin"], abs=1e-5)
     # The base's margin is the one the evaluation measures (the same rows, the adapter off).
@@ -44,10 +44,10 @@ def test_the_anchor_starts_at_log_two_and_lifts_the_margin_above_the_bases(smoll
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     for _ in range(4):
         optimizer.zero_grad()
-        loss, seen = anchor_loss(model, model, rows, pad, "cpu")
+        loss, seen = anchor_loss(model, rows, pad, "cpu")
         loss.backward()
         optimizer.step()
-    loss, seen = anchor_loss(model, model, rows, pad, "cpu")
+    loss, seen = anchor_loss(model, rows, pad, "cpu")
     assert loss.item() < math.log(2) - 0.05  # it learns: the chosen replies gained on the rejected ones
     assert seen["anchor/margin"] > seen["anchor/base_margin"] + 0.02
     assert seen["anchor/base_margin"] == pytest.approx(sum(margins) / len(margins), abs=1e-4)  # base held

@@ -33,12 +33,15 @@ def anchor_rows(pairs: list[dict], tokenizer, seed: int) -> list[tuple[tuple, tu
     return rows
 
 
-def anchor_loss(model, peft_model, rows, pad_id: int, device) -> tuple[torch.Tensor, dict]:
+def anchor_loss(model, rows, pad_id: int, device) -> tuple[torch.Tensor, dict]:
     """DPO's sigmoid_norm loss over ``rows`` (see anchor_rows), and what it saw: the policy's margin
-    (chosen minus rejected mean log-probability) beside the base's, and how often it ranks them right."""
+    (chosen minus rejected mean log-probability) beside the base's, and how often it ranks them right.
+
+    ``model`` is the PeftModel itself, not a DDP wrapper: DDP expects one forward per backward, and the
+    gradients of this forward reach the same parameters, reduced with GRPO's in the one backward."""
     sequences = [side for row in rows for side in row]  # chosen, rejected, chosen, ...
     policy = batch_mean_logprobs(model, sequences, pad_id, device)
-    with torch.no_grad(), peft_model.disable_adapter():
+    with torch.no_grad(), model.disable_adapter():
         base = batch_mean_logprobs(model, sequences, pad_id, device)
     policy_margin, base_margin = policy[0::2] - policy[1::2], base[0::2] - base[1::2]
     loss = -F.logsigmoid(BETA * (policy_margin - base_margin)).mean()
@@ -69,7 +72,7 @@ class AnchoredGRPOTrainer(TurnStopGRPOTrainer):
         rows = [self.anchor_rows[(start + i) % len(self.anchor_rows)] for i in range(self.anchor_take)]
         self._anchor_calls += 1
         pad_id = self._tokenizer.pad_token_id or self._tokenizer.eos_token_id
-        anchor, seen = anchor_loss(model, self.accelerator.unwrap_model(model), rows, pad_id, loss.device)
+        anchor, seen = anchor_loss(self.accelerator.unwrap_model(model), rows, pad_id, loss.device)
         for key, value in {"anchor/loss": anchor.item(), **seen}.items():
             self._metrics["train"][key].append(value)
         return loss + self.anchor_weight * anchor
