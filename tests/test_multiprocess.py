@@ -167,8 +167,9 @@ def test_grpo_on_two_processes_builds_saves_writes_and_pushes_once(tmp_path, tin
     assert commits[0]["files"]["README.md"] == (out / "README.md").read_bytes()
     adapter = load_file(out / "adapter_model.safetensors")
     assert all(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # it trained
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 2]  # written by one rank: two steps and the summary
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [1, 2, 2]  # written by one rank: two steps and the summary
+    assert all("anchor/loss" in m for m in logged[:2])  # the recipe's preference anchor, on both ranks' DDP
 
 
 def test_dpo_on_two_processes_trains_the_adapter_of_one(tmp_path, tiny_phi_dir):

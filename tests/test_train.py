@@ -259,7 +259,13 @@ def test_output_folder_contract(grpo_run, tiny_phi_dir):
         steps[1]["rewards/preference/mean"]
     )
     plots = {p.name for p in (output / "plots").glob("*.png")}
-    assert plots == {"reward.png", "rewards_per_function.png", "loss_kl.png", "completion_length.png"}
+    assert plots == {
+        "reward.png",
+        "rewards_per_function.png",
+        "loss_kl.png",
+        "completion_length.png",
+        "anchor.png",
+    }
     assert json.loads((output / "data_stats.json").read_text())["source"] == "hand-made"
     assert (output / "checkpoint-2").is_dir()
     # Our card replaced the one TRL writes on save.
