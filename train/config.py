@@ -100,12 +100,11 @@ class TrainArguments:
     preference_anchor: float = field(
         default=0.0,
         metadata={
-            "help": "GRPO: weight of the length-normalised DPO loss on the training pairs, against the base, "
-            "added to GRPO's loss (train.anchor: holds preference accuracy); 0 is off."
+            "help": "GRPO: weight of DPO's loss on the training pairs added to GRPO's (train.anchor); 0 is off."
         },
     )
     preference_anchor_pairs: int = field(
-        default=4, metadata={"help": "GRPO: training pairs the preference anchor takes at each loss call."}
+        default=4, metadata={"help": "GRPO: pairs the preference anchor takes at each loss call."}
     )
     gold_check_every: int = field(
         default=0,
