@@ -74,11 +74,12 @@ def test_grpo_with_an_anchor_adds_it_at_every_step_and_logs_it(tmp_path, tiny_ph
     assert (tmp_path / "out" / "plots" / "anchor.png").stat().st_size > 0
 
 
-def test_an_anchor_on_another_method_than_grpo_is_one_line(tmp_path, tiny_phi_dir):
+def test_an_anchor_on_another_method_than_grpo_or_below_zero_is_one_line(tmp_path, tiny_phi_dir):
     pairs = write_pairs_file(tmp_path / "pairs")
-    argv = [
-        "--config", str(ROOT / "recipes/study/dpo.yaml"), *tiny_overrides(tiny_phi_dir, pairs, tmp_path),
-        "--preference_anchor", "0.1",
-    ]  # fmt: skip
+    tiny = tiny_overrides(tiny_phi_dir, pairs, tmp_path)
     with pytest.raises(ConfigError, match="^preference_anchor adds DPO's loss to GRPO's, not to method dpo"):
-        parse_args(argv)
+        parse_args(["--config", str(ROOT / "recipes/study/dpo.yaml"), *tiny, "--preference_anchor", "0.1"])
+    with pytest.raises(ConfigError, match="^preference_anchor must be at least 0 .* got -0.1 and 4$"):
+        parse_args(
+            ["--config", str(ROOT / "recipes/study/grpo-anchored.yaml"), *tiny, "--preference_anchor", "-0.1"]
+        )

@@ -182,8 +182,8 @@ def check_combinations(training_args, model_args) -> None:
 
 
 def check_adapters(train_args) -> None:
-    """Only grpo, dpo and sft continue an adapter, only GRPO takes a preference anchor (that the folders exist is checked when a run starts:
-    train.pieces.check_recipe)."""
+    """Only grpo, dpo and sft continue an adapter, and only GRPO takes a preference anchor (that the
+    folders exist is checked when a run starts: train.pieces.check_recipe)."""
     if train_args.init_adapter and train_args.method not in ("grpo", "dpo", "sft"):
         raise ConfigError(f"init_adapter warm-starts grpo, dpo or sft, not method {train_args.method}")
     if train_args.preference_anchor and train_args.method != "grpo":
