@@ -60,6 +60,7 @@ class AnchoredGRPOTrainer(TurnStopGRPOTrainer):
         super().__init__(*args, **kwargs)
         self.anchor_rows = anchor_rows(anchor_pairs, self._tokenizer, self.args.seed)
         self.anchor_weight, self.anchor_take = weight, pairs_per_call
+        self.anchor_pad = self._tokenizer.pad_token_id or self._tokenizer.eos_token_id
         self._anchor_calls = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -71,8 +72,7 @@ class AnchoredGRPOTrainer(TurnStopGRPOTrainer):
         start = self._anchor_calls * self.anchor_take
         rows = [self.anchor_rows[(start + i) % len(self.anchor_rows)] for i in range(self.anchor_take)]
         self._anchor_calls += 1
-        pad_id = self._tokenizer.pad_token_id or self._tokenizer.eos_token_id
-        anchor, seen = anchor_loss(self.accelerator.unwrap_model(model), rows, pad_id, loss.device)
+        anchor, seen = anchor_loss(self.accelerator.unwrap_model(model), rows, self.anchor_pad, loss.device)
         for key, value in {"anchor/loss": anchor.item(), **seen}.items():
             self._metrics["train"][key].append(value)
         return loss + self.anchor_weight * anchor
