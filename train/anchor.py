@@ -7,6 +7,11 @@ supervised loss into the RL loss against such an "alignment tax" (Ouyang et al. 
 loss is the one that measures what drifted: DPO with TRL's ``sigmoid_norm`` loss (the mean per-token
 log-ratio, as ``recipes/study/dpo-length-normalised.yaml`` trained), against the base with the adapter
 off, on ``preference_anchor_pairs`` training pairs at each loss call, in a fixed shuffled order.
+
+A pair longer than ``preference_anchor_max_length`` tokens (prompt + reply) is cut, its reply's tail
+first, and a cut reply loses its end-of-turn token: at 256 tokens 182 of the study's 254 chosen replies
+do. With ``preference_anchor_whole`` such a pair is left out instead, so every reply the anchor sees
+ends as people wrote it.
 """
 
 from __future__ import annotations
@@ -16,19 +21,30 @@ import random
 import torch
 import torch.nn.functional as F
 
+from train.config import ConfigError
 from train.evaluate.preference import batch_mean_logprobs, fit, reply_tokens
 from train.turns import TurnStopGRPOTrainer
 
 BETA = 2.0  # dpo-length-normalised's: per-token means are ~1/length of the sums DPO's beta 0.1 scales
-MAX_LENGTH = 256  # prompt + reply, as dpo-length-normalised trained: a CPU budget
 
 
-def anchor_rows(pairs: list[dict], tokenizer, seed: int) -> list[tuple[tuple, tuple]]:
-    """((prompt ids, chosen ids), (prompt ids, rejected ids)) of every pair, cut to MAX_LENGTH, shuffled."""
+def anchor_rows(
+    pairs: list[dict], tokenizer, seed: int, max_length: int, whole: bool = False
+) -> list[tuple[tuple, tuple]]:
+    """((prompt ids, chosen ids), (prompt ids, rejected ids)) of the pairs, shuffled: each side cut to
+    ``max_length`` tokens, or with ``whole`` only the pairs whose two sides fit uncut."""
     rows = []
     for pair in pairs:
-        sides = (reply_tokens(tokenizer, pair["prompt"], pair[side]) for side in ("chosen", "rejected"))
-        rows.append(tuple(fit(*side, MAX_LENGTH)[:2] for side in sides))
+        sides = [
+            fit(*reply_tokens(tokenizer, pair["prompt"], pair[s]), max_length) for s in ("chosen", "rejected")
+        ]
+        if not (whole and any(cut for *_, cut in sides)):
+            rows.append(tuple(side[:2] for side in sides))
+    if not rows:
+        raise ConfigError(
+            f"no training pair fits whole in preference_anchor_max_length {max_length} tokens: "
+            "raise it or set preference_anchor_whole: false"
+        )
     random.Random(seed).shuffle(rows)
     return rows
 
@@ -56,9 +72,16 @@ def anchor_loss(model, rows, pad_id: int, device) -> tuple[torch.Tensor, dict]:
 class AnchoredGRPOTrainer(TurnStopGRPOTrainer):
     """TurnStopGRPOTrainer whose training loss adds ``weight`` times the anchor's (see the module)."""
 
-    def __init__(self, *args, anchor_pairs: list[dict], weight: float, pairs_per_call: int, **kwargs):
+    def __init__(
+        self, *args, anchor_pairs: list[dict], weight: float, pairs_per_call: int, max_length: int, whole: bool,
+        **kwargs,
+    ):  # fmt: skip
         super().__init__(*args, **kwargs)
-        self.anchor_rows = anchor_rows(anchor_pairs, self._tokenizer, self.args.seed)
+        self.anchor_rows = anchor_rows(anchor_pairs, self._tokenizer, self.args.seed, max_length, whole)
+        kept = "fit whole in" if whole else "cut to"
+        print(
+            f"preference anchor: {len(self.anchor_rows)} of {len(anchor_pairs)} pairs, {kept} {max_length} tokens"
+        )
         self.anchor_weight, self.anchor_take = weight, pairs_per_call
         self.anchor_pad = self._tokenizer.pad_token_id or self._tokenizer.eos_token_id
         self._anchor_calls = None

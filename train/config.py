@@ -106,6 +106,19 @@ class TrainArguments:
     preference_anchor_pairs: int = field(
         default=4, metadata={"help": "GRPO: pairs the preference anchor takes at each loss call."}
     )
+    preference_anchor_max_length: int = field(
+        default=256,
+        metadata={
+            "help": "GRPO: prompt + reply tokens of an anchor pair; a longer one is cut, its reply's tail first."
+        },
+    )
+    preference_anchor_whole: bool = field(
+        default=False,
+        metadata={
+            "help": "GRPO: leave out the anchor pairs longer than preference_anchor_max_length instead of "
+            "cutting them, so that every reply keeps its end-of-turn token."
+        },
+    )
     gold_check_every: int = field(
         default=0,
         metadata={

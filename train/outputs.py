@@ -222,6 +222,7 @@ def write_run_folder(
         "pairs_file": str(train_args.pairs_file),
         "train_tree_ids": built.train_tree_ids,
         "reward_weights": built.reward_weights,
+        "anchor_pairs": len(getattr(trainer, "anchor_rows", ())),  # the preference anchor's
         "final_metrics": final_metrics(metrics) | dict(train_metrics),
         "trends": metric_trends(metrics),
         "config_class": type(training_args).__name__,

@@ -195,6 +195,10 @@ def check_adapters(train_args) -> None:
             "preference_anchor must be at least 0 and preference_anchor_pairs at least 1, got "
             f"{train_args.preference_anchor} and {train_args.preference_anchor_pairs}"
         )
+    if train_args.preference_anchor_max_length < 2:
+        raise ConfigError(
+            f"preference_anchor_max_length must be at least 2 tokens, got {train_args.preference_anchor_max_length}"
+        )
 
 
 def check_pairs(train_args) -> None:

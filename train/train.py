@@ -138,6 +138,8 @@ def _trainer(parsed: Parsed, model, tokenizer, pairs, peft_config, callbacks) ->
             anchor_pairs=pairs,
             weight=train_args.preference_anchor,
             pairs_per_call=train_args.preference_anchor_pairs,
+            max_length=train_args.preference_anchor_max_length,
+            whole=train_args.preference_anchor_whole,
         )
     trainer_class = {
         "grpo": grpo,
