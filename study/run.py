@@ -120,6 +120,16 @@ def train(name: str, recipe: Path, output: Path) -> None:
     (ROOT / output / "run.json").write_text(json.dumps(usage, indent=2) + "\n")
 
 
+def needs(name: str) -> str | None:
+    """The run that ``name``'s recipe reads from outputs/ (its warm start or reward model), to train first;
+    None when it has none or reads a committed one (study/adapters/), which is used as it is."""
+    import yaml
+
+    need = NEEDS.get(name)
+    recipe = yaml.safe_load((ROOT / f"recipes/study/{name}.yaml").read_text())
+    return need if need and f"{RUNS}/{need}" in recipe.values() else None
+
+
 def stale(info: dict, recipe: Path) -> bool:
     """An adapter whose training pairs are not the ones its recipe names now."""
     import yaml
@@ -268,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             if name == "demo-v1":
                 restore_demo_v1()
                 continue
-            if name in NEEDS:
-                train(NEEDS[name], Path(f"recipes/study/{NEEDS[name]}.yaml"), RUNS / NEEDS[name])
+            if need := needs(name):
+                train(need, Path(f"recipes/study/{need}.yaml"), RUNS / need)
             train(name, Path(f"recipes/study/{name}.yaml"), RUNS / name)
     if args.step in ("all", "evaluate"):
         if not (ROOT / JUDGES[0] / "judge_head.json").exists():

@@ -98,3 +98,23 @@ def test_an_adapter_trained_before_the_splits_is_stale():
     recipe = study.ROOT / "recipes/study/dpo.yaml"
     assert study.stale({"pairs_file": "data/study/train.jsonl"}, recipe)
     assert not study.stale({"pairs_file": "data/study-splits/train.jsonl"}, recipe)
+
+
+def test_a_run_trains_first_only_the_folders_its_recipe_reads_from_outputs():
+    """A warm start or reward model in outputs/ is trained first (or earlier in the study); a committed one
+    (study/adapters/) is read as it is, never retrained."""
+    for recipe in sorted((study.ROOT / "recipes/study").glob("*.yaml")):
+        keys = yaml.safe_load(recipe.read_text())
+        for key in ("init_adapter", "implicit_reward_adapter", "reward_model_name_or_path"):
+            folder = keys.get(key)
+            if not folder or not folder.startswith(("outputs/", "study/")):
+                continue  # a Hub id, or none
+            if folder.startswith(str(study.KEPT)):
+                assert (study.ROOT / folder / "adapter_config.json").exists(), (recipe.name, key)
+            else:  # trained first for this run, or earlier in the whole study's order
+                run, order = folder.removeprefix(f"{study.RUNS}/"), list(study.CANDIDATES)
+                earlier = (
+                    run in order and recipe.stem in order and order.index(run) < order.index(recipe.stem)
+                )
+                assert run == study.needs(recipe.stem) or earlier, (recipe.name, key)
+    assert study.needs("grpo-from-sft") == "sft" and study.needs("grpo-anchored-whole") is None
