@@ -77,7 +77,9 @@ EVAL_OPTIONS += [
     "--base-repetition-penalty",
     "1.2",
 ]  # the base with a skeptic's knob, beside
-EVAL_OPTIONS += ["--base-cache", str(RUNS / "base-cache")]
+# The base's side kept in the tree, keyed by all it depends on: a fresh machine skips an hour of it.
+BASE_CACHE = Path("study/base-cache")
+EVAL_OPTIONS += ["--base-cache", str(BASE_CACHE)]
 
 
 def sh(command: list[str]) -> dict:

@@ -204,7 +204,7 @@ def test_the_studys_evaluations_run_at_serving_length():
 
     argv = [*study.EVAL_OPTIONS, "--adapter", "demo/smollm2-grpo-demo", "--output-dir", "x"]
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(argv)
-    assert args.max_new_tokens == 256 and args.base_cache == str(study.RUNS / "base-cache")
+    assert args.max_new_tokens == 256 and args.base_cache == str(study.BASE_CACHE)
 
 
 def test_keeping_a_sealed_report_leaves_the_kept_dev_reports_as_they_are(tmp_path, monkeypatch):
