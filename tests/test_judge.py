@@ -69,7 +69,9 @@ def test_reward_recipe_trains_a_judge_that_scores(tmp_path, tiny_phi_dir):
     assert len(scores) == 2 and all(math.isfinite(s) for s in scores) and scores[0] != scores[1]
 
 
-def test_a_mean_of_judges_scores_each_member_in_its_own_units_and_is_named_by_them(tmp_path, tiny_phi_dir):
+def test_a_mean_of_judges_scores_each_member_in_its_own_units_and_is_named_by_them(
+    tmp_path, tiny_phi_dir, capsys
+):
     """The judge study.judge_skill writes when the combination wins (demo/judge-combined): two real
     (tiny) reward models, each score divided by its scale, averaged; its identity follows its members."""
     import pytest
@@ -99,6 +101,12 @@ def test_a_mean_of_judges_scores_each_member_in_its_own_units_and_is_named_by_th
     assert a[0] != a[1] and judge.score(conversations, answers) == pytest.approx(
         [(x / 2.0 + y / 0.5) / 2 for x, y in zip(a, b, strict=True)]
     )
+    capsys.readouterr()
+    judge.score(conversations * 40, answers * 40)  # an evaluation's many rows: one bar a member
+    shown = capsys.readouterr().err
+    assert "judging (first)" in shown and "judging (second)" in shown and "80/80" in shown
+    judge.score(conversations, answers)  # a reward's few rows at a GRPO step: none
+    assert "judging" not in capsys.readouterr().err
     before = judge_identity(str(combined))["weights_sha256"]
     spec["members"][1]["scale"] = 1.0
     (combined / "judges.json").write_text(json.dumps(spec))

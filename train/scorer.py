@@ -32,6 +32,9 @@ def load_dtype(path: str, device: str) -> torch.dtype:
     return compute_dtype(torch.device(device).type, model_type)
 
 
+PROGRESS_FROM = 64  # rows: more than a GRPO step's group of answers
+
+
 class Scorer:
     def __init__(
         self, name_or_path: str, device: str | None = None, batch_size: int = 8, max_length: int = 1024
@@ -93,18 +96,24 @@ class Scorer:
     @torch.inference_mode()
     def score(self, conversations: list[list[dict]], answers: list[str]) -> list[float]:
         """One score per (conversation so far, answer): the model's first logit. Rows are batched by
-        length, so a batch pads to its own longest row rather than to the longest of all."""
+        length, so a batch pads to its own longest row rather than to the longest of all. A progress bar
+        for an evaluation's hundreds of rows, none for a reward's few at each GRPO step."""
+        from tqdm.auto import tqdm
+
         order = sorted(
             range(len(answers)),
             key=lambda i: sum(len(m["content"]) for m in conversations[i]) + len(answers[i]),
         )
         scores = [0.0] * len(answers)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            batch = self._batch([conversations[i] for i in chunk], [answers[i] for i in chunk])
-            logits = self.model(**batch.to(self.device)).logits[:, 0].float().cpu().tolist()
-            for i, value in zip(chunk, logits, strict=True):
-                scores[i] = value
+        name = f"judging ({Path(self.name).name})"
+        with tqdm(total=len(order), desc=name, unit=" answer", disable=len(order) <= PROGRESS_FROM) as bar:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                batch = self._batch([conversations[i] for i in chunk], [answers[i] for i in chunk])
+                logits = self.model(**batch.to(self.device)).logits[:, 0].float().cpu().tolist()
+                for i, value in zip(chunk, logits, strict=True):
+                    scores[i] = value
+                bar.update(len(chunk))
         return scores
 
 
