@@ -21,8 +21,10 @@ STEPS = 3
 SMALL = {
     # a graded reward with spread even in 8 random tokens (the recipe's loop and end rewards have none
     # there: every completion is cut and too short to loop, and GRPO learns only from spread)
-    "grpo": ["--num_generations", "4", "--per_device_train_batch_size", "4", "--max_completion_length", "8",
-             "--reward_funcs", "preference", "--reward_weights", "1.0"],  # fmt: skip
+    "grpo": (
+        "--num_generations 4 --per_device_train_batch_size 4 --max_completion_length 8 "
+        "--reward_funcs preference --reward_weights 1.0"
+    ).split(),
     "dpo": ["--per_device_train_batch_size", "2", "--max_length", "64"],
 }
 
