@@ -43,8 +43,7 @@ class TrainArguments:
     dataset_source: list[str] | None = field(
         default=None,
         metadata={
-            "help": "When pairs_file is missing, build it from these sources (Hub ids or local oasst "
-            "exports) with train.data first; unset, a missing pairs_file is an error."
+            "help": "Build a missing pairs_file from these (Hub ids or oasst exports); unset: an error."
         },
     )
     dataset_depth: str = field(
@@ -69,7 +68,7 @@ class TrainArguments:
     dataset_limit: int = field(
         default=1000, metadata={"help": "Pairs to keep when building from dataset_source."}
     )
-    max_pairs: int | None = field(default=None, metadata={"help": "Use only the first N pairs (best first)."})
+    max_pairs: int | None = field(default=None, metadata={"help": "Only the first N pairs (best first)."})
     max_prompt_tokens: int | None = field(
         default=512,
         metadata={
@@ -93,8 +92,7 @@ class TrainArguments:
     init_adapter: str | None = field(
         default=None,
         metadata={
-            "help": "Warm start: continue training this LoRA adapter folder (an SFT or DPO run) instead of a "
-            "fresh LoRA; its own r, alpha and targets apply, and it is the reference of the KL term."
+            "help": "Warm start: train on this LoRA adapter folder (its r, alpha, targets); the KL's reference."
         },
     )
     preference_anchor: float = field(
@@ -108,22 +106,17 @@ class TrainArguments:
     )
     preference_anchor_max_length: int = field(
         default=256,
-        metadata={
-            "help": "GRPO: prompt + reply tokens of an anchor pair; a longer one is cut, its reply's tail first."
-        },
+        metadata={"help": "GRPO: anchor pair tokens (prompt + reply); longer ones are cut."},
     )
     preference_anchor_whole: bool = field(
         default=False,
-        metadata={
-            "help": "GRPO: leave out the anchor pairs longer than preference_anchor_max_length instead of "
-            "cutting them, so that every reply keeps its end-of-turn token."
-        },
+        metadata={"help": "GRPO: leave longer anchor pairs out instead (every reply keeps its end)."},
     )
     gold_check_every: int = field(
         default=0,
         metadata={
-            "help": "GRPO: every N steps, answer gold_check_prompts fixed dev prompts and log their training "
-            "reward and the judge's score (the over-optimisation curve); 0 is off."
+            "help": "GRPO: every N steps, log reward and judge on fixed dev prompts (the over-optimisation "
+            "curve); 0 is off."
         },
     )
     gold_check_pairs: str = field(
