@@ -51,7 +51,7 @@ CANDIDATES = (
     "demo-v1", "grpo-baseline", "grpo-tuned", "grpo-reward-model", "grpo-reward-model-long", "dpo",
     "dpo-length-normalised", "grpo-from-dpo", "grpo-from-sft", "sft", "grpo-serving-length", "grpo-no-loop",
     "grpo-content", "grpo-content-more", "grpo-anchored", "grpo-anchored-more", "grpo-anchored-ends",
-    "grpo-anchored-whole", "grpo-anchored-whole-ends",
+    "grpo-anchored-whole", "grpo-anchored-whole-ends", "grpo-whole-anchor",
 )  # fmt: skip
 DEMO_V1 = ("ce38446", "demo/smollm2-grpo-demo")
 WARM_STARTS = {
@@ -60,6 +60,7 @@ WARM_STARTS = {
     "grpo-content-more": "grpo-content", "grpo-anchored": "grpo-content-more",
     "grpo-anchored-more": "grpo-anchored", "grpo-anchored-ends": "grpo-anchored",
     "grpo-anchored-whole": "grpo-anchored", "grpo-anchored-whole-ends": "grpo-anchored",
+    "grpo-whole-anchor": "grpo-content-more",
 }  # fmt: skip  # GRPO must beat these too
 NEEDS = {
     "grpo-reward-model": "reward-model-oasst",
