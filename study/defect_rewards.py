@@ -8,8 +8,8 @@
 - ``missing_eos_penalty`` at 256 new tokens: how often the base's answers never end, and how many of
   people's replies are longer than 256 tokens of the policy's tokenizer (those it would punish).
 
-The base's answers are the ones committed with the served demo's dev report (its ``base`` side):
-temperature 0.7, 256 new tokens, one answer a prompt.
+The base's answers are the ones committed with the dev report of the demo served before issue 27 (its
+``base`` side): temperature 0.7, 256 new tokens, one answer a prompt.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from assistant.atomic import write_text
 from assistant.defects import LOOP_THRESHOLD, loops, repeated_fraction
 
 DEV = Path("data/study-splits/dev.jsonl")
-ANSWERS = Path("demo/smollm2-grpo-demo/eval/generations.jsonl")
+ANSWERS = Path("study/retired/smollm2-grpo-demo/eval/generations.jsonl")
 OUT = Path("study/defect_rewards")
 MAX_NEW_TOKENS = 256
 

@@ -108,21 +108,22 @@ def test_a_missing_data_source_is_one_line_saying_where_it_comes_from(tmp_path, 
     assert f"dataset_source {source} is not here" in line and "docs/data.md" in line
 
 
-def test_the_committed_grpo_demo_is_evaluable_without_its_reward_model(monkeypatch):
+def test_the_committed_grpo_demo_is_evaluable_with_what_is_committed(monkeypatch, tmp_path):
+    """Its training objective (the DPO implicit reward) needs a DPO adapter: the committed one is
+    there, so the section is computed; where it is not, one line says which and how to make it."""
     from train.evaluate import objective_left_out
     from train.evaluate.inputs import read_recipe
 
     monkeypatch.chdir(ROOT)
-    if Path("outputs/study/reward-model-oasst").exists():
-        pytest.skip("outputs/study/reward-model-oasst exists here: the section is computed")
-    note = objective_left_out(read_recipe("demo/smollm2-grpo-demo"))
+    recipe = read_recipe("demo/smollm2-grpo-demo")
+    assert "dpo_implicit" in recipe["reward_funcs"] and objective_left_out(recipe) is None
+    missing = str(tmp_path / "dpo-adapter")
+    note = objective_left_out({**recipe, "implicit_reward_adapter": missing})
     assert note == (
-        "the training-objective section is left out: its reward model outputs/study/reward-model-oasst "
-        "is not here; make it with: python -m train --config recipes/study/reward-model-oasst.yaml"
+        f"the training-objective section is left out: its implicit reward's DPO adapter {missing} is not "
+        "here; train it or give another folder"
     )
-    assert (
-        objective_left_out({**read_recipe("demo/smollm2-grpo-demo"), "method": "dpo"}) is None
-    )  # DPO has none
+    assert objective_left_out({**recipe, "method": "dpo"}) is None  # DPO has none
 
 
 def test_demo_adapters_are_found_in_an_installed_layout(tmp_path):

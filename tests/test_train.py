@@ -116,7 +116,7 @@ def test_the_cpu_demo_recipe_trains_the_committed_demo_adapter(no_gpu):
     # where it is written, what it says, and how a missing pairs file is built (the run's existed)
     allowed = {"output_dir", "description", "dataset_source", "dataset_depth", "dataset_eval_fraction"}
     assert differ <= allowed, f"recipes/{recipe}.yaml differs from demo/{adapter}: {sorted(differ - allowed)}"
-    assert ours["pairs_file"] == used["pairs_file"] == "data/study/train.jsonl"
+    assert ours["pairs_file"] == used["pairs_file"] == "data/study-splits/train.jsonl"
 
 
 def test_command_line_overrides_the_recipe():
