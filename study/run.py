@@ -2,9 +2,9 @@
 
     python -m study.run                      # everything: data, judge, every candidate, the table
     python -m study.run --only dpo           # one candidate (trained and evaluated), then the table
-    python -m study.run --step table         # only re-write the table from the finished runs
-    python -m study.run --step demo          # the table, the best candidates become the demo adapters, and
-                                             # the table goes into docs/study.md
+    python -m study.run --step table         # only re-write the table from the evaluated candidates
+    python -m study.run --step demo          # the table, into docs/study.md too; a candidate that met the
+                                             # bar on the sealed test becomes its method's demo adapter
 
 Every candidate is a recipe in recipes/study/, trained on the same training pairs (the English Open
 Assistant pairs of the oasst1 validation split and the oasst2 sample, at every depth) and evaluated by
@@ -13,9 +13,10 @@ generation settings. Three splits by tree (train.data.splits): dev = the 25% of 
 before (read many times: every choice is made on it), a sealed test = the next 25% (trees no evaluation
 had read), train = the rest. Nothing here reads the sealed test: ``python -m study.sealed`` evaluates the
 final candidates on it, once. Finished steps are skipped, so a killed study resumes; an adapter trained on
-other pairs than its recipe's is set aside (outputs/study/stale/) and retrained. Results:
-study/results.json, study/README.md (the table) and study/plots/; adapters and reports in
-outputs/study/<name>/.
+other pairs than its recipe's is set aside (outputs/study/stale/) and retrained. Adapters and reports
+go to outputs/study/<name>/, and every evaluated one is copied into the tree (study/adapters/<name>/):
+the table is written from those copies, so any clone can rewrite it. Results: study/results.json,
+study/README.md (the table) and study/plots/.
 """
 
 from __future__ import annotations
@@ -236,33 +237,47 @@ def evidence(row: dict) -> tuple[float, float]:
     return p, -(judge["win"]["rate"] if judge else 0.0)
 
 
-def pick_demos(rows: list[dict]) -> dict:
-    """The demo adapters the apps serve, by a fixed rule applied to the dev table, never by hand: the
-    candidates that clear study.bar on dev, of any method, the best evidence first (one a method); if
-    none does, the GRPO candidate with the best evidence, and the DPO one if its evidence is better
-    still. A candidate the stop-rate guard flagged (it stopped ending its answers) is never promoted."""
-    eligible = [r for r in rows if r["name"] != "demo-v1" and not (r.get("stop_guard") or {}).get("flagged")]
-    clearing = [r for r in eligible if r.get("bar") and all(c["met"] for c in r["bar"])]
-    by_method = {}
-    for row in sorted(clearing or eligible, key=evidence):
-        by_method.setdefault(row["method"], row)
-    if clearing:
-        return by_method
-    chosen = {"grpo": by_method.get("grpo")}
-    if by_method.get("dpo") and chosen["grpo"] and evidence(by_method["dpo"]) < evidence(chosen["grpo"]):
-        chosen["dpo"] = by_method["dpo"]
-    return chosen
+def passed(row: dict) -> bool:
+    return bool(row.get("bar")) and all(c["met"] for c in row["bar"])
 
 
-def promote(rows: list[dict]) -> dict:
+def pick_demos(sealed: list[dict], ledger: dict) -> dict:
+    """The demo adapters the apps serve, by a fixed rule, never by hand: the candidates that met
+    study.bar on the sealed test, in a read the ledger holds for these very weights and an unchanged
+    recipe, the best evidence there first, one a method. Dev only chooses what the sealed test reads
+    (unread), so a method with no such candidate keeps the adapter it serves. The bar's ends criterion
+    also keeps out any adapter the stop-rate guard would flag."""
+    from study.sealed import seen
+
+    reads, by_method = seen(ledger), {}
+    for row in sorted(sealed, key=evidence):
+        read = reads.get(row["name"], {})
+        sealed_read = read.get("adapter_sha256") == row["adapter_sha256"] and not read["changed_after_seen"]
+        if sealed_read and passed(row):
+            by_method.setdefault(row["method"], row)
+    return by_method
+
+
+def unread(dev: list[dict], ledger: dict) -> list[str]:
+    """The candidates that met study.bar on dev and the sealed test has not read, the best dev evidence
+    first: the ones a sealed read (python -m study.sealed NAME) could promote."""
+    from study.sealed import seen
+
+    return [r["name"] for r in sorted(dev, key=evidence) if passed(r) and r["name"] not in seen(ledger)]
+
+
+def promote(dev: list[dict], sealed: list[dict]) -> dict:
     """Copy the picked candidates (pick_demos) over the demo adapters and write their cards."""
+    from study.ledger import LEDGER, read_ledger
     from train.card import write_card
 
-    chosen = pick_demos(rows)
+    ledger = read_ledger(ROOT / LEDGER)
+    chosen = pick_demos(sealed, ledger)
     for method, row in chosen.items():
-        if row is not None:
-            write_card(copy_run(ROOT / RUNS / row["name"], ROOT / DEMOS[method]))
-    return {method: row["name"] for method, row in chosen.items() if row}
+        write_card(copy_run(ROOT / KEPT / row["name"], ROOT / DEMOS[method]))
+    if waiting := unread(dev, ledger):
+        print(f"met the bar on dev, not read on the sealed test: {', '.join(waiting)}")
+    return {method: row["name"] for method, row in chosen.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,9 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         checks = ROOT / RESULTS / "reward_models.json"
         # measured once (a few minutes) by a full run or --step demo, then read from its file
         reward_models = check_reward_models() if args.step != "table" or checks.exists() else {}
-        tables = write_table(CANDIDATES, RUNS, RESULTS, reward_models, WARM_STARTS)
+        tables = write_table(CANDIDATES, KEPT, RESULTS, reward_models, WARM_STARTS)
         if args.step in ("all", "demo"):
-            demos = promote(tables[0])  # picked on dev
+            demos = promote(*tables[:2])  # served only on a sealed pass
             embed(ROOT / "docs" / "study.md", tables, {DEMOS[method]: name for method, name in demos.items()})
             print(f"demo adapters: {demos}")
     return 0

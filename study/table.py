@@ -275,7 +275,7 @@ def embed(readme: Path, rows: tuple[list, list, list], demos: dict[Path, str]) -
         raise SystemExit(f"error: {readme} has no study table markers; add {BEGIN} and {END} lines")
     head, rest = text.split(BEGIN, 1)
     body = sections(*rows, level="###") + [
-        f"`{folder}` is the `{name}` adapter (the fixed rule `study.run.evidence`, on dev)."
+        f"`{folder}` is the `{name}` adapter: it met the bar on the sealed test (`study.run.pick_demos`)."
         for folder, name in demos.items()
     ]
     write_text(readme, head + BEGIN + "\n" + "\n".join(body) + "\n" + END + rest.split(END, 1)[1])
@@ -320,7 +320,7 @@ def write_table(
 
     dev, sealed = ([r for r in (row(name, runs, folder) for name in candidates) if r] for folder in SPLITS)
     if lost := lost_rows(results / "results.json", dev, sealed):
-        # a fresh clone has the committed results but not the runs: re-writing would erase the evidence
+        # a kept report gone, or one of other weights: re-writing would erase the committed evidence
         raise SystemExit(
             f"error: {', '.join(lost)} are in {results / 'results.json'} but their reports are not in {runs}; "
             f"run them again (python -m study.run --only NAME), or delete {results / 'results.json'} to start anew"

@@ -522,7 +522,7 @@ def test_a_stale_report_stays_out_of_the_card(setup, evaluated, tmp_path):
 def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated, tmp_path):
     """study.table reads the candidates' own files; a candidate whose report belongs to other weights is
     left out of the table, and the promote rule ranks by the paired tests' p-values."""
-    from study.run import evidence, pick_demos
+    from study.run import evidence
     from study.table import BEGIN, END, embed, reading, write_table
 
     runs = tmp_path / "runs"
@@ -606,12 +606,36 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
         "the longer reply wins" in table
         and f"{accuracy['baselines']['length_matched']['n']} length-matched" in table
     )
-    # the promote rule: the best evidence per method, never one the stop-rate guard flagged
-    dpo = {**won, "name": "dpo-won", "method": "dpo"}
-    assert pick_demos([won, dpo]) == {"grpo": won}  # DPO only when its evidence is better still
-    assert pick_demos([worse, {**dpo, "method": "dpo"}])["dpo"]["name"] == "dpo-won"
-    flagged = {**won, "stop_guard": {"base": 0.3, "tuned": 0.0, "drop": 0.3, "limit": 0.1, "flagged": True}}
-    assert pick_demos([flagged, worse]) == {"grpo": worse}
+
+
+def test_the_space_serves_what_met_the_bar_on_the_sealed_test_as_the_ledger_holds_it():
+    """study.run's promote rule on the committed record (study/adapters, the ledger): dev only chooses
+    what the sealed test reads; a candidate is served when it met study.bar on a sealed read that the
+    ledger holds for these very weights and an unchanged recipe, and demo/ holds exactly its weights."""
+    from study.ledger import LEDGER, read_ledger
+    from study.run import CANDIDATES, DEMOS, KEPT, ROOT, passed, pick_demos, unread
+    from study.table import row
+    from train.identity import file_sha256
+
+    dev, sealed = ([r for r in (row(n, ROOT / KEPT, f) for n in CANDIDATES) if r] for f in ("eval", "sealed"))
+    ledger = read_ledger(ROOT / LEDGER)
+    chosen = pick_demos(sealed, ledger)
+    assert chosen and all(passed(r) for r in chosen.values())
+    assert any(not passed(r) for r in sealed)  # a sealed read that missed the bar is not served
+    for method, picked in chosen.items():
+        assert file_sha256(ROOT / DEMOS[method] / "adapter_model.safetensors") == picked["adapter_sha256"]
+    # candidates that met the bar on dev and were never read wait for the sealed test, not for the Space
+    waiting = unread(dev, ledger)
+    assert waiting and not set(waiting) & {r["name"] for r in sealed}
+    assert all(passed(r) for r in dev if r["name"] in waiting)
+    # weights the ledger did not see, or a read after the recipe changed, are no sealed result
+    other = [{**r, "adapter_sha256": "0" * 64} for r in sealed]
+    assert pick_demos(other, ledger) == {}
+    changed = json.loads(json.dumps(ledger))
+    for run in changed["runs"]:
+        for candidate in run["candidates"]:
+            candidate["changed_after_seen"] = True
+    assert pick_demos(sealed, changed) == {}
 
 
 def test_every_committed_demo_adapter_has_a_report_of_its_weights_at_serving_length_and_no_flag():
