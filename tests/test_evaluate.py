@@ -608,6 +608,25 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
     )
 
 
+def test_the_committed_study_table_is_what_the_current_code_writes_from_the_committed_record(tmp_path):
+    """study/results.json and study/README.md are rewritten, byte for byte, from study/adapters by
+    today's code (python -m study.run --step table), so every figure in them traces to a kept report."""
+    import os
+
+    from study.run import CANDIDATES, KEPT, RESULTS, ROOT, WARM_STARTS
+    from study.table import write_table
+
+    kept = tmp_path / "adapters"  # links to the committed files; the comparisons' versus.json are new files
+    shutil.copytree(ROOT / KEPT, kept, copy_function=os.symlink)
+    reward_models = json.loads((ROOT / RESULTS / "reward_models.json").read_text())
+    (tmp_path / "results").mkdir()
+    # the rewards GRPO maximised (study.reward_skill's file) are read from beside the results
+    shutil.copy(ROOT / RESULTS / "reward_skill.json", tmp_path / "results")
+    write_table(CANDIDATES, kept, tmp_path / "results", reward_models, WARM_STARTS)
+    for name in ("results.json", "README.md"):
+        assert (tmp_path / "results" / name).read_text() == (ROOT / RESULTS / name).read_text(), name
+
+
 def test_the_space_serves_what_met_the_bar_on_the_sealed_test_as_the_ledger_holds_it():
     """study.run's promote rule on the committed record (study/adapters, the ledger): dev only chooses
     what the sealed test reads; a candidate is served when it met study.bar on a sealed read that the
