@@ -640,7 +640,7 @@ def test_the_space_serves_what_met_the_bar_on_the_sealed_test_as_the_ledger_hold
     ledger = read_ledger(ROOT / LEDGER)
     chosen = pick_demos(sealed, ledger)
     assert chosen and all(passed(r) for r in chosen.values())
-    assert any(not passed(r) for r in sealed)  # a sealed read that missed the bar is not served
+    assert any(not passed(r) for r in sealed)  # some sealed reads missed the bar: the rule had to choose
     for method, picked in chosen.items():
         assert file_sha256(ROOT / DEMOS[method] / "adapter_model.safetensors") == picked["adapter_sha256"]
     # candidates that met the bar on dev and were never read wait for the sealed test, not for the Space
