@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 
 from benchmarks.grpo_step import RESULTS, ROOT, SAMPLE
+from train.outputs import peak_memory_mb
 
 RECIPES = ROOT / "recipes"
 PROMPT = "What causes the seasons on Earth?"
@@ -66,17 +66,6 @@ def small_phi(folder: Path) -> Path:
         path, packaged_smollm2(), hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
         num_attention_heads=8, max_position_embeddings=2048,
     )  # fmt: skip
-
-
-def peak_memory_mb() -> dict:
-    """The GPU's peak allocated since the last reset, and the process's peak resident set (all phases)."""
-    import torch
-
-    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
-    if torch.cuda.is_available():
-        peak["peak_gpu_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
-        peak["gpu_total_mb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**20)
-    return peak
 
 
 def reset_peak() -> None:

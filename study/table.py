@@ -101,7 +101,7 @@ def row(name: str, runs: Path, folder: str = "eval") -> dict | None:
         "train_runtime_s": info.get("train_runtime_s"),
         "resumed": bool(info.get("resumed_from")),  # then the time and memory are the last process's only
         "steps": info.get("global_step"),
-        "peak_rss_mb": usage.get("peak_rss_mb"),
+        "peak_rss_mb": info.get("peak_rss_mb", usage.get("peak_rss_mb")),  # training_info's since it has it
     }
 
 

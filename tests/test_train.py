@@ -221,6 +221,7 @@ def test_grpo_steps_train_lora_only(grpo_run, tiny_phi_dir):
     output, trainer, _ = grpo_run
     info = check_adapter_trained(output, trainer, tiny_phi_dir)
     assert info["method"] == "grpo" and info["global_step"] == 2 and info["device"] == "cpu"
+    assert 100 < info["peak_rss_mb"] < 24 * 1024  # the run's own peak memory, for the study's table
     used = [json.loads(line)["tree_id"] for line in Path(info["pairs_file"]).read_text().splitlines()]
     assert info["train_tree_ids"] == sorted(set(used[: info["train_pairs"]]))
     assert info["base_model"] == str(tiny_phi_dir)

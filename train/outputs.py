@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import shutil
 import time
 from dataclasses import fields
@@ -178,6 +179,18 @@ def final_metrics(metrics: list[dict]) -> dict:
     return {**last, **{k: v for k, v in summary.items() if k not in ("step", "epoch")}}
 
 
+def peak_memory_mb() -> dict:
+    """The process's peak resident set since it started (ru_maxrss: KiB on Linux), and on a GPU its peak
+    allocated memory since the last reset."""
+    import torch
+
+    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if torch.cuda.is_available():
+        peak["peak_gpu_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        peak["gpu_total_mb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**20)
+    return peak
+
+
 def write_run_folder(
     output_dir: Path, parsed, built, trainer, train_metrics, checkpoint, started, requested
 ) -> None:
@@ -228,6 +241,7 @@ def write_run_folder(
         "config_class": type(training_args).__name__,
         "versions": {m.__name__: m.__version__ for m in _libraries()},
         "torch_threads": torch.get_num_threads(),
+        **peak_memory_mb(),  # of this process (the main one where several train), from the start
     }
     write_text(output_dir / INFO, json.dumps(info, indent=2) + "\n")
     plot_metrics(output_dir)
