@@ -109,17 +109,17 @@ def _corrected(rows: list[dict]) -> str:
         if test
     ]
     adjusted = false_discovery_control([t["p_value"] for _, _, t in tests])
-    kept = [
-        f"`{n}` ({m}, adjusted {fmt_p(q)})"
-        for (n, m, t), q in zip(tests, adjusted, strict=True)
-        if tuned_won({**t, "p_value": q})
-    ]
+    kept, lost = [], []
+    for (n, m, t), q in zip(tests, adjusted, strict=True):
+        if tuned_won(t):
+            (kept if tuned_won({**t, "p_value": q}) else lost).append(f"`{n}` ({m}, adjusted {fmt_p(q)})")
     where = f"Corrected for the table's {len(tests)} paired tests (Benjamini-Hochberg)"
-    return (
+    said = (
         f"{where}: {', '.join(kept)} {'remains' if len(kept) == 1 else 'remain'}."
         if kept
         else f"{where}, none remains."
     )
+    return said + (f" Not beyond chance after it: {', '.join(lost)}." if lost else "")
 
 
 def gold_lines(rows: list[dict]) -> list[str]:

@@ -263,7 +263,8 @@ def unread(dev: list[dict], ledger: dict) -> list[str]:
     first: the ones a sealed read (python -m study.sealed NAME) could promote."""
     from study.sealed import seen
 
-    return [r["name"] for r in sorted(dev, key=evidence) if passed(r) and r["name"] not in seen(ledger)]
+    read = seen(ledger)
+    return [r["name"] for r in sorted(dev, key=evidence) if passed(r) and r["name"] not in read]
 
 
 def promote(dev: list[dict], sealed: list[dict]) -> dict:

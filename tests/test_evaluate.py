@@ -594,6 +594,12 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
     verdict = reading([rows[0], won])[-1]
     assert verdict.startswith("**Beat their base at p < 0.05:** `won` (preference accuracy).")
     assert "Corrected for the table's 3 paired tests (Benjamini-Hochberg): `won` (preference" in verdict
+    # a win at p < 0.05 that the correction takes away is named, with its adjusted p-value
+    marginal = {**won, "name": "marginal", "preference": {**won["preference"], "test": {**better, "better": 9,
+                "worse": 1, "p_value": 0.04}}}  # fmt: skip
+    corrected = reading([rows[0], won, marginal])[-1]
+    assert "`marginal` (preference accuracy)" in corrected  # a win before the correction
+    assert "Not beyond chance after it: `marginal` (preference, adjusted p = 0.080)." in corrected
     assert verdict.endswith("its verdicts may be about length, not quality.**")  # the judge's weakness
     judged = {**won, "judge": {**won["judge"], "per_prompt": {**rows[0]["judge"]["per_prompt"], "test": {
         "better": 30, "worse": 10, "same": 0, "n": 40, "p_value": 0.002}}}, "length_controlled": {
