@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests._helpers_precision import score_tolerance
 from train import evaluate
 from train.evaluate import answers as answering
 from train.evaluate.inputs import order_pairs, pick_samples
@@ -199,6 +200,7 @@ def estimates(node, path=""):
             yield from estimates(value, f"{path}[{i}]")
 
 
+@pytest.mark.precision
 def test_preference_accuracy_known_by_construction(setup, evaluated):
     _, report = evaluated
     preference = report["preference"]
@@ -214,11 +216,12 @@ def test_preference_accuracy_known_by_construction(setup, evaluated):
         "n": 4,
         "p_value": pytest.approx(2 / 16),
     }
-    # Batched, left-padded, mixed-adapter scoring agrees with one-sequence-at-a-time by hand.
+    # Batched, left-padded, mixed-adapter scoring agrees with one-sequence-at-a-time by hand (in fp32),
+    # within the rounding of the precision the evaluation ran in.
     for pair in preference["pairs"]:
         expected = setup["expected"][pair["parent_id"]]
-        assert pair["base"]["margin"] == pytest.approx(expected["base"], abs=1e-4)
-        assert pair["tuned"]["margin"] == pytest.approx(expected["tuned"], abs=1e-4)
+        assert pair["base"]["margin"] == pytest.approx(expected["base"], abs=score_tolerance())
+        assert pair["tuned"]["margin"] == pytest.approx(expected["tuned"], abs=score_tolerance())
 
 
 def test_report_belongs_to_its_adapter_and_reads_the_recipe(setup, evaluated):
@@ -615,8 +618,10 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
 
 
 def test_the_committed_study_table_is_what_the_current_code_writes_from_the_committed_record(tmp_path):
-    """study/results.json and study/README.md are rewritten, byte for byte, from study/adapters by
-    today's code (python -m study.run --step table), so every figure in them traces to a kept report."""
+    """study/README.md is rewritten byte for byte, and study/results.json to six significant digits, from
+    study/adapters by today's code (python -m study.run --step table), so every figure in them traces to
+    a kept report. The digits beyond are an optimiser's (the length-controlled win rate's BFGS fit):
+    another CPU's BLAS moves them in the ninth (0.5055963267 against 0.5055963239); no table shows them."""
     import os
 
     from study.run import CANDIDATES, KEPT, RESULTS, ROOT, WARM_STARTS
@@ -629,8 +634,23 @@ def test_the_committed_study_table_is_what_the_current_code_writes_from_the_comm
     # the rewards GRPO maximised (study.reward_skill's file) are read from beside the results
     shutil.copy(ROOT / RESULTS / "reward_skill.json", tmp_path / "results")
     write_table(CANDIDATES, kept, tmp_path / "results", reward_models, WARM_STARTS)
-    for name in ("results.json", "README.md"):
-        assert (tmp_path / "results" / name).read_text() == (ROOT / RESULTS / name).read_text(), name
+    written, committed = (folder / "README.md" for folder in (tmp_path / "results", ROOT / RESULTS))
+    assert written.read_text() == committed.read_text()
+    written, committed = (
+        json.loads((f / "results.json").read_text()) for f in (tmp_path / "results", ROOT / RESULTS)
+    )
+    assert shown(written) == shown(committed)
+
+
+def shown(value):
+    """Every float of a results file to six significant digits, beyond what any table shows."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: shown(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shown(v) for v in value]
+    return value
 
 
 def test_the_space_serves_what_met_the_bar_on_the_sealed_test_as_the_ledger_holds_it():

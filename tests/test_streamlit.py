@@ -10,11 +10,12 @@ from streamlit.testing.v1 import AppTest
 
 from assistant.models import load_model
 from assistant.service import Assistant, Limits
+from tests._helpers_precision import cpu_dtype
 from tests._helpers_space import make_random_lora
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 SYSTEM = "Be brief."
-KEYS = ("ASSISTANT_BASE_MODEL", "ASSISTANT_ADAPTERS", "ASSISTANT_DATA_DIR")
+KEYS = ("ASSISTANT_BASE_MODEL", "ASSISTANT_ADAPTERS", "ASSISTANT_DATA_DIR", "ASSISTANT_CPU_DTYPE")
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,7 @@ def env(smollm2_dir, adapter_dir, data_dir):
         ASSISTANT_BASE_MODEL=str(smollm2_dir),
         ASSISTANT_ADAPTERS=str(adapter_dir),
         ASSISTANT_DATA_DIR=str(data_dir),
+        ASSISTANT_CPU_DTYPE="fp32",  # the app's answers are checked against each alone: exact in fp32 only
     )
     yield
     for key, value in saved.items():
@@ -45,7 +47,8 @@ def core(smollm2_dir, adapter_dir):
     from assistant import models
 
     # What the app serves: the configured adapter, then every demo adapter on the same base.
-    return Assistant(load_model(str(smollm2_dir), [str(adapter_dir), *models.demo_adapters()]), Limits())
+    with cpu_dtype("fp32"):
+        return Assistant(load_model(str(smollm2_dir), [str(adapter_dir), *models.demo_adapters()]), Limits())
 
 
 def started(env, view="Chat") -> AppTest:

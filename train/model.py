@@ -92,7 +92,8 @@ def adapt_to_device(
             model_args.dtype = "float32"
         if (model_args.load_in_4bit or model_args.load_in_8bit) and not train_args.quantize_on_cpu:
             model_args.load_in_4bit = model_args.load_in_8bit = False
-            notes.append(f"{why}: base loaded in fp32, not quantized (set quantize_on_cpu to keep 4-bit)")
+            loaded = "bf16" if model_args.dtype == "bfloat16" else "fp32"
+            notes.append(f"{why}: base loaded in {loaded}, not quantized (set quantize_on_cpu to keep 4-bit)")
     if model_args.load_in_4bit:
         compute = model_args.dtype if model_args.dtype not in (None, "auto") else "float32"
         precision = f"4-bit {model_args.bnb_4bit_quant_type.upper()} base, {compute} compute"
