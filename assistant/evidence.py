@@ -106,6 +106,27 @@ class Evidence:
         plots += sorted((self.folder.parent / "plots").glob("*.png"))
         self.plots = [p for p in plots if p.is_file()]
 
+    def _reused(self) -> str:
+        """What ``reused.json`` beside the report says (``python -m study.run`` writes it): the test was
+        read again since, for other candidates, and the judge's win corrected over all of them."""
+        path = self.folder / "reused.json"
+        if not path.is_file():
+            return ""
+        reused = json.loads(path.read_text())
+        judge = reused.get("judge") or {}
+        corrected = (
+            f" Corrected over all {reused['family']} candidates it read, the judge's win (p = "
+            f"{judge['p_value']:.3f} alone) is p = {judge['holm']:.3f} (Holm; Benjamini-Hochberg "
+            f"{judge['benjamini_hochberg']:.3f})."
+            if judge
+            else ""
+        )
+        return (
+            f"This test was read {reused['reads']} times for {reused['candidates']} candidates, and later "
+            f"designs were made after earlier reads ({reused['designs_after_reads']}): its figures are a "
+            f"second dev set's, not a sealed test's.{corrected}"
+        )
+
     def comparisons(self, which: str = "all") -> list[Comparison]:
         return self.all if which == "all" else [c for c in self.all if c.pick == which]
 
@@ -129,13 +150,15 @@ class Evidence:
                 "an interval that holds zero."
             )
         sealed = (
-            " (the sealed test: read once, after every choice was made)"
-            if self.folder.name == "sealed"
-            else ""
+            " (the study's sealed test, after every choice was made)" if self.folder.name == "sealed" else ""
         )
+        reused = self._reused()
+        if reused:
+            sealed = " (the study's old sealed test, now a reused test: see below)"
         lines = [
             f"### {self.name} against {base}",
             headline,
+            *([f"- **A reused test.** {reused}"] if reused else []),
             *(f"- {line}" for line in self._seen()),
             "",
             f"On {n or 'the'} held-out pairs of `{split}`{sealed} (human preference labels the adapter never saw).",

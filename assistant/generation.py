@@ -1,13 +1,13 @@
-"""Generation on the one shared model: streaming, base-vs-tuned side by side, stopping and routing.
+"""What every generation on the one shared model shares: the settings and answers, the request checks,
+the per-model lock, encoding, adapter routing and the streamer that turns tokens into answers.
 
 Every request names its own adapter routing (``"__base__"`` or the adapter's name, one per row). The
-apps' requests (``assistant.batcher.stream``) go to the model's batcher: they share one running
-batch, one row each, joining it at the next token (its own decode loop, ``assistant.decode``), and each
-row streams to its own caller and stops on its own. Offline batches (``generate``: evaluation, benchmarks)
-run one ``generate`` call per batch under the same per-model lock. Under the lock, a mixed batch is
-routed by PEFT's ``adapter_names`` (which installs hooks on the shared layers for the call), and a batch
-through one adapter sets that state on the model for the call, so no request depends on state another
-left. Stopping (or abandoning) a stream sets an event that a ``StoppingCriteria`` checks at every step.
+apps' requests, and evaluation's, go to the serving engine (``assistant.engine.stream``): they share one
+running batch, one row each. ``generate`` here is transformers' ``generate`` on a fixed batch, under
+the same per-model lock: the tests' oracle (each request alone) and ``benchmarks/side_by_side.py``'s
+baseline. Under the lock, a mixed batch is routed by PEFT's ``adapter_names`` (which installs hooks on
+the shared layers for the call), and a batch through one adapter sets that state on the model for the
+call, so no request depends on state another left.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ class RequestError(ValueError):
 
 class Busy(RequestError):
     """Too many requests are already waiting for the model."""
+
+
+class GenerationFailed(RequestError):
+    """The engine failed on this request (out of memory, say): the request ends with this one line,
+    shown as a warning, and the engine goes on serving the others."""
 
 
 @dataclass(frozen=True)
@@ -80,14 +85,14 @@ _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_MUTEX = threading.Lock()
 
 
-def _lock_for(model) -> threading.Lock:
+def lock_for(model) -> threading.Lock:
     with _LOCKS_MUTEX:
         return _LOCKS.setdefault(model, threading.Lock())
 
 
 def model_lock(loaded) -> threading.Lock:
     """The lock every ``generate`` on this model runs under: the batcher's and the offline callers'."""
-    return _lock_for(loaded.model)
+    return lock_for(loaded.model)
 
 
 # --- adapters -------------------------------------------------------------------------------------
@@ -101,7 +106,7 @@ def tuned_adapter(loaded) -> str | None:
     return active[0] if isinstance(active, (list, tuple)) else active
 
 
-def _check_adapters(loaded, adapters: Sequence[str]) -> None:
+def check_adapters(loaded, adapters: Sequence[str]) -> None:
     available = {BASE} | set(getattr(loaded.model, "peft_config", {}) or {})
     for name in set(adapters) - available:
         if name != BASE and len(available) == 1:
@@ -139,7 +144,7 @@ class RowStreamer(BaseStreamer):
         self.finished = False
         self.prompt_seen = False
 
-    def _done(self, row: int) -> bool:
+    def row_done(self, row: int) -> bool:
         limit = self.limit[row] if isinstance(self.limit, (list, tuple)) else self.limit
         full = limit is not None and len(self.tokens[row]) >= limit
         stopped = self.stop is not None and self.stop.is_set()
@@ -147,14 +152,19 @@ class RowStreamer(BaseStreamer):
 
     @property
     def done(self) -> list[bool]:
-        return [self._done(row) for row in range(len(self.adapters))]
+        return [self.row_done(row) for row in range(len(self.adapters))]
 
     def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate's first call carries the prompt
+        """``generate``'s streamer call: the prompt first, then one token per row per step."""
+        if not self.prompt_seen:
             self.prompt_seen = True
             return
-        for row, token in enumerate(value.reshape(-1).tolist()):
-            if self._done(row):
+        self.add(value.reshape(-1).tolist())
+
+    def add(self, tokens: list[int]) -> None:
+        """One new token per row (a row that is done ignores its own)."""
+        for row, token in enumerate(tokens):
+            if self.row_done(row):
                 continue  # generate pads finished rows; those tokens are not the answer's
             if token in self.eos_ids:
                 self.ended[row] = True
@@ -175,7 +185,7 @@ class RowStreamer(BaseStreamer):
     def snapshot(self) -> list[Answer]:
         answers = []
         for row, adapter in enumerate(self.adapters):
-            done = self.finished or self._done(row)
+            done = self.finished or self.row_done(row)
             # A multi-byte character arrives over several tokens: hide its head until it is whole.
             text = self.texts[row] if done else self.texts[row].rstrip("\ufffd")
             answers.append(
@@ -206,12 +216,12 @@ def eos_ids(loaded) -> set[int]:
     return ids | turn_stops(loaded.tokenizer)[0]
 
 
-def _streamer(loaded, adapters, on_step=None, limit=None, stop=None) -> RowStreamer:
+def row_streamer(loaded, adapters, on_step=None, limit=None, stop=None) -> RowStreamer:
     cut_texts = turn_stops(loaded.tokenizer)[1]
     return RowStreamer(loaded.tokenizer, adapters, eos_ids(loaded), on_step, cut_texts, limit, stop)
 
 
-def _encode(loaded, conversations: Sequence[list[dict]]):
+def encode(loaded, conversations: Sequence[list[dict]]):
     tokenizer = loaded.tokenizer
     with tokenizer_lock(tokenizer):
         texts = [
@@ -225,7 +235,7 @@ def _encode(loaded, conversations: Sequence[list[dict]]):
 
 
 @contextmanager
-def _routing(model, adapters: Sequence[str]):
+def routing(model, adapters: Sequence[str]):
     """Route this batch through the adapters it names; the caller holds the model's lock.
 
     A mixed batch passes PEFT's ``adapter_names``. A batch through one adapter (or none) sets that state
@@ -251,8 +261,8 @@ def _routing(model, adapters: Sequence[str]):
 def _generate(loaded, conversations, adapters, settings, streamer, stop) -> None:
     """One ``generate`` call for all rows with one set of settings, under the model's lock (offline
     batches: the seed is global, as evaluation has always drawn its samples)."""
-    _check_adapters(loaded, adapters)
-    batch = _encode(loaded, conversations)
+    check_adapters(loaded, adapters)
+    batch = encode(loaded, conversations)
     with model_lock(loaded):
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
@@ -263,11 +273,11 @@ def _generate(loaded, conversations, adapters, settings, streamer, stop) -> None
             stopping_criteria=StoppingCriteriaList([_StopWhen(stop, streamer)]),
             pad_token_id=loaded.tokenizer.pad_token_id,
         )
-        with _routing(loaded.model, adapters) as routing, torch.inference_mode():
-            loaded.model.generate(**kwargs, **routing)
+        with routing(loaded.model, adapters) as routed, torch.inference_mode():
+            loaded.model.generate(**kwargs, **routed)
 
 
-def _check_settings(settings: GenerationSettings) -> None:
+def check_settings(settings: GenerationSettings) -> None:
     if settings.max_new_tokens < 1 or settings.min_new_tokens < 0:
         raise RequestError(f"max new tokens must be at least 1, not {settings.max_new_tokens}")
     if settings.do_sample and not 0 < settings.top_p <= 1:
@@ -281,14 +291,15 @@ def generate(
     settings: GenerationSettings,
     batch_size: int | None = None,
 ) -> list[Answer]:
-    """Like ``assistant.batcher.stream`` but returns the final answers, in batches of ``batch_size`` rows (default: all)."""
+    """The final answers of transformers' ``generate``, in batches of ``batch_size`` rows (default: all):
+    the tests' oracle for the engine (``assistant.engine.stream``), which the apps and evaluation use."""
     if len(conversations) != len(adapters):
         raise ValueError("give one adapter name per conversation")
     batch_size = batch_size or max(1, len(conversations))
     answers: list[Answer] = []
     for start in range(0, len(conversations), batch_size):
         rows = slice(start, start + batch_size)
-        streamer = _streamer(loaded, adapters[rows])
+        streamer = row_streamer(loaded, adapters[rows])
         _generate(loaded, conversations[rows], adapters[rows], settings, streamer, threading.Event())
         streamer.finished = True
         answers += streamer.snapshot()
@@ -331,6 +342,7 @@ __all__ = [
     "BASE",
     "Answer",
     "Busy",
+    "GenerationFailed",
     "GenerationSettings",
     "RequestError",
     "RowStreamer",

@@ -26,8 +26,13 @@ def kv_bytes_per_token(config, dtype) -> int:
 
 def rows_that_fit(config, dtype, free_bytes: int, tokens_per_row: int, asked: int) -> int:
     """The rows of ``tokens_per_row`` whose KV cache fits KV_SHARE of ``free_bytes``: at most ``asked``,
-    at least 1 (one row of a full context must fit, or the limits themselves are too large)."""
-    per_row = kv_bytes_per_token(config, dtype) * tokens_per_row
+    at least 1 (one row of a full context must fit, or the limits themselves are too large). A row's
+    cache buffer keeps ``SPARE`` columns of room beyond its tokens (``assistant.engine.cache``); a join
+    needs about one layer's cache beyond it, within the rest (``benchmarks/join_memory.py`` measures
+    the peak against this budget)."""
+    from assistant.engine.cache import SPARE
+
+    per_row = kv_bytes_per_token(config, dtype) * (tokens_per_row + SPARE)
     return max(1, min(asked, int(free_bytes * KV_SHARE) // per_row))
 
 

@@ -28,6 +28,7 @@ import torch
 from assistant.cpu_linear import weights_first
 from assistant.precision import (  # noqa: F401  (the apps and train import them from here)
     DTYPE_NAMES,
+    ModelLoadError,
     compute_dtype,
     cpu_has_native_bf16,
     default_device,
@@ -50,10 +51,6 @@ DEFAULT_BASE = "microsoft/phi-2"
 DEFAULT_ADAPTER = "phi2-assistant/phi-2-oasst1-grpo-qlora"
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ModelLoadError(RuntimeError):
-    """A configured model or adapter could not be loaded."""
 
 
 def cache_dir() -> Path:

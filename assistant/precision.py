@@ -11,6 +11,10 @@ from pathlib import Path
 import torch
 
 
+class ModelLoadError(RuntimeError):
+    """A configured model or adapter could not be loaded (here: a precision plan that cannot work)."""
+
+
 def default_device() -> str:
     if torch.cuda.is_available():
         return "cuda"
@@ -82,8 +86,6 @@ def precision_plan(device: str, quantize: bool, model_type: str | None = None) -
     else:
         half = compute_dtype(device, model_type)
     if quantize and on_zero_gpu():
-        from assistant.models import ModelLoadError
-
         raise ModelLoadError(
             "ZeroGPU attaches no GPU at start-up, so bitsandbytes cannot quantize the base there: serve it "
             "unquantized (the default on ZeroGPU), or on CPU basic or a dedicated GPU (T4, L4, A10G, A100)"

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 
-from assistant.batcher import stream
+from assistant.engine import stream
 from assistant.generation import BASE, Answer, GenerationSettings, RequestError
 from assistant.memory import fit_batch_to_gpu
 from assistant.prompt import InputTooLong, build_messages, fit_to_context, tokenizer_lock

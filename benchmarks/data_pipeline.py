@@ -33,21 +33,13 @@ import pyarrow.parquet as pq
 
 from assistant.atomic import write_text
 from train.data import DataArguments, run
+from train.data.read import DETOXIFY, OASST1_HUB_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "benchmarks" / "results" / "data_pipeline.json"
 LANGS = ["en", "es", "ru", "de", "zh", "fr", "pt-BR", "ca", "uk", "it", "ja", "pl"]
 LANG_P = [0.45, 0.25, 0.07, 0.06, 0.04, 0.04, 0.03, 0.02, 0.015, 0.01, 0.01, 0.005]
-DETOXIFY = [
-    "toxicity",
-    "severe_toxicity",
-    "obscene",
-    "identity_attack",
-    "insult",
-    "threat",
-    "sexual_explicit",
-]
 LABELS = ["spam", "lang_mismatch", "pii", "not_appropriate", "hate_speech", "sexual_content", "quality"]
 WORDS = (
     "the of and to in is that for it as with was on be by this are or from at an which have not "
@@ -138,43 +130,12 @@ def generate(n_messages: int, n_trees: int, seed: int = 0) -> tuple[list[dict], 
 
 
 def write_hub_folder(rows: list[dict], validation: set[str], folder: Path) -> list[Path]:
-    schema = pa.schema(
-        [
-            ("message_id", pa.string()),
-            ("parent_id", pa.string()),
-            ("user_id", pa.string()),
-            ("created_date", pa.string()),
-            ("text", pa.string()),
-            ("role", pa.string()),
-            ("lang", pa.string()),
-            ("review_count", pa.int32()),
-            ("review_result", pa.bool_()),
-            ("deleted", pa.bool_()),
-            ("rank", pa.float64()),
-            ("synthetic", pa.bool_()),
-            ("model_name", pa.string()),
-            ("detoxify", pa.struct([(k, pa.float64()) for k in DETOXIFY])),
-            ("message_tree_id", pa.string()),
-            ("tree_state", pa.string()),
-            ("emojis", pa.struct([("name", pa.list_(pa.string())), ("count", pa.list_(pa.int32()))])),
-            (
-                "labels",
-                pa.struct(
-                    [
-                        ("name", pa.list_(pa.string())),
-                        ("value", pa.list_(pa.float64())),
-                        ("count", pa.list_(pa.int32())),
-                    ]
-                ),
-            ),
-        ]
-    )
     paths = []
     for split, keep in (("train", False), ("validation", True)):
         part = [r for r in rows if (r["message_tree_id"] in validation) == keep]
         path = folder / "data" / f"{split}-00000-of-00001.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(part, schema=schema), path)
+        pq.write_table(pa.Table.from_pylist(part, schema=OASST1_HUB_SCHEMA), path)
         paths.append(path)
     return paths
 

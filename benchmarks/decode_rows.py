@@ -5,7 +5,7 @@ step of one, times the steps).
     python -m benchmarks.decode_rows [--rows 1,2,4,8,16] [--steps 16] [--repeats 5] [--threads 1]
 
 Model: the packaged SmolLM2-135M-Instruct (fp32, CPU) with a LoRA like the CPU demo's. Each row is a
-chat prompt prefilled by ``assistant.decode.Running.prefill`` (the batcher's own), then ``--steps`` steps
+chat prompt prefilled by ``assistant.engine.batch.Running.prefill`` (the engine's own), then ``--steps`` steps
 of ``Running.step`` (forward of every row's last token through the adapter, then each row's sampled
 token: temperature 0.7, top-p 0.95, its own seed) are timed; the repeats go through the row counts in
 alternating order so that load from other work falls on all. Reported per row count: the median
@@ -16,7 +16,7 @@ prefill, then 31 steps) cost against one: the floor under ``benchmarks/concurren
 layers (``x @ W.T``) against the served one (``assistant.cpu_linear``'s ``W @ x.T``), in the same
 repeats; and what ``choose`` pays to find
 one row's top-p nucleus: a sort of the whole vocabulary against its top 64 and top 1024; and one
-row's draw, ``torch.multinomial`` against ``assistant.decode.draw``. Writes
+row's draw, ``torch.multinomial`` against ``assistant.engine.sampling.draw``. Writes
 benchmarks/results/decode_rows.json and decode_rows.md.
 """
 
@@ -42,10 +42,12 @@ from benchmarks.serving_common import (
 def main() -> None:
     import torch
 
-    from assistant.batcher import Request
     from assistant.cpu_linear import weights_first
-    from assistant.decode import Running, draw, nucleus
-    from assistant.generation import GenerationSettings, _streamer, eos_ids
+    from assistant.engine.batch import Running
+    from assistant.engine.requests import Request
+    from assistant.engine.sampling import draw, nucleus
+    from assistant.engine.worker import Channel
+    from assistant.generation import GenerationSettings, eos_ids, row_streamer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="1,2,4,8,16")
@@ -62,9 +64,9 @@ def main() -> None:
 
     def batch(n: int) -> Running:
         adapters = ["default"] * n
-        streamer = _streamer(loaded, adapters, None, [settings.max_new_tokens] * n, threading.Event())
+        streamer = row_streamer(loaded, adapters, None, [settings.max_new_tokens] * n, threading.Event())
         conversations = [[{"role": "user", "content": f"{PROMPT} ({i})"}] for i in range(n)]
-        request = Request(conversations, adapters, [settings] * n, streamer, lambda _: None)
+        request = Request(conversations, adapters, [settings] * n, Channel(streamer, lambda _: None))
         return Running.prefill(loaded, [request], stop_ids, 1.0)
 
     # Each layout of the linear layers (assistant.cpu_linear): the served one, weights first, and PyTorch's.
@@ -133,7 +135,7 @@ def main() -> None:
         "# One decoding step with N rows",
         "",
         f"`python -m benchmarks.decode_rows --threads {args.threads}` — SmolLM2-135M-Instruct + LoRA r=16, "
-        f"fp32, `assistant.decode.Running.step` (forward + sampling), median of {args.steps} steps x "
+        f"fp32, `assistant.engine.batch.Running.step` (forward + sampling), median of {args.steps} steps x "
         f"{args.repeats} repeats per row count, in one run.",
         "",
         "Step s: the served layout of the linear layers (`assistant.cpu_linear`: weights first, `W @ x.T`, "
@@ -156,7 +158,7 @@ def main() -> None:
         "",
         f"Drawing one row's token from its top-0.95 nucleus ({len(kept):,} tokens; median of 20): "
         f"`torch.multinomial` over the zeroed vocabulary {draw_s['torch.multinomial'] * 1000:.2f} ms, "
-        f"`assistant.decode.draw` (the same token and generator state) {draw_s['draw'] * 1000:.2f} ms, "
+        f"`assistant.engine.sampling.draw` (the same token and generator state) {draw_s['draw'] * 1000:.2f} ms, "
         f"{draw_s['torch.multinomial'] / draw_s['draw']:.1f}x faster.",
     ]
     write("decode_rows", record, "\n".join(lines))

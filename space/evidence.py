@@ -2,6 +2,7 @@
 every sample comparison, filterable by the judge's pick (``assistant.evidence``)."""
 
 import gradio as gr
+from PIL import Image
 
 from assistant.evidence import FILTERS, Evidence, comparison_markdown, find
 from assistant.service import Assistant
@@ -20,9 +21,10 @@ def build_evidence(assistant: Assistant) -> None:
     evidence = Evidence(folder, name)
     gr.Markdown(evidence.verdict(), elem_id="verdict")
     if evidence.plots:
-        # Served from where they are committed, whatever folder the app was started from.
-        gr.set_static_paths([str(p.parent) for p in evidence.plots])
-        gr.Gallery([str(p) for p in evidence.plots], label="Plots", columns=3, height="auto", preview=False)
+        # Opened here and handed over as images: Gradio serves its own copies, so the page never carries
+        # the path of the checkout on the server (a file path would be in /config).
+        plots = [(Image.open(p), p.stem.replace("_", " ")) for p in evidence.plots]
+        gr.Gallery(plots, label="Plots", columns=3, height="auto", preview=False)
     gr.Markdown(
         f"### The {len(evidence.all)} sample comparisons\nEvery held-out prompt the report answered, base and "
         "tuned (first answer of each), with the judge's pick. Marked: an answer that loops, and one cut off "

@@ -122,6 +122,61 @@ def _corrected(rows: list[dict]) -> str:
     return said + (f" Not beyond chance after it: {', '.join(lost)}." if lost else "")
 
 
+# What the record shows was decided after a read of the old sealed test (study/sealed.json's times
+# against the recipes' commits): so it no longer tests those designs from outside.
+DESIGNS_AFTER_READS = (
+    "the preference anchor was added after `grpo-content-more`'s read, citing its loss there; the "
+    "whole-pair rule and `grpo-whole-anchor`'s gate were set after `grpo-anchored-more` failed there"
+)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error over all of them), in the given order."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def reused_test(sealed: list[dict], ledger: dict, earlier: list[dict] = ()) -> dict:
+    """The old sealed test as it now is, a reused test: how often it was read and for how many
+    candidates, and each candidate's judge win (per prompt, clustered by tree) corrected over every
+    candidate it read: Holm's (the family-wise bar) and Benjamini-Hochberg's beside it. ``earlier``: rows
+    of reads whose table was frozen before (study/second-round), so no read is left out of the family."""
+    from scipy.stats import false_discovery_control
+
+    rows = {r["name"]: r for r in [*earlier, *sealed]}
+    tests = {n: (r["judge"]["per_prompt"] or {}).get("test") for n, r in rows.items()}
+    tests = {n: t for n, t in tests.items() if t}
+    p = [t["p_value"] for t in tests.values()]
+    corrected = zip(tests.items(), holm(p), false_discovery_control(p), strict=True)
+    return {
+        "reads": ledger["evaluations"],
+        "candidates": len({c["name"] for run in ledger["runs"] for c in run["candidates"]}),
+        "designs_after_reads": DESIGNS_AFTER_READS,
+        "judge": {
+            name: {"p_value": t["p_value"], "holm": h, "benjamini_hochberg": float(b), "won": tuned_won(t)}
+            for (name, t), h, b in corrected
+        },
+    }
+
+
+def reused_line(reused: dict) -> str:
+    """The reused test in one paragraph, for the study's README."""
+    wins = [f"`{n}` ({fmt_p(j['p_value'])}; Holm-adjusted {fmt_p(j['holm'])}, Benjamini-Hochberg "
+            f"{fmt_p(j['benjamini_hochberg'])})" for n, j in reused["judge"].items() if j["won"]]  # fmt: skip
+    return (
+        f"This is a reused test, not a sealed one: it has been read {reused['reads']} times for "
+        f"{reused['candidates']} candidates, and later designs were made after earlier reads "
+        f"({reused['designs_after_reads']}). Its figures are a second dev set's. Corrected over the judge's "
+        f"per-prompt tests of all {len(reused['judge'])} candidates it read, the judge wins stand at: "
+        + (", ".join(wins) if wins else "none")
+        + ". A claim needs a fresh test, read once."
+    )
+
+
 def gold_lines(rows: list[dict]) -> list[str]:
     """Each GRPO run's gold checks: its training reward beside the judge on the same dev answers, by step
     (the over-optimisation curve; the judge's win is against the warm start's answers)."""

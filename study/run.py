@@ -247,7 +247,7 @@ def pick_demos(sealed: list[dict], ledger: dict) -> dict:
     recipe, the best evidence there first, one a method. Dev only chooses what the sealed test reads
     (unread), so a method with no such candidate keeps the adapter it serves. The bar's ends criterion
     also keeps out any adapter the stop-rate guard would flag."""
-    from study.sealed import seen
+    from train.evaluate.ledger import seen
 
     reads, by_method = seen(ledger), {}
     for row in sorted(sealed, key=evidence):
@@ -261,7 +261,7 @@ def pick_demos(sealed: list[dict], ledger: dict) -> dict:
 def unread(dev: list[dict], ledger: dict) -> list[str]:
     """The candidates that met study.bar on dev and the sealed test has not read, the best dev evidence
     first: the ones a sealed read (python -m study.sealed NAME) could promote."""
-    from study.sealed import seen
+    from train.evaluate.ledger import seen
 
     read = seen(ledger)
     return [r["name"] for r in sorted(dev, key=evidence) if passed(r) and r["name"] not in read]
@@ -269,8 +269,8 @@ def unread(dev: list[dict], ledger: dict) -> list[str]:
 
 def promote(dev: list[dict], sealed: list[dict]) -> dict:
     """Copy the picked candidates (pick_demos) over the demo adapters and write their cards."""
-    from study.ledger import LEDGER, read_ledger
     from train.card import write_card
+    from train.evaluate.ledger import LEDGER, read_ledger
 
     ledger = read_ledger(ROOT / LEDGER)
     chosen = pick_demos(sealed, ledger)
@@ -279,6 +279,34 @@ def promote(dev: list[dict], sealed: list[dict]) -> dict:
     if waiting := unread(dev, ledger):
         print(f"met the bar on dev, not read on the sealed test: {', '.join(waiting)}")
     return {method: row["name"] for method, row in chosen.items()}
+
+
+def mark_reused(sealed: list[dict]) -> None:
+    """Beside every report of the old sealed test (kept, and served), ``reused.json``: that the test is
+    a reused one now, and the candidate's judge win corrected over every candidate it read, which the
+    card and the Evidence tab state. A served adapter's card is written again."""
+    from assistant.atomic import write_text
+    from study.table import reused
+    from train.card import write_card
+    from train.evaluate.ledger import LEDGER
+    from train.identity import file_sha256
+
+    record = reused(sealed)
+    for row in sealed:
+        mark = {
+            **{k: record[k] for k in ("reads", "candidates", "designs_after_reads")},
+            "judge": record["judge"].get(row["name"]),
+            "family": len(record["judge"]),
+            "ledger": str(LEDGER),
+            "written_by": "python -m study.run --step table",
+        }
+        text = json.dumps(mark, indent=2) + "\n"
+        write_text(ROOT / KEPT / row["name"] / "sealed" / "reused.json", text)
+        for folder in DEMOS.values():
+            weights = ROOT / folder / "adapter_model.safetensors"
+            if weights.is_file() and file_sha256(weights) == row["adapter_sha256"]:
+                write_text(ROOT / folder / "sealed" / "reused.json", text)
+                write_card(ROOT / folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         # measured once (a few minutes) by a full run or --step demo, then read from its file
         reward_models = check_reward_models() if args.step != "table" or checks.exists() else {}
         tables = write_table(CANDIDATES, KEPT, RESULTS, reward_models, WARM_STARTS)
+        mark_reused(tables[1])
         if args.step in ("all", "demo"):
             demos = promote(*tables[:2])  # served only on a sealed pass
             embed(ROOT / "docs" / "study.md", tables, {DEMOS[method]: name for method, name in demos.items()})

@@ -28,14 +28,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from assistant.atomic import write_text
-from study.ledger import LEDGER, SealedError, locked, read_ledger
+from study.run import EVAL_OPTIONS, JUDGE, ROOT, RUNS, keep, sh, stale
 from train.evaluate.inputs import SEALED_TEST as TEST
 from train.evaluate.inputs import content_sha256
+from train.evaluate.ledger import LEDGER, SealedError, locked, read_ledger, seen  # noqa: F401  (tests read them here)
 
 
 def recipe_file(name: str, runs: Path, recipes: Path) -> Path:
@@ -50,19 +52,6 @@ def recipe_file(name: str, runs: Path, recipes: Path) -> Path:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def seen(ledger: dict) -> dict[str, dict]:
-    """Per candidate, its latest evaluation on the sealed test."""
-    out = {}
-    for run in ledger["runs"]:
-        for candidate in run["candidates"]:
-            out[candidate["name"]] = {
-                **candidate,
-                "ran_at": run["ran_at"],
-                "finished": run.get("finished", True),
-            }
-    return out
 
 
 def plan(
@@ -144,8 +133,6 @@ def record_finish(path: Path, run: dict) -> dict:
 
 def candidate_info(name: str, runs: Path) -> dict:
     """What identifies the adapter evaluated; refuses one that is missing or trained on other pairs."""
-    from study.run import stale
-
     folder = runs / name
     weights, info = folder / "adapter_model.safetensors", folder / "training_info.json"
     if not weights.is_file():
@@ -160,10 +147,6 @@ def candidate_info(name: str, runs: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
-    from study.run import EVAL_OPTIONS, JUDGE, ROOT, RUNS, keep, sh
-
     parser = argparse.ArgumentParser(prog="python -m study.sealed", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="+", help="final candidates (folders of outputs/study/)")
     parser.add_argument(

@@ -9,9 +9,9 @@ import json
 import shutil
 from pathlib import Path
 
-from study.ledger import ledger_line
-from study.reading import gold_lines, reading, rewards_optimised
+from study.reading import gold_lines, reading, reused_line, reused_test, rewards_optimised
 from train.evaluate.answers import SIDES, stop_guard
+from train.evaluate.ledger import LEDGER, ledger_line, read_ledger
 from train.evaluate.length import judge_caveat, judge_skill
 from train.evaluate.stats import fmt, fmt_p
 
@@ -221,12 +221,23 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+SECOND_ROUND = Path("study/second-round/results.json")  # reads of the old test whose table was frozen
+
+
+def reused(sealed: list[dict]) -> dict:
+    """The old sealed test's record as a reused test (study.reading.reused_test), from the ledger and
+    every read's row, the frozen second round's included."""
+    earlier = json.loads(SECOND_ROUND.read_text())["sealed_test"] if SECOND_ROUND.is_file() else []
+    return reused_test(sealed, read_ledger(LEDGER), earlier)
+
+
 BEGIN, END = "<!-- study table: written by python -m study.run -->", "<!-- end of study table -->"
 
 
 def sections(dev: list[dict], sealed: list[dict], versus: list[dict], level: str = "##") -> list[str]:
-    """The study's results in words and tables: dev (where every choice was made), the sealed test
-    (read once, with its ledger) and each GRPO candidate against its warm start."""
+    """The study's results in words and tables: dev (where every choice was made), the old sealed test
+    (now a reused test, with its ledger and the correction over every candidate it read) and each GRPO
+    candidate against its warm start."""
     from study.versus import summary
 
     def split(rows: list[dict]) -> list[str]:
@@ -247,9 +258,11 @@ def sections(dev: list[dict], sealed: list[dict], versus: list[dict], level: str
         "",
         *split(dev),
         "",
-        f"{level} Sealed test: read once",
+        f"{level} Reused test (the old sealed test)",
         "",
         ledger_line(),
+        "",
+        reused_line(reused(sealed)),
         "",
         *split(sealed),
         "",
@@ -329,7 +342,13 @@ def write_table(
     write_text(
         results / "results.json",
         json.dumps(
-            {"dev": dev, "sealed_test": sealed, "versus_warm_start": versus, "reward_models": reward_models},
+            {
+                "dev": dev,
+                "sealed_test": sealed,
+                "reused_test": reused(sealed),
+                "versus_warm_start": versus,
+                "reward_models": reward_models,
+            },
             indent=2,
         )
         + "\n",

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from train.data.read import OASST1_HUB_SCHEMA
+
 FIXTURES = Path(__file__).parent / "fixtures"
 MINI_TREES_FILE = FIXTURES / "data_mini.trees.jsonl"
 MINI_FLAT_FILE = FIXTURES / "data_mini.flat.jsonl"
@@ -33,49 +35,6 @@ def full_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs the full {name} in {SHARED_DATA} (tests/data/README.md says where it comes from)")
     return path
-
-
-DETOXIFY = [
-    "toxicity",
-    "severe_toxicity",
-    "obscene",
-    "identity_attack",
-    "insult",
-    "threat",
-    "sexual_explicit",
-]
-# The columns of the Hub's OpenAssistant/oasst1 table, with types as a parquet export would carry them.
-HUB_SCHEMA = pa.schema(
-    [
-        ("message_id", pa.string()),
-        ("parent_id", pa.string()),
-        ("user_id", pa.string()),
-        ("created_date", pa.string()),
-        ("text", pa.string()),
-        ("role", pa.string()),
-        ("lang", pa.string()),
-        ("review_count", pa.int32()),
-        ("review_result", pa.bool_()),
-        ("deleted", pa.bool_()),
-        ("rank", pa.int32()),
-        ("synthetic", pa.bool_()),
-        ("model_name", pa.string()),
-        ("detoxify", pa.struct([(k, pa.float64()) for k in DETOXIFY])),
-        ("message_tree_id", pa.string()),
-        ("tree_state", pa.string()),
-        ("emojis", pa.struct([("name", pa.list_(pa.string())), ("count", pa.list_(pa.int32()))])),
-        (
-            "labels",
-            pa.struct(
-                [
-                    ("name", pa.list_(pa.string())),
-                    ("value", pa.list_(pa.float64())),
-                    ("count", pa.list_(pa.int32())),
-                ]
-            ),
-        ),
-    ]
-)
 
 
 def message(
@@ -318,9 +277,11 @@ def write_jsonl(objects, path: Path) -> Path:
 def write_parquet(rows: list[dict], path: Path, extra_columns: bool = True) -> Path:
     """Flat rows -> parquet in the Hub's schema; fields outside it become JSON-string columns."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist([{k: r.get(k) for k in HUB_SCHEMA.names} for r in rows], schema=HUB_SCHEMA)
+    table = pa.Table.from_pylist(
+        [{k: r.get(k) for k in OASST1_HUB_SCHEMA.names} for r in rows], schema=OASST1_HUB_SCHEMA
+    )
     if extra_columns:
-        for name in sorted({k for r in rows for k in r} - set(HUB_SCHEMA.names)):
+        for name in sorted({k for r in rows for k in r} - set(OASST1_HUB_SCHEMA.names)):
             table = table.append_column(name, pa.array([json.dumps(r.get(name)) for r in rows], pa.string()))
     pq.write_table(table, path)
     return path

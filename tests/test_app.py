@@ -144,7 +144,7 @@ def test_stopping_a_chat_stops_the_generation_on_the_server(url, loaded):
 
 
 def test_a_chat_stopped_while_it_waits_in_the_queue_never_generates(url, loaded):
-    from assistant.batcher import batcher_for
+    from assistant.engine import batcher_for
     from assistant.generation import model_lock
 
     calls = []  # every forward the batcher runs on the model

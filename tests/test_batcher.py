@@ -11,7 +11,7 @@ import pytest
 import torch
 from gradio_client import Client
 
-from assistant.batcher import batcher_for, stream
+from assistant.engine import batcher_for, stream
 from assistant.generation import BASE, GenerationSettings, generate_texts, model_lock
 from assistant.models import load_model
 from assistant.service import Assistant, Limits
@@ -250,7 +250,7 @@ def test_the_nucleus_is_the_one_transformers_keeps(top_p, spread):
     import torch
     from transformers import TopPLogitsWarper
 
-    from assistant.batcher import nucleus
+    from assistant.engine.sampling import nucleus
 
     torch.manual_seed(0)
     logits = torch.randn(1, 49152) * spread  # spread 4: a peaked distribution, 1: a flat one
@@ -267,7 +267,7 @@ def test_the_nucleus_is_the_one_transformers_keeps(top_p, spread):
 def test_a_draw_picks_the_token_multinomial_picks_and_leaves_the_generator_where_it_does(top_p, spread):
     import torch
 
-    from assistant.decode import draw, nucleus
+    from assistant.engine.sampling import draw, nucleus
 
     tokens = set()
     for seed in range(20):
@@ -320,7 +320,7 @@ def test_the_cache_grows_in_place_and_holds_what_concatenation_would(mode):
     import torch
     from transformers.cache_utils import DynamicLayer
 
-    from assistant.decode import SpareLayer
+    from assistant.engine.cache import SpareLayer
 
     torch.manual_seed(0)
     ours, theirs = SpareLayer(), DynamicLayer()

@@ -108,6 +108,21 @@ def test_the_sealed_test_leads_and_the_warm_start_comparison_is_told(run):
     assert "Against its warm start: `a` against `b`: the judge prefers `a`." in text
     assert "![Win rate](sealed/win_rate.png)" in text and "![Win rate](eval/win_rate.png)" in text
     assert text.count("sealed/lengths.png") == 1 and "[samples.md](sealed/samples.md)" in text
+    # once read again for other candidates (study.run writes reused.json), the card says so
+    reused = {"reads": 7, "candidates": 6, "designs_after_reads": "a gate set after a read", "family": 6,
+              "ledger": "study/sealed.json", "judge": {"p_value": 0.0175, "holm": 0.0701, "benjamini_hochberg": 0.0351}}  # fmt: skip
+    (run / "sealed" / "reused.json").write_text(json.dumps(reused))
+    text = render_card(run).text
+    assert (
+        "- *Reused test* (20 prompts of `test.jsonl`, the study's old sealed test, a reused test now: read 7 "
+        "times for 6 candidates, and later designs were made after earlier reads (a gate set after a read"
+        in text
+    )
+    assert (
+        "of all 6 candidates this test read, the judge's win is p = 0.070 (Holm; Benjamini-Hochberg p = 0.035)"
+        in text
+    )
+    assert "\n### Reused test\n" in text and "Sealed test" not in text
 
 
 def test_a_report_of_other_weights_is_refused(run, capsys):

@@ -374,9 +374,9 @@ def test_loops_and_ends_are_paired_per_prompt_with_an_exact_test():
 
 
 def test_answers_are_drawn_by_the_spaces_own_sampler(setup):
-    """The evaluation's answers are the Space's (assistant.batcher.stream: temperature and top-p, no
+    """The evaluation's answers are the Space's (assistant.engine.stream: temperature and top-p, no
     top-k) for the same settings and seed, and report.json records every sampling setting."""
-    from assistant.batcher import stream
+    from assistant.engine import stream
     from assistant.generation import BASE, GenerationSettings
     from assistant.models import load_model
     from train.data import prompt_messages
@@ -390,7 +390,7 @@ def test_answers_are_drawn_by_the_spaces_own_sampler(setup):
     assert "penalised" not in answers  # only when asked for
     recorded = answering.sampling(settings)
     assert (
-        recorded["top_k"] == 0 and recorded["repetition_penalty"] == 1.0 and "batcher" in recorded["sampler"]
+        recorded["top_k"] == 0 and recorded["repetition_penalty"] == 1.0 and "engine" in recorded["sampler"]
     )
 
 
@@ -555,9 +555,10 @@ def test_study_table_is_written_from_reports_of_current_weights(setup, evaluated
     ):
         write_table(("stale", "missing"), runs, tmp_path / "results", {})
     assert (tmp_path / "results" / "results.json").read_bytes() == before
-    from study.ledger import ledger_line
+    from train.evaluate.ledger import ledger_line
 
-    assert "## Sealed test: read once" in table and ledger_line() in table  # how often it was read
+    assert "## Reused test (the old sealed test)" in table and ledger_line() in table  # how often it was read
+    assert "This is a reused test, not a sealed one" in table
     # against a warm start, from the real evaluation files: the same weights tie on every prompt
     shutil.copytree(runs / "fresh", runs / "warm")
     _, _, versus = write_table(("fresh",), runs, tmp_path / "results", {}, {"fresh": "warm", "stale": "warm"})
@@ -657,9 +658,9 @@ def test_the_space_serves_what_met_the_bar_on_the_sealed_test_as_the_ledger_hold
     """study.run's promote rule on the committed record (study/adapters, the ledger): dev only chooses
     what the sealed test reads; a candidate is served when it met study.bar on a sealed read that the
     ledger holds for these very weights and an unchanged recipe, and demo/ holds exactly its weights."""
-    from study.ledger import LEDGER, read_ledger
     from study.run import CANDIDATES, DEMOS, KEPT, ROOT, passed, pick_demos, unread
     from study.table import row
+    from train.evaluate.ledger import LEDGER, read_ledger
     from train.identity import file_sha256
 
     dev, sealed = ([r for r in (row(n, ROOT / KEPT, f) for n in CANDIDATES) if r] for f in ("eval", "sealed"))
@@ -889,3 +890,21 @@ def test_cli_bad_path_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_reused_tests_record_corrects_every_candidate_it_read():
+    """The old sealed test, read 7 times for 6 candidates (study/sealed.json), is reported as a reused
+    test: the served adapter's judge win, p = 0.018 alone, is Holm-adjusted over all 6 candidates' judge
+    tests (the frozen second round's DPO read included) to 0.070, Benjamini-Hochberg 0.035."""
+    from study.reading import holm
+    from study.table import reused
+
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])  # by hand
+    committed = json.loads((ROOT / "study" / "results.json").read_text())
+    record = reused(committed["sealed_test"])
+    assert record == committed["reused_test"]
+    assert (record["reads"], record["candidates"], len(record["judge"])) == (7, 6, 6)
+    served = record["judge"]["grpo-whole-anchor"]
+    assert served["p_value"] == pytest.approx(0.0175, abs=1e-4)
+    assert served["holm"] == pytest.approx(0.0701, abs=1e-4)
+    assert served["benjamini_hochberg"] == pytest.approx(0.0351, abs=1e-4)

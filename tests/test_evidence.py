@@ -72,6 +72,40 @@ def test_the_sealed_tests_report_is_the_verdict_where_it_was_read(tmp_path):
     served = SimpleNamespace(adapter=str(adapter))  # what find reads of a loaded model: its adapter path
     assert find(served, "my-adapter") == adapter / "sealed"
     verdict = Evidence(adapter / "sealed", "my-adapter").verdict()
-    assert "the sealed test" in verdict and "my-adapter/sealed/report.json" in verdict
+    assert "the study's sealed test" in verdict and "my-adapter/sealed/report.json" in verdict
     shutil.rmtree(adapter / "sealed")
     assert find(served, "my-adapter") == adapter / "eval"
+
+
+def test_the_evidence_tab_shows_every_plot_and_never_the_checkouts_path():
+    """The served demo's Evidence tab, built as the app builds it: its plots reach the page as Gradio's
+    own copies, and /config holds no absolute path of the checkout."""
+    import json
+
+    import gradio as gr
+
+    from assistant.evidence import Evidence, find
+    from assistant.models import PROJECT_ROOT, load_for_serving
+    from assistant.service import Assistant
+    from space.evidence import build_evidence
+
+    assistant = Assistant(load_for_serving())
+    with gr.Blocks() as demo:
+        build_evidence(assistant)
+    config = demo.get_config_file()
+    (gallery,) = [c for c in config["components"] if c.get("type") == "gallery"]
+    plots = Evidence(find(assistant.loaded, assistant.tuned_name), assistant.tuned_name).plots
+    assert len(plots) >= 2 and len(gallery["props"]["value"]) == len(plots)
+    assert str(PROJECT_ROOT) not in json.dumps(config)
+
+
+def test_the_served_adapters_old_sealed_test_is_shown_as_the_reused_test_it_is():
+    """study.run marks the served adapter's sealed report (reused.json): the Evidence tab says how often
+    the test was read and gives the judge's win corrected over every candidate it read."""
+    evidence = Evidence(demo_dir() / NAME / "sealed", NAME)
+    verdict = evidence.verdict()
+    reused = json.loads((demo_dir() / NAME / "sealed" / "reused.json").read_text())
+    assert (reused["reads"], reused["candidates"]) == (7, 6)
+    assert "- **A reused test.** This test was read 7 times for 6 candidates" in verdict
+    assert "the judge's win (p = 0.018 alone) is p = 0.070 (Holm; Benjamini-Hochberg 0.035)" in verdict
+    assert "read once" not in verdict

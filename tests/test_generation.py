@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from assistant.batcher import stream
+from assistant.engine import stream
 from assistant.generation import (
     BASE,
     Busy,
@@ -180,18 +180,18 @@ def test_streamer_cuts_an_answer_that_runs_into_a_plain_text_user_turn(loaded):
 def test_tokenizer_calls_from_many_threads_give_what_each_gives_alone(loaded):
     """Two threads pad batches while two others count prompts (as Assistant.prepare does outside the
     generation lock); before the tokenizer lock this raised padding errors within seconds."""
-    from assistant.generation import _encode
+    from assistant.generation import encode
 
     assistant = Assistant(loaded, Limits())
     batches = [[conv("Hi")], [conv("A much longer question about the history of Rome " * 3), conv("Yo")]]
-    expected = [_encode(loaded, b)["input_ids"].tolist() for b in batches]
+    expected = [encode(loaded, b)["input_ids"].tolist() for b in batches]
     history = [{"role": "user", "content": "tell me about cats"}, {"role": "assistant", "content": "cats"}]
     expected_prepared = assistant.prepare("and dogs?", history * 5).messages
     errors, deadline = [], time.time() + 4
 
     def pad(batch, want):
         while time.time() < deadline:
-            got = _encode(loaded, batch)["input_ids"].tolist()
+            got = encode(loaded, batch)["input_ids"].tolist()
             if got != want:
                 errors.append("padded differently")
 
@@ -314,7 +314,7 @@ def test_a_full_queue_is_refused_and_the_model_keeps_serving(loaded):
         first = threading.Thread(target=lambda: list(waiting))
         first.start()
         deadline = time.time() + 10
-        from assistant.batcher import batcher_for
+        from assistant.engine import batcher_for
 
         while batcher_for(loaded.model).waiting < 1 and time.time() < deadline:
             time.sleep(0.01)

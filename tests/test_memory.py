@@ -6,6 +6,7 @@ import torch
 from transformers import PhiConfig
 
 from assistant import models
+from assistant.engine.cache import SPARE
 from assistant.memory import KV_SHARE, kv_bytes_per_token, rows_that_fit
 from assistant.service import Limits
 
@@ -26,8 +27,9 @@ def test_a_t4_is_not_promised_16_full_rows():
     asked = Limits().max_batch
     assert asked == 16 and kv_bytes_per_token(PHI2, torch.float32) * FULL_ROW * asked == 20 * GIB
     rows = rows_that_fit(PHI2, torch.float32, 12 * GIB, FULL_ROW, asked)
-    assert rows == int(12 * KV_SHARE / 1.25) == 6
-    assert rows * 1.25 * GIB <= 12 * GIB
+    per_row = 0.625 * (FULL_ROW + SPARE) / 1024  # GiB: each row's buffer keeps SPARE columns of room
+    assert rows == int(12 * KV_SHARE / per_row) == 6
+    assert rows * per_row <= 12 * KV_SHARE
     # A bf16 card with room (an A100 80 GB, ~74 GiB free) keeps the asked 16; a full card still serves one row.
     assert rows_that_fit(PHI2, torch.bfloat16, 74 * GIB, FULL_ROW, asked) == 16
     assert rows_that_fit(PHI2, torch.float32, GIB // 2, FULL_ROW, asked) == 1

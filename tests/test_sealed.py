@@ -8,9 +8,9 @@ import pytest
 
 from study import run as study
 from study import sealed
-from study.ledger import ledger_line
 from tests._helpers_data import OASST1_EN, SAMPLE
 from train.data.splits import write_splits
+from train.evaluate.ledger import ledger_line
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +154,8 @@ def test_train_evaluate_refuses_the_sealed_test_unless_study_sealed_runs_it(
     and --sealed reads it only for an adapter that a ledger run has open, so every read is on record."""
     from dataclasses import replace
 
-    from study import ledger as ledger_module
     from train.evaluate import inputs
+    from train.evaluate import ledger as ledger_module
     from train.evaluate.inputs import EvalArguments, EvalError, check_args
     from train.identity import file_sha256
 

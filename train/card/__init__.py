@@ -197,7 +197,7 @@ def report_matches(output_dir: Path, folder: str = "eval") -> bool:
 
 # The evaluations a card shows, sealed test first: (folder, heading, what the pairs are)
 EVALUATIONS = (
-    ("sealed", "Sealed test", "trees no choice was made on, read once by `python -m study.sealed`"),
+    ("sealed", "Sealed test", "trees no choice was made on before it was read; every read is on its ledger"),
     ("eval", "Held-out pairs", "the pairs the adapter was evaluated on"),
 )
 # the study's dev split picks among candidates: a win there was looked for, and the card says so
@@ -252,6 +252,26 @@ def _verdict(output_dir: Path, method: str, folder: str = "eval") -> str:
     return text + (f" Against its warm start: {versus}." if versus else "")
 
 
+def reused_what(reused: dict) -> str:
+    return (
+        f"the study's old sealed test, a reused test now: read {reused['reads']} times for "
+        f"{reused['candidates']} candidates, and later designs were made after earlier reads "
+        f"({reused['designs_after_reads']}; `{reused['ledger']}`)"
+    )
+
+
+def reused_correction(reused: dict) -> str:
+    judge = reused.get("judge")
+    if not judge:
+        return ""
+    from train.evaluate.stats import fmt_p
+
+    return (
+        f" Corrected over the judge's tests of all {reused['family']} candidates this test read, the judge's "
+        f"win is {fmt_p(judge['holm'])} (Holm; Benjamini-Hochberg {fmt_p(judge['benjamini_hochberg'])})."
+    )
+
+
 def _evaluations(output_dir: Path, method: str) -> list[dict]:
     """Every evaluation of these weights the folder holds, sealed test first."""
     out = []
@@ -262,10 +282,18 @@ def _evaluations(output_dir: Path, method: str) -> list[dict]:
             pairs, settings = report_json.get("pairs") or {}, report_json.get("settings") or {}
             length = f", answers of at most {settings['max_new_tokens']} new tokens" if settings else ""
             what = DEV[1] if Path(str(pairs.get("file"))).name == DEV[0] else what
+            verdict = _verdict(output_dir, method, folder)
+            reused = _read_json(output_dir / folder / "reused.json")
+            if reused:  # the study's old sealed test, read again since: a reused test (study.run)
+                heading, what, verdict = (
+                    "Reused test",
+                    reused_what(reused),
+                    verdict + reused_correction(reused),
+                )
             out.append({
                 "heading": heading,
                 "what": f"{pairs.get('prompts', '?')} prompts of `{pairs.get('file', '?')}`, {what}{length}",
-                "verdict": _verdict(output_dir, method, folder),
+                "verdict": verdict,
                 "report": report,
                 "images": [(_caption(Path(p)), p) for p in images],
             })  # fmt: skip

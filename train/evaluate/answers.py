@@ -28,10 +28,10 @@ SIDES = ("base", "tuned")
 STOP_DROP = 0.10  # a tuned model that ends this much less often by itself than its base is flagged
 
 
-# The sampler the Space serves with, as report.json records it: assistant.batcher's own (temperature,
+# The sampler the Space serves with, as report.json records it: assistant.engine's own (temperature,
 # then top-p over the whole vocabulary, one seeded generator per row), never transformers' sampling,
 # which adds its default top_k=50 unless told otherwise.
-SAMPLER = "assistant.batcher (the Space's): temperature, then top-p; no top-k (top_k 0 = off)"
+SAMPLER = "assistant.engine (the Space's): temperature, then top-p; no top-k (top_k 0 = off)"
 
 
 def sampling(settings, repetition_penalty: float = 1.0) -> dict:
@@ -55,9 +55,9 @@ def penalised(loaded, penalty: float):
 
 
 def serve(loaded, conversations: list, route: str | None, settings) -> list:
-    """Final answers of one batch through the Space's own batcher (assistant.batcher.stream), so the
+    """Final answers of one batch through the Space's own engine (assistant.engine.stream), so the
     evaluation samples exactly as the Space does; one request, one ``generate`` call."""
-    from assistant.batcher import stream
+    from assistant.engine import stream
 
     snapshots = stream(
         loaded, conversations, [route] * len(conversations), settings, max_batch=len(conversations)

@@ -154,17 +154,16 @@ def is_sealed_test(pairs: str) -> bool:
 def sealed_run_open(adapter: str, revision: str | None = None) -> bool:
     """Whether study.sealed has a run open on its ledger for this adapter's weights: the only case in
     which train.evaluate reads the sealed test, so that every read is on record."""
-    from study.ledger import LEDGER, read_ledger
+    from train.evaluate import ledger
     from train.identity import file_sha256
 
     weights = adapter_file(adapter, "adapter_model.safetensors", revision)
     if weights is None:
         return False
     sha = file_sha256(weights)
-    ledger = read_ledger(REPO / LEDGER)
+    runs = ledger.read_ledger(REPO / ledger.LEDGER)["runs"]  # (the module's LEDGER: tests move it)
     return any(
-        not run["finished"] and sha in {c.get("adapter_sha256") for c in run["candidates"]}
-        for run in ledger["runs"]
+        not run["finished"] and sha in {c.get("adapter_sha256") for c in run["candidates"]} for run in runs
     )
 
 

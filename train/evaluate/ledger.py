@@ -1,6 +1,7 @@
 """The sealed test's ledger, read: how often the test has been read, and for whom (study/sealed.json).
 Written only by ``python -m study.sealed``, always under ``locked``; read by it, by train.evaluate
-(which reads the sealed test only for a run the ledger has open) and by the study's table."""
+(which reads the sealed test only for a run the ledger has open) and by the study's table. It lives
+below both train.evaluate and study, so the guard and the study read one ledger with no import upward."""
 
 from __future__ import annotations
 
@@ -40,6 +41,19 @@ def read_ledger(path: Path) -> dict:
             f"{path}: not a sealed-test ledger ({e}); restore it from git, never rewrite it"
         ) from None
     return ledger
+
+
+def seen(ledger: dict) -> dict[str, dict]:
+    """Per candidate, its latest evaluation on the sealed test."""
+    out = {}
+    for run in ledger["runs"]:
+        for candidate in run["candidates"]:
+            out[candidate["name"]] = {
+                **candidate,
+                "ran_at": run["ran_at"],
+                "finished": run.get("finished", True),
+            }
+    return out
 
 
 def ledger_line(path: Path = LEDGER) -> str:
