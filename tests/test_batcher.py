@@ -409,3 +409,20 @@ def test_the_app_lets_requests_reach_the_batcher_together_and_says_busy_beyond_i
         assert clients[4].predict(PROMPTS[1], api_name="/compare", **COMPARE)[0]  # served afterwards
     finally:
         demo.close()
+
+
+def test_the_repetition_penalty_spares_the_end_of_turn_tokens_the_prompt_holds():
+    """transformers' rule over the row's own tokens, prompt included, except the end-of-turn tokens: the
+    chat template puts them in every prompt, and a penalty there keeps the row from ending."""
+    import torch
+
+    from assistant.engine.sampling import Row, pick
+
+    stop, seen, unseen = 2, 5, 7
+    row = Row(None, 0, GenerationSettings(temperature=0), ids=[1, stop, seen, 3, stop, 4])
+    scores = torch.zeros(10)
+    scores[[stop, seen, unseen]] = torch.tensor([4.0, 4.5, 3.0])
+    assert pick(scores.clone(), row, [stop], 1.0) == seen  # no penalty: the most likely
+    penalised = scores.clone()
+    assert pick(penalised, row, [stop], 2.0) == stop  # 4.5 / 2 for the seen token; the stop token kept
+    assert penalised[stop] == 4.0 and penalised[seen] == 2.25 and penalised[unseen] == 3.0

@@ -1,5 +1,5 @@
 """How each row picks its next token from its last logits, by its own settings: the repetition penalty
-over its own tokens (never the padding), its minimum length, then greedy argmax or a draw with its own
+over its own tokens (never the padding, never the end-of-turn tokens), its minimum length, then greedy argmax or a draw with its own
 temperature, top-p and seeded generator. A row's pick never looks at another row's."""
 
 from __future__ import annotations
@@ -71,8 +71,10 @@ def pick(scores: torch.Tensor, row: Row, stop_ids: list[int], penalty: float) ->
     ``generate``'s: the generation config's repetition penalty (what ``train.evaluate`` sets), then the
     minimum length, then greedy or a draw over the whole vocabulary in its own order (rounding noise
     can reorder near-equal probabilities in a sorted list, but cannot move a token's place here)."""
-    if penalty != 1.0:  # transformers' RepetitionPenaltyLogitsProcessor, over this row's own tokens
-        ids = torch.tensor(row.ids, device=scores.device)
+    if penalty != 1.0:  # transformers' RepetitionPenaltyLogitsProcessor over this row's own tokens,
+        # sparing the end-of-turn tokens: the chat template puts them in every prompt, and penalised
+        # there the row could hardly end (16% of a penalised base's answers ended, against 47% without)
+        ids = torch.tensor(sorted(set(row.ids) - set(stop_ids)), dtype=torch.long, device=scores.device)
         seen = scores[ids]
         scores[ids] = torch.where(seen < 0, seen * penalty, seen / penalty)
     if row.new < row.settings.min_new_tokens:

@@ -31,7 +31,10 @@ STOP_DROP = 0.10  # a tuned model that ends this much less often by itself than 
 # The sampler the Space serves with, as report.json records it: assistant.engine's own (temperature,
 # then top-p over the whole vocabulary, one seeded generator per row), never transformers' sampling,
 # which adds its default top_k=50 unless told otherwise.
-SAMPLER = "assistant.engine (the Space's): temperature, then top-p; no top-k (top_k 0 = off)"
+SAMPLER = (
+    "assistant.engine (the Space's): repetition penalty over the row's tokens, end-of-turn tokens spared; "
+    "temperature, then top-p; no top-k (top_k 0 = off)"
+)
 
 
 def sampling(settings, repetition_penalty: float = 1.0) -> dict:
