@@ -121,10 +121,19 @@ class Evidence:
             if judge
             else ""
         )
+        clean = reused.get("both_clean") or {}
+        content = (
+            f" Where both answers are clean (ended by themselves, no loop), on {clean['prompts']} prompts, the "
+            f"judge prefers the tuned answer on {clean['win']['rate']:.0%} (trees "
+            f"{clean['test']['trees']['better']} better, {clean['test']['trees']['worse']} worse, p = "
+            f"{clean['test']['p_value']:.2f}): content, where endings and loops cannot decide."
+            if clean.get("prompts")
+            else ""
+        )
         return (
             f"This test was read {reused['reads']} times for {reused['candidates']} candidates, and later "
             f"designs were made after earlier reads ({reused['designs_after_reads']}): its figures are a "
-            f"second dev set's, not a sealed test's.{corrected}"
+            f"second dev set's, not a sealed test's.{corrected}{content}"
         )
 
     def comparisons(self, which: str = "all") -> list[Comparison]:

@@ -297,6 +297,7 @@ def mark_reused(sealed: list[dict]) -> None:
             **{k: record[k] for k in ("reads", "candidates", "designs_after_reads")},
             "judge": record["judge"].get(row["name"]),
             "family": len(record["judge"]),
+            "both_clean": row["judge"].get("both_clean"),  # content, where endings and loops cannot decide
             "ledger": str(LEDGER),
             "written_by": "python -m study.run --step table",
         }

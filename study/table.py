@@ -10,7 +10,8 @@ import shutil
 from pathlib import Path
 
 from study.reading import gold_lines, reading, reused_line, reused_test, rewards_optimised
-from train.evaluate.answers import SIDES, stop_guard
+from train.evaluate.answers import SIDES, TIE_TOLERANCE, stop_guard
+from train.evaluate.defects import both_clean
 from train.evaluate.ledger import LEDGER, ledger_line, read_ledger
 from train.evaluate.length import judge_caveat, judge_skill
 from train.evaluate.stats import fmt, fmt_p
@@ -52,6 +53,23 @@ def gold_checks(path: Path) -> list[dict]:
 SPLITS = {"eval": "dev", "sealed": "sealed test"}  # the folder of each split's report: its name
 
 
+def _both_clean(folder: Path, verdicts: dict) -> dict | None:
+    """The judge's verdict where both answers are clean (train.evaluate.defects.both_clean): the
+    report's, or for a report written before it measured that, the same function on the report's own
+    answers and judge scores (its generations.jsonl)."""
+    if verdicts.get("both_clean"):
+        return verdicts["both_clean"]
+    path = folder / "generations.jsonl"
+    rows = (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
+    if not rows or any("judge" not in a for r in rows for side in SIDES for a in r[side]):
+        return None
+    clean = {side: [[a["ended"] and not a["loops"] for a in r[side]] for r in rows] for side in SIDES}
+    scores = {side: [[a["judge"] for a in r[side]] for r in rows] for side in SIDES}
+    return both_clean(clean, scores, [r["tree_id"] for r in rows], TIE_TOLERANCE)
+
+
 def row(name: str, runs: Path, folder: str = "eval") -> dict | None:
     """A candidate's figures on one split, or None until it has a report of its current weights."""
     from study.bar import criteria
@@ -81,6 +99,7 @@ def row(name: str, runs: Path, folder: str = "eval") -> dict | None:
             "difference": j.get("tuned_minus_base"),
             "accuracy": (report.get("judge") or {}).get("accuracy"),  # its own, on these held-out pairs
             "name": (report.get("judge") or {}).get("name"),
+            "both_clean": _both_clean(runs / name / folder, j),
         },
         "settings": report["settings"],
         "objective": {
@@ -142,6 +161,7 @@ def _cells(r: dict) -> list[str]:
         fmt(j["win"], percent=True) if j else "n/a",
         _test_cell(j["test"]) if j else "n/a",
         fmt(r.get("length_controlled"), percent=True),
+        _clean_cell(r["judge"].get("both_clean")),
         trained,
         f"{r['answer_tokens']['base']['mean']:.0f} → {r['answer_tokens']['tuned']['mean']:.0f}",
         _defect_cell(r, "loop"),
@@ -153,6 +173,12 @@ def _cells(r: dict) -> list[str]:
         else "n/a",
         f"{r['peak_rss_mb'] / 1024:.1f} GB" if r["peak_rss_mb"] else "n/a",
     ]
+
+
+def _clean_cell(clean: dict | None) -> str:
+    if not clean:
+        return "n/a"
+    return f"{fmt(clean['win'], percent=True)} of {clean['prompts']}; {_test_cell(clean['test'])}"
 
 
 def _test_cell(test: dict) -> str:
@@ -169,6 +195,7 @@ HEADER = [
     "judge: tuned wins (per prompt)",
     "judge: prompts better / worse, sign test per tree",
     "judge: tuned wins at equal length (length-controlled, in characters; prompts where both were cut left out)",
+    "judge: tuned wins where both answers are clean (ended, no loop): content; prompts, sign test per tree",
     "training objective, first → last tenth",
     "answer tokens",
     "loops, base → tuned; prompts (trees) fewer / more, exact paired test",

@@ -908,3 +908,26 @@ def test_the_reused_tests_record_corrects_every_candidate_it_read():
     assert served["p_value"] == pytest.approx(0.0175, abs=1e-4)
     assert served["holm"] == pytest.approx(0.0701, abs=1e-4)
     assert served["benjamini_hochberg"] == pytest.approx(0.0351, abs=1e-4)
+
+
+def test_the_judge_on_content_counts_only_prompts_where_both_answers_are_clean():
+    """Content, where endings and loops cannot decide: per prompt, the sample pairs (same seed) whose
+    answers both ended by themselves without a loop; a prompt with none is left out. On the committed
+    record, the served adapter's reused-test win there is 16 trees to 12 on 43 prompts (p = 0.57)."""
+    from train.evaluate.defects import both_clean
+
+    clean = {
+        "base": [[True, False], [False, False], [True, True]],
+        "tuned": [[True, True], [True, True], [True, True]],
+    }
+    scores = {"base": [[0.0, 0.0], [0.0, 0.0], [1.0, 0.0]], "tuned": [[1.0, -5.0], [9.0, 9.0], [0.0, 0.5]]}
+    result = both_clean(clean, scores, ["a", "b", "c"], 1e-6)
+    assert result["prompts"] == 2  # prompt b has no clean pair; sample 2 of prompt a is the base's loop
+    assert (result["test"]["better"], result["test"]["worse"]) == (1, 1)  # a: +1; c: mean of -1 and +0.5
+    committed = json.loads((ROOT / "study" / "results.json").read_text())
+    served = next(r for r in committed["sealed_test"] if r["name"] == "grpo-whole-anchor")["judge"][
+        "both_clean"
+    ]
+    trees = served["test"]["trees"]
+    assert (served["prompts"], trees["better"], trees["worse"]) == (43, 16, 12)
+    assert served["test"]["p_value"] == pytest.approx(0.572, abs=1e-3)

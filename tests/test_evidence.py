@@ -108,4 +108,8 @@ def test_the_served_adapters_old_sealed_test_is_shown_as_the_reused_test_it_is()
     assert (reused["reads"], reused["candidates"]) == (7, 6)
     assert "- **A reused test.** This test was read 7 times for 6 candidates" in verdict
     assert "the judge's win (p = 0.018 alone) is p = 0.070 (Holm; Benjamini-Hochberg 0.035)" in verdict
+    assert (
+        "Where both answers are clean (ended by themselves, no loop), on 43 prompts, the judge prefers the "
+        "tuned answer on 58% (trees 16 better, 12 worse, p = 0.57)" in verdict
+    )
     assert "read once" not in verdict

@@ -266,9 +266,19 @@ def reused_correction(reused: dict) -> str:
         return ""
     from train.evaluate.stats import fmt_p
 
+    clean = reused.get("both_clean")
+    content = (
+        f" Where both answers are clean (ended by themselves, no loop), on {clean['prompts']} prompts, the judge "
+        f"prefers the tuned answer on {clean['win']['rate']:.0%} (trees {clean['test']['trees']['better']} better, "
+        f"{clean['test']['trees']['worse']} worse, {fmt_p(clean['test']['p_value'])}): content, where endings "
+        "and loops cannot decide."
+        if clean and clean.get("prompts")
+        else ""
+    )
     return (
         f" Corrected over the judge's tests of all {reused['family']} candidates this test read, the judge's "
         f"win is {fmt_p(judge['holm'])} (Holm; Benjamini-Hochberg {fmt_p(judge['benjamini_hochberg'])})."
+        + content
     )
 
 

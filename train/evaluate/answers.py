@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from train.data import prompt_messages
+from train.evaluate.defects import both_clean, is_clean
 from train.evaluate.length import equal_length, length_baselines
 from train.evaluate.stats import mean, outcomes, rate
 
@@ -186,6 +187,12 @@ def judge_verdicts(scores: dict, prompts: list[dict], answers: dict, seed: int, 
             "n": int(samples.size),
         },
         "length_controlled": length_control(difference, answers, tree, limit),
+        "both_clean": both_clean(
+            {side: [[is_clean(a) for a in row] for row in answers[side]] for side in SIDES},
+            scores,
+            tree,
+            TIE_TOLERANCE,
+        ),
         "scores": {side: scores[side] for side in SIDES},
     }
 

@@ -31,6 +31,27 @@ def flags(side: list[list]) -> dict[str, np.ndarray]:
     }
 
 
+def both_clean(clean: dict, scores: dict, trees: list, tolerance: float) -> dict:
+    """The judge's per-prompt verdict where both answers are clean (ended by themselves, no loop): on
+    each prompt, the mean tuned − base score over its sample pairs (same seed) that are both clean;
+    prompts with none are left out. What is left is content, where endings and loops cannot decide.
+    ``clean[side][i][j]`` and ``scores[side][i][j]``: answer j to prompt i."""
+    from train.evaluate.stats import outcomes
+
+    differences, groups = [], []
+    for i, tree in enumerate(trees):
+        pairs = zip(clean["base"][i], clean["tuned"][i], scores["base"][i], scores["tuned"][i], strict=True)
+        kept = [tuned - base for base_clean, tuned_clean, base, tuned in pairs if base_clean and tuned_clean]
+        if kept:
+            differences.append(float(np.mean(kept)))
+            groups.append(tree)
+    return {**outcomes(np.array(differences), tolerance, groups), "prompts": len(differences)}
+
+
+def is_clean(answer) -> bool:
+    return bool(answer.ended) and not loops(answer.text)
+
+
 def compare(reference: list[list], other: list[list], trees: list, names=("base", "tuned")) -> dict:
     """Loop and end rates of ``reference`` and ``other`` (answers to the same prompts, same seeds) and
     the paired test of ``other`` against ``reference``: its ``better`` counts are prompts (and trees)
