@@ -47,6 +47,10 @@ class GenerationSettings:
     top_p: float = 0.95
     seed: int | None = 0
     min_new_tokens: int = 0  # forces fixed lengths for benchmarks
+    # The decoding knobs a skeptic tries first against loops (off by default): transformers' repetition
+    # penalty and n-gram ban over the row's own tokens, both sparing the end-of-turn tokens (the engine's)
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
 
     @property
     def do_sample(self) -> bool:
@@ -282,6 +286,11 @@ def check_settings(settings: GenerationSettings) -> None:
         raise RequestError(f"max new tokens must be at least 1, not {settings.max_new_tokens}")
     if settings.do_sample and not 0 < settings.top_p <= 1:
         raise RequestError(f"top-p must be above 0 and at most 1, not {settings.top_p}")
+    if settings.repetition_penalty <= 0 or settings.no_repeat_ngram_size < 0:
+        raise RequestError(
+            f"the repetition penalty must be above 0 (1 = off), not {settings.repetition_penalty}; "
+            f"the n-gram size at least 0 (0 = off), not {settings.no_repeat_ngram_size}"
+        )
 
 
 def generate(

@@ -67,14 +67,14 @@ def main() -> None:
         streamer = row_streamer(loaded, adapters, None, [settings.max_new_tokens] * n, threading.Event())
         conversations = [[{"role": "user", "content": f"{PROMPT} ({i})"}] for i in range(n)]
         request = Request(conversations, adapters, [settings] * n, Channel(streamer, lambda _: None))
-        return Running.prefill(loaded, [request], stop_ids, 1.0)
+        return Running.prefill(loaded, [request], stop_ids)
 
     # Each layout of the linear layers (assistant.cpu_linear): the served one, weights first, and PyTorch's.
     layouts = {"weights first": True, "PyTorch's": False}
     seconds = {(n, layout): [] for n in counts for layout in layouts}
     prefills: dict[int, list[float]] = {n: [] for n in counts}
     with torch.inference_mode():
-        batch(1).step(loaded.model, stop_ids, 1.0)  # warm-up
+        batch(1).step(loaded.model, stop_ids)  # warm-up
         for repeat in tqdm(range(args.repeats), desc="repeats"):
             for n in counts if repeat % 2 == 0 else counts[::-1]:
                 for layout in layouts if (repeat + n) % 2 == 0 else list(layouts)[::-1]:
@@ -85,7 +85,7 @@ def main() -> None:
                         prefills[n].append(time.perf_counter() - prefill_began)
                     for _ in range(args.steps):
                         seconds[n, layout].append(
-                            timed(lambda r=running: r.step(loaded.model, stop_ids, 1.0))
+                            timed(lambda r=running: r.step(loaded.model, stop_ids))
                         )
         weights_first(loaded.model)
     probs = torch.softmax(torch.randn(loaded.model.config.vocab_size) * 3, dim=-1)

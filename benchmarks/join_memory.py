@@ -75,16 +75,16 @@ def run(loaded, join, steps: int) -> dict:
         request = Request(
             [[{"role": "user", "content": text}]], ["default"], [settings], Channel(streamer, print)
         )
-        return Running.prefill(loaded, [request], stop_ids, 1.0)
+        return Running.prefill(loaded, [request], stop_ids)
 
     with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         batch = prefill(0)
         for i in range(1, ROWS):
             for _ in range(steps):
-                batch.step(loaded.model, stop_ids, 1.0)
+                batch.step(loaded.model, stop_ids)
             batch = join(batch, prefill(i))
         for _ in range(steps):
-            batch.step(loaded.model, stop_ids, 1.0)
+            batch.step(loaded.model, stop_ids)
     kv = sum(layer.keys.nbytes + layer.values.nbytes for layer in batch.cache.layers)
     width = batch.mask.shape[1]
     dtype = batch.cache.layers[0].keys.dtype  # the served precision's (bf16 on a CPU that has it)

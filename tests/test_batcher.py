@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 
 import pytest
 import torch
@@ -411,18 +412,28 @@ def test_the_app_lets_requests_reach_the_batcher_together_and_says_busy_beyond_i
         demo.close()
 
 
-def test_the_repetition_penalty_spares_the_end_of_turn_tokens_the_prompt_holds():
-    """transformers' rule over the row's own tokens, prompt included, except the end-of-turn tokens: the
-    chat template puts them in every prompt, and a penalty there keeps the row from ending."""
+def test_the_decoding_knobs_spare_the_end_of_turn_tokens_the_prompt_holds():
+    """The repetition penalty and the n-gram ban, transformers' rules over the row's own tokens, prompt
+    included, except the end-of-turn tokens: the chat template puts them in every prompt, and a penalty
+    or a ban there keeps the row from ending."""
     import torch
+    from transformers import NoRepeatNGramLogitsProcessor
 
-    from assistant.engine.sampling import Row, pick
+    from assistant.engine.sampling import Row, pick, repeated
 
     stop, seen, unseen = 2, 5, 7
-    row = Row(None, 0, GenerationSettings(temperature=0), ids=[1, stop, seen, 3, stop, 4])
+    ids = [1, stop, seen, 3, stop, 4]
     scores = torch.zeros(10)
     scores[[stop, seen, unseen]] = torch.tensor([4.0, 4.5, 3.0])
-    assert pick(scores.clone(), row, [stop], 1.0) == seen  # no penalty: the most likely
+    greedy = GenerationSettings(temperature=0)
+    assert pick(scores.clone(), Row(None, 0, greedy, list(ids)), [stop]) == seen  # no knob: the most likely
     penalised = scores.clone()
-    assert pick(penalised, row, [stop], 2.0) == stop  # 4.5 / 2 for the seen token; the stop token kept
+    row = Row(None, 0, replace(greedy, repetition_penalty=2.0), list(ids))
+    assert pick(penalised, row, [stop]) == stop  # 4.5 / 2 for the seen token; the stop token kept
     assert penalised[stop] == 4.0 and penalised[seen] == 2.25 and penalised[unseen] == 3.0
+    # the n-gram ban bans what transformers' processor bans, end-of-turn tokens aside
+    history = [1, 5, 7, 1, 5, 9, 1, 5]  # "1 5" was followed by 7 and by 9
+    theirs = NoRepeatNGramLogitsProcessor(3)(torch.tensor([history]), torch.zeros(1, 10))
+    assert repeated(history, 3) == {7, 9} == set(torch.nonzero(theirs[0] == -float("inf")).ravel().tolist())
+    row = Row(None, 0, replace(greedy, no_repeat_ngram_size=2), [4, stop, 4, seen, 4])  # "4" before 2 and 5
+    assert pick(scores.clone(), row, [stop]) == stop  # 5 banned, the stop token spared

@@ -9,6 +9,7 @@ import random
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -394,21 +395,20 @@ def test_answers_are_drawn_by_the_spaces_own_sampler(setup):
     )
 
 
-def test_the_repetition_penalty_reaches_the_spaces_sampler_and_is_put_back(smollm2_dir):
-    """On the real SmolLM2, greedy: a strong repetition penalty changes the answer, and the model's
-    generation config is left as it was (the tiny Phi's logits are too flat to show it)."""
+def test_the_decoding_knob_is_each_requests_own_and_changes_the_answer(smollm2_dir):
+    """On the real SmolLM2, greedy: a strong repetition penalty in the request's settings changes its
+    answer, and nothing is left on the model (the tiny Phi's logits are too flat to show it)."""
     from assistant.generation import BASE, GenerationSettings
     from assistant.models import load_model
 
     loaded = load_model(base=str(smollm2_dir), device="cpu")
     settings = GenerationSettings(max_new_tokens=16, temperature=0, seed=0)
     conversation = [[{"role": "user", "content": "Write the word yes ten times, separated by commas."}]]
-    before = loaded.model.generation_config.repetition_penalty
     plain = answering.serve(loaded, conversation, BASE, settings)
-    with answering.penalised(loaded, 3.0):
-        penalised = answering.serve(loaded, conversation, BASE, settings)
+    penalised = answering.serve(loaded, conversation, BASE, replace(settings, repetition_penalty=3.0))
     assert penalised[0].text != plain[0].text
-    assert loaded.model.generation_config.repetition_penalty == before
+    banned = answering.serve(loaded, conversation, BASE, replace(settings, no_repeat_ngram_size=2))
+    assert banned[0].text != plain[0].text
     assert answering.serve(loaded, conversation, BASE, settings)[0].text == plain[0].text
 
 
@@ -931,3 +931,20 @@ def test_the_judge_on_content_counts_only_prompts_where_both_answers_are_clean()
     trees = served["test"]["trees"]
     assert (served["prompts"], trees["better"], trees["worse"]) == (43, 16, 12)
     assert served["test"]["p_value"] == pytest.approx(0.572, abs=1e-3)
+
+
+def test_the_tuned_model_is_set_against_the_decoding_knob_as_well_as_the_base(evaluated):
+    """The knob (the base under repetition penalty 1.2, end-of-turn tokens spared) is a baseline the
+    tuned model must beat too: its loops, ends and the judge's verdict, overall and where both are clean."""
+    from train.evaluate.report import seen
+
+    _, report = evaluated
+    knob = report["penalised_base"]
+    assert knob["knob"] == {"repetition_penalty": 1.2}
+    against = knob["tuned_against_it"]
+    assert {"loop", "end", "judge"} <= set(against) and against["loop"]["test"]["n"] == report["pairs"][
+        "prompts"
+    ]
+    assert against["judge"]["both_clean"]["prompts"] <= report["pairs"]["prompts"]
+    assert "the base with repetition penalty 1.2 loops" in seen(report)
+    assert "Against that knob, the tuned model loops" in seen(report)

@@ -54,7 +54,7 @@ class Running:
         return list(dict.fromkeys(row.request for row in self.rows))
 
     @classmethod
-    def prefill(cls, loaded, requests: list, stop_ids: list[int], penalty: float) -> Running:
+    def prefill(cls, loaded, requests: list, stop_ids: list[int]) -> Running:
         """The rows of ``requests``, prefilled in one forward, with their first tokens chosen."""
         batch = encode(loaded, [c for request in requests for c in request.conversations])
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -67,16 +67,16 @@ class Running:
             Row(request, i, settings, input_ids[k][mask[k].bool()].tolist())
             for k, (request, i, settings) in enumerate(places)
         ]
-        tokens, faults = choose(logits, rows, stop_ids, penalty)
+        tokens, faults = choose(logits, rows, stop_ids)
         return cls(rows, cache, mask, tokens, mask.sum(-1), _by_request(rows, faults))
 
-    def step(self, model, stop_ids: list[int], penalty: float) -> None:
+    def step(self, model, stop_ids: list[int]) -> None:
         """Feed every row its last token, and choose the next."""
         mask = F.pad(self.mask, (0, 1), value=1)
         adapters = [row.request.adapters[row.index] for row in self.rows]
         logits = forward(model, adapters, self.tokens[:, None], mask, self.positions[:, None], self.cache)
         self.mask, self.positions = mask, self.positions + 1
-        self.tokens, faults = choose(logits, self.rows, stop_ids, penalty)
+        self.tokens, faults = choose(logits, self.rows, stop_ids)
         self.faults = _by_request(self.rows, faults)
 
     def join(self, other: Running) -> Running:

@@ -1,5 +1,6 @@
 """How each row picks its next token from its last logits, by its own settings: the repetition penalty
-over its own tokens (never the padding, never the end-of-turn tokens), its minimum length, then greedy argmax or a draw with its own
+and the n-gram ban over its own tokens (never the padding, never the end-of-turn tokens), its minimum
+length, then greedy argmax or a draw with its own
 temperature, top-p and seeded generator. A row's pick never looks at another row's."""
 
 from __future__ import annotations
@@ -66,36 +67,47 @@ def draw(probs: torch.Tensor, kept: torch.Tensor, generator: torch.Generator) ->
     return int(kept[(probs[kept] / q).argmax()])
 
 
-def pick(scores: torch.Tensor, row: Row, stop_ids: list[int], penalty: float) -> int:
+def pick(scores: torch.Tensor, row: Row, stop_ids: list[int]) -> int:
     """The row's next token from its last scores (one row, fp32, changed in place). The order is
-    ``generate``'s: the generation config's repetition penalty (what ``train.evaluate`` sets), then the
-    minimum length, then greedy or a draw over the whole vocabulary in its own order (rounding noise
-    can reorder near-equal probabilities in a sorted list, but cannot move a token's place here)."""
-    if penalty != 1.0:  # transformers' RepetitionPenaltyLogitsProcessor over this row's own tokens,
-        # sparing the end-of-turn tokens: the chat template puts them in every prompt, and penalised
-        # there the row could hardly end (16% of a penalised base's answers ended, against 47% without)
+    ``generate``'s: the repetition penalty, the n-gram ban, the minimum length, then greedy or a draw over
+    the whole vocabulary in its own order (rounding noise can reorder near-equal probabilities in a
+    sorted list, but cannot move a token's place here)."""
+    settings = row.settings
+    if settings.repetition_penalty != 1.0:  # transformers' RepetitionPenaltyLogitsProcessor, over this
+        # row's own tokens, sparing the end-of-turn tokens: the chat template puts them in every prompt,
+        # and penalised there a row could hardly end (a penalised base ended 16% of its answers, not 47%)
         ids = torch.tensor(sorted(set(row.ids) - set(stop_ids)), dtype=torch.long, device=scores.device)
-        seen = scores[ids]
+        seen, penalty = scores[ids], settings.repetition_penalty
         scores[ids] = torch.where(seen < 0, seen * penalty, seen / penalty)
-    if row.new < row.settings.min_new_tokens:
+    if settings.no_repeat_ngram_size:
+        banned = sorted(repeated(row.ids, settings.no_repeat_ngram_size) - set(stop_ids))
+        scores[banned] = -float("inf")
+    if row.new < settings.min_new_tokens:
         scores[stop_ids] = -float("inf")
-    if not row.settings.do_sample:
+    if not settings.do_sample:
         return int(scores.argmax())
-    probs = torch.softmax(scores.cpu() / row.settings.temperature, dim=-1)
+    probs = torch.softmax(scores.cpu() / settings.temperature, dim=-1)
     top, top_ids = probs.topk(min(TOP_K, probs.shape[-1]))
-    return draw(probs, nucleus(probs, top, top_ids, row.settings.top_p), row.generator)
+    return draw(probs, nucleus(probs, top, top_ids, settings.top_p), row.generator)
 
 
-def choose(
-    logits: torch.Tensor, rows: list[Row], stop_ids: list[int], penalty: float
-) -> tuple[torch.Tensor, dict[int, Exception]]:
+def repeated(ids: list[int], n: int) -> set[int]:
+    """The tokens that would repeat an n-gram of ``ids`` (transformers' NoRepeatNGramLogitsProcessor:
+    every earlier n-gram whose first n - 1 tokens are the last n - 1)."""
+    if len(ids) < n:
+        return set()
+    head = tuple(ids[len(ids) - n + 1 :])
+    return {ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i : i + n - 1]) == head}
+
+
+def choose(logits: torch.Tensor, rows: list[Row], stop_ids: list[int]) -> tuple[torch.Tensor, dict[int, Exception]]:
     """The next token of every row (``logits``: ``[rows, vocab]``), and the rows whose pick failed, by
     index, with the error: such a row's token is its argmax, and its request is failed by the worker."""
     scores = logits.float()
     tokens, faults = [], {}
     for i, row in enumerate(rows):
         try:
-            tokens.append(pick(scores[i], row, stop_ids, penalty))
+            tokens.append(pick(scores[i], row, stop_ids))
         except Exception as error:
             faults[i] = error
             tokens.append(int(logits[i].argmax()))

@@ -137,15 +137,13 @@ class Batcher:
             stop_ids = sorted(eos_ids(loaded))
             with self.lock, torch.inference_mode():
                 while True:
-                    # train.evaluate sets the penalty on the config between requests: read it each step.
-                    penalty = getattr(loaded.model.generation_config, "repetition_penalty", None) or 1.0
                     taken = self._take([] if batch is None else batch.requests)
                     if not taken and batch is None:
                         return
                     if taken:
-                        batch = _admit(loaded, batch, taken, stop_ids, penalty)
+                        batch = _admit(loaded, batch, taken, stop_ids)
                     if batch is not None:
-                        batch = _advance(loaded, batch, stop_ids, penalty)
+                        batch = _advance(loaded, batch, stop_ids)
         except Exception as error:  # outside every stage: nobody this worker holds may wait forever
             with self._mutex:
                 held = ([] if batch is None else batch.requests) + list(self._waiting)
@@ -155,9 +153,9 @@ class Batcher:
                 request.fail(failed("worker", error))
 
 
-def _admit(loaded, batch: Running | None, taken: list[Request], stop_ids, penalty) -> Running | None:
+def _admit(loaded, batch: Running | None, taken: list[Request], stop_ids) -> Running | None:
     """The running batch with ``taken`` prefilled, their first tokens handed out, and joined to it."""
-    joining = _prefill(loaded, taken, stop_ids, penalty)
+    joining = _prefill(loaded, taken, stop_ids)
     joining = None if joining is None else _hand_out(joining)
     if joining is None:
         return batch
@@ -171,18 +169,18 @@ def _admit(loaded, batch: Running | None, taken: list[Request], stop_ids, penalt
         return batch
 
 
-def _prefill(loaded, requests: list[Request], stop_ids, penalty) -> Running | None:
+def _prefill(loaded, requests: list[Request], stop_ids) -> Running | None:
     """The requests prefilled together; if that fails, each by itself, so a bad request fails alone.
     Nothing is handed out here, so a retry never feeds a token twice."""
     try:
-        return Running.prefill(loaded, requests, stop_ids, penalty)
+        return Running.prefill(loaded, requests, stop_ids)
     except Exception as error:
         if len(requests) == 1:
             requests[0].fail(failed("prefill", error))
             return None
     batch = None
     for request in requests:
-        alone = _prefill(loaded, [request], stop_ids, penalty)
+        alone = _prefill(loaded, [request], stop_ids)
         if alone is not None and batch is not None:
             try:
                 alone = batch.join(alone)
@@ -193,10 +191,10 @@ def _prefill(loaded, requests: list[Request], stop_ids, penalty) -> Running | No
     return batch
 
 
-def _advance(loaded, batch: Running, stop_ids, penalty) -> Running | None:
+def _advance(loaded, batch: Running, stop_ids) -> Running | None:
     """One decoding step of the batch, its tokens handed out; a failed step fails every request in it."""
     try:
-        batch.step(loaded.model, stop_ids, penalty)
+        batch.step(loaded.model, stop_ids)
     except Exception as error:
         for request in batch.requests:
             request.fail(failed("decoding step", error))

@@ -151,12 +151,12 @@ def measure(
     from train.evaluate.preference import preference_accuracy
 
     judge_id = judge_identity(args.judge) if args.judge else None
-    penalty = args.base_repetition_penalty or None
+    knob = answering.knob(args.base_repetition_penalty, args.base_no_repeat_ngram_size)
     key = base_cache.cache_key(
         base=report["adapter"]["base"],
         pairs=[[p["prompt"], p["chosen"], p["rejected"]] for p in pairs],
         settings={k: v for k, v in report["settings"].items() if k != "from_recipe"},
-        penalty=penalty,
+        penalty=knob,
         max_length=args.max_length,
         batch_size=args.batch_size,
         judge=judge_id,
@@ -168,7 +168,7 @@ def measure(
         loaded, pairs, args.batch_size, args.max_length, args.seed, base_scores=cached.get("preference")
     )
     answers = answering.generate_answers(
-        loaded, prompts, settings, args.num_generations, args.batch_size, cached.get("answers"), penalty
+        loaded, prompts, settings, args.num_generations, args.batch_size, cached.get("answers"), knob
     )
     report["answers"] = answering.describe(answers, args.seed, prompts)
     report["defects"] = compare(answers["base"], answers["tuned"], answering.trees(prompts))
@@ -185,8 +185,8 @@ def measure(
         report["judge_verdicts"] = answering.judge_verdicts(
             scores, prompts, answers, args.seed, settings.max_new_tokens
         )
-    if penalty:
-        report["penalised_base"] = answering.penalised_verdict(scores, prompts, answers, penalty)
+    if knob:
+        report["penalised_base"] = answering.penalised_verdict(scores, prompts, answers, knob)
     if args.base_cache and not cached:
         kept = [side for side in answers if side != "tuned"]
         judged = {"judge": {s: scores[s] for s in kept}, "judge_accuracy": accuracy} if scores else {}

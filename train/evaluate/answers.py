@@ -13,7 +13,6 @@ reported too, but as what they are: the training objective.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 
 import numpy as np
@@ -45,17 +44,19 @@ def sampling(settings, repetition_penalty: float = 1.0) -> dict:
     return {**asdict(settings), "top_k": 0, "repetition_penalty": repetition_penalty, "sampler": SAMPLER}
 
 
-@contextmanager
-def penalised(loaded, penalty: float):
-    """The model's generation config with ``repetition_penalty`` (transformers' processor, run before
-    the batcher's sampler), put back after: the decoding knob a skeptic tries first."""
-    config = loaded.model.generation_config
-    before = config.repetition_penalty
-    config.repetition_penalty = penalty
-    try:
-        yield
-    finally:
-        config.repetition_penalty = before
+def knob(repetition_penalty: float, no_repeat_ngram_size: int) -> dict | None:
+    """The decoding knob the base answers under beside its plain answers (GenerationSettings' fields,
+    each request's own), or None when both are off."""
+    chosen = {}
+    if repetition_penalty and repetition_penalty != 1.0:
+        chosen["repetition_penalty"] = repetition_penalty
+    if no_repeat_ngram_size:
+        chosen["no_repeat_ngram_size"] = no_repeat_ngram_size
+    return chosen or None
+
+
+def knob_label(chosen: dict) -> str:
+    return " and ".join(f"{name.replace('_', ' ')} {value}" for name, value in chosen.items())
 
 
 def serve(loaded, conversations: list, route: str | None, settings) -> list:
@@ -71,31 +72,31 @@ def serve(loaded, conversations: list, route: str | None, settings) -> list:
 
 
 def generate_answers(
-    loaded, prompts: list[dict], settings, k: int, batch_size: int, base=None, penalty: float | None = None
+    loaded, prompts: list[dict], settings, k: int, batch_size: int, base=None, knob: dict | None = None
 ) -> dict:
     """``answers[side][i][j]``: the j-th answer (seed settings.seed + j) of ``side`` to prompt i; the
     base's from ``base`` when an earlier run on the same base, prompts and settings gave them. With
-    ``penalty``, also "penalised": the base's answers under that repetition penalty (same seeds)."""
+    ``knob`` (settings fields), also "penalised": the base's answers under that knob (same seeds)."""
     from assistant.generation import BASE, tuned_adapter
 
     conversations = [prompt_messages(p["prompt"]) for p in prompts]
     routes = {"base": BASE, "tuned": tuned_adapter(loaded), "penalised": BASE}
     base = base or {}
-    wanted = [side for side in (*SIDES, "penalised") if side not in base and (side != "penalised" or penalty)]
+    wanted = [side for side in (*SIDES, "penalised") if side not in base and (side != "penalised" or knob)]
     answers = {**base, **{side: [[] for _ in prompts] for side in wanted}}
     with tqdm(
         total=len(wanted) * k * len(prompts), desc=f"answering ({', '.join(wanted)})", unit=" answer"
     ) as bar:
         for side in wanted:
-            with penalised(loaded, penalty) if side == "penalised" else nullcontext():
-                for j in range(k):
-                    seeded = replace(settings, seed=settings.seed + j)
-                    for start in range(0, len(prompts), batch_size):
-                        rows = conversations[start : start + batch_size]
-                        batch = serve(loaded, rows, routes[side], seeded)
-                        for i, answer in enumerate(batch, start):
-                            answers[side][i].append(answer)
-                        bar.update(len(rows))
+            sided = replace(settings, **knob) if side == "penalised" else settings
+            for j in range(k):
+                seeded = replace(sided, seed=settings.seed + j)
+                for start in range(0, len(prompts), batch_size):
+                    rows = conversations[start : start + batch_size]
+                    batch = serve(loaded, rows, routes[side], seeded)
+                    for i, answer in enumerate(batch, start):
+                        answers[side][i].append(answer)
+                    bar.update(len(rows))
     return answers
 
 
@@ -219,21 +220,36 @@ def length_control(difference: np.ndarray, answers: dict, tree: list, limit: int
     }
 
 
-def penalised_verdict(scores: dict, prompts: list[dict], answers: dict, penalty: float) -> dict:
-    """The base under ``penalty`` against the plain base, on the same prompts and seeds: its loops and
-    ends (defects.compare) and the judge's per-prompt verdict. Reported, never targeted."""
+def penalised_verdict(scores: dict, prompts: list[dict], answers: dict, knob: dict) -> dict:
+    """The base under the decoding ``knob`` against the plain base, and the tuned model against it, on
+    the same prompts and seeds: loops and ends (defects.compare) and the judge's per-prompt verdict,
+    overall and where both answers are clean. "Tuning helps" means beating this too. Never targeted."""
     from train.evaluate.defects import compare
 
     tree = trees(prompts)
     out = {
-        "repetition_penalty": penalty,
+        "knob": knob,
+        "repetition_penalty": knob.get("repetition_penalty", 1.0),
         **compare(answers["base"], answers["penalised"], tree, ("base", "penalised")),
+        "tuned_against_it": compare(answers["penalised"], answers["tuned"], tree, ("penalised", "tuned")),
     }
     if scores:
         difference = per_prompt(scores["penalised"]) - per_prompt(scores["base"])
         out["judge"] = {
             "per_prompt": outcomes(difference, TIE_TOLERANCE, tree),
             "scores": scores["penalised"],
+        }
+        clean = {
+            side: [[is_clean(a) for a in row] for row in answers[side]] for side in ("penalised", "tuned")
+        }
+        pairs = {"base": scores["penalised"], "tuned": scores["tuned"]}  # the knob in the base's place
+        out["tuned_against_it"]["judge"] = {
+            "per_prompt": outcomes(
+                per_prompt(scores["tuned"]) - per_prompt(scores["penalised"]), TIE_TOLERANCE, tree
+            ),
+            "both_clean": both_clean(
+                {"base": clean["penalised"], "tuned": clean["tuned"]}, pairs, tree, TIE_TOLERANCE
+            ),
         }
     return out
 

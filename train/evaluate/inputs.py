@@ -67,7 +67,15 @@ class EvalArguments:
         default=1.2,
         metadata={
             "help": "Also answer with the base under this repetition_penalty (the decoding knob a skeptic "
-            "tries first), and report its loops, ends and judge verdict against the plain base; 0 = off."
+            "tries first; end-of-turn tokens spared), and report its loops, ends and judge verdict against "
+            "the plain base and against the tuned model; 0 or 1 = off."
+        },
+    )
+    base_no_repeat_ngram_size: int = field(
+        default=0,
+        metadata={
+            "help": "The knob's n-gram ban instead or beside: no n-gram of this size twice in a row's tokens "
+            "(end-of-turn tokens spared); 0 = off."
         },
     )
     batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass / generate call."})
@@ -198,9 +206,10 @@ def check_args(args: EvalArguments) -> None:
         raise EvalError(f"--limit must be at least 1, got {args.limit}")
     if args.temperature is not None and not 0 <= args.temperature <= 2:
         raise EvalError(f"--temperature must be between 0 and 2, got {args.temperature}")
-    if args.base_repetition_penalty < 0:
+    if args.base_repetition_penalty < 0 or args.base_no_repeat_ngram_size < 0:
         raise EvalError(
-            f"--base-repetition-penalty must be above 0 (0 = off), got {args.base_repetition_penalty}"
+            f"--base-repetition-penalty and --base-no-repeat-ngram-size must be at least 0 (0 = off), got "
+            f"{args.base_repetition_penalty} and {args.base_no_repeat_ngram_size}"
         )
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise EvalError(f"--top-p must be above 0 and at most 1, got {args.top_p}")

@@ -63,8 +63,9 @@ def rejudge(folder: Path, judge_path: str, pairs_file: str) -> dict:
     report["judge_verdicts"] = answering.judge_verdicts(scores, prompts, answers, report["seed"], limit)
     report["defects"] = compare(answers["base"], answers["tuned"], answering.trees(prompts))
     if "penalised" in answers:
-        penalty = report["penalised_base"]["repetition_penalty"]
-        report["penalised_base"] = answering.penalised_verdict(scores, prompts, answers, penalty)
+        penalised = report["penalised_base"]  # (a report from before the knob was named: its penalty)
+        knob = penalised.get("knob") or {"repetition_penalty": penalised["repetition_penalty"]}
+        report["penalised_base"] = answering.penalised_verdict(scores, prompts, answers, knob)
     report["rejudged"] = {"judge_before": before, "judge": report["judge"]["name"], "answers": "as generated"}
     rows = generation_rows(prompts, answers, {"scores": scores}, report["seed"])
     by_key = {row["parent_id"]: row for row in rows}

@@ -119,16 +119,25 @@ def seen(report: dict) -> str | None:
     text = f"What a reader sees: the tuned model {line(report['defects'])}"
     penalised = report.get("penalised_base")
     if penalised:
-        text += (
-            f"; the base with repetition penalty {penalised['repetition_penalty']} "
-            f"{line(penalised, ('base', 'penalised'))}"
-        )
+        from train.evaluate.answers import knob_label
+
+        label = knob_label(penalised.get("knob") or {"repetition_penalty": penalised["repetition_penalty"]})
+        text += f"; the base with {label} {line(penalised, ('base', 'penalised'))}"
         win = ((penalised.get("judge") or {}).get("per_prompt") or {}).get("win")
         if win:
             test = penalised["judge"]["per_prompt"]["test"]
             text += (
                 f", and the judge prefers it to the plain base on {fmt(win, percent=True)} of prompts "
                 f"({_counted(test)})"
+            )
+        against = penalised.get("tuned_against_it") or {}
+        if against.get("judge"):
+            overall, clean = against["judge"]["per_prompt"], against["judge"]["both_clean"]
+            text += (
+                f". Against that knob, the tuned model {line(against, ('penalised', 'tuned'))}; the judge "
+                f"prefers the tuned answer on {fmt(overall['win'], percent=True)} of prompts "
+                f"({_counted(overall['test'])}), and where both are clean on {fmt(clean['win'], percent=True)} "
+                f"of {clean['prompts']} ({_counted(clean['test'])})"
             )
     return text + "."
 
