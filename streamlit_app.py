@@ -88,13 +88,15 @@ with st.sidebar:
     limit = assistant.limits.max_new_tokens
     max_new_tokens = st.slider("Max new tokens", 1, limit, assistant.default_max_new_tokens)
     seed = st.number_input("Seed", value=DEFAULTS.seed, step=1)
+    # the decoding knob a skeptic tries first against loops; never on the end-of-turn tokens
+    repetition = st.slider("Repetition penalty (1 = off)", 1.0, 2.0, DEFAULTS.repetition_penalty, 0.05)
     if st.button("Clear conversation"):
         st.session_state.messages = []
         st.session_state.battle = None
 
 st.session_state.setdefault("messages", [])
 st.session_state.setdefault("battle", None)
-settings = assistant.settings(temperature, top_p, max_new_tokens, seed)
+settings = assistant.settings(temperature, top_p, max_new_tokens, seed, repetition)
 
 
 def like(index: int, model: str) -> None:

@@ -108,15 +108,22 @@ class Assistant:
         top_p=DEFAULTS.top_p,
         max_new_tokens=DEFAULTS.max_new_tokens,
         seed=DEFAULTS.seed,
+        repetition_penalty=DEFAULTS.repetition_penalty,
     ) -> GenerationSettings:
         """Settings from UI or API values, checked against the limits."""
         try:
             temperature, top_p, max_new_tokens = float(temperature), float(top_p), int(max_new_tokens)
             seed = None if seed is None or seed == "" else int(seed)
+            repetition_penalty = float(repetition_penalty)
         except (TypeError, ValueError):
             raise RequestError(
-                "temperature and top-p must be numbers, max new tokens and seed whole numbers"
+                "temperature, top-p and the repetition penalty must be numbers, max new tokens and seed "
+                "whole numbers"
             ) from None
+        if not 1 <= repetition_penalty <= 2:
+            raise RequestError(
+                f"the repetition penalty must be between 1 (off) and 2, not {repetition_penalty}"
+            )
         if not 0 <= temperature <= 2:
             raise RequestError(f"temperature must be between 0 and 2, not {temperature}")
         if not 0 < top_p <= 1:
@@ -125,7 +132,9 @@ class Assistant:
             raise RequestError(
                 f"max new tokens must be between 1 and {self.limits.max_new_tokens}, not {max_new_tokens}"
             )
-        return GenerationSettings(max_new_tokens, temperature, top_p, seed)
+        return GenerationSettings(
+            max_new_tokens, temperature, top_p, seed, repetition_penalty=repetition_penalty
+        )
 
     @property
     def default_max_new_tokens(self) -> int:

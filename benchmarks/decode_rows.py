@@ -84,9 +84,7 @@ def main() -> None:
                     if layouts[layout]:
                         prefills[n].append(time.perf_counter() - prefill_began)
                     for _ in range(args.steps):
-                        seconds[n, layout].append(
-                            timed(lambda r=running: r.step(loaded.model, stop_ids))
-                        )
+                        seconds[n, layout].append(timed(lambda r=running: r.step(loaded.model, stop_ids)))
         weights_first(loaded.model)
     probs = torch.softmax(torch.randn(loaded.model.config.vocab_size) * 3, dim=-1)
     nucleus_s = {

@@ -32,12 +32,13 @@ def battle_endpoint(arena: Arena):
         top_p: float = DEFAULTS.top_p,
         max_new_tokens: int = assistant.default_max_new_tokens,
         seed: int = DEFAULTS.seed,
+        repetition_penalty: float = DEFAULTS.repetition_penalty,
     ) -> dict:
         """One turn of a battle: a new battle when battle_id is empty (named when model_a and model_b are
         given, else anonymous). Returns battle_id, turn, answer_a, answer_b, and model_a / model_b
         (null while an anonymous battle has no vote)."""
         try:
-            chosen = assistant.settings(temperature, top_p, max_new_tokens, seed)
+            chosen = assistant.settings(temperature, top_p, max_new_tokens, seed, repetition_penalty)
             battle = arena.get(battle_id) if battle_id else arena.start(model_a or None, model_b or None)
             *_, (a, b) = arena.ask(battle.id, message, system, chosen)
         except Exception as error:
@@ -94,10 +95,11 @@ def compare_endpoint(assistant: Assistant):
         top_p: float = DEFAULTS.top_p,
         max_new_tokens: int = assistant.default_max_new_tokens,
         seed: int = DEFAULTS.seed,
+        repetition_penalty: float = DEFAULTS.repetition_penalty,
     ) -> tuple[str, str]:
         """The base's and the first adapter's answers to one prompt, same settings and seed, one batch."""
         try:
-            chosen = assistant.settings(temperature, top_p, max_new_tokens, seed)
+            chosen = assistant.settings(temperature, top_p, max_new_tokens, seed, repetition_penalty)
             prepared = assistant.prepare(prompt, [], system, chosen)
             *_, (base, tuned_answer) = assistant.compare(prepared)
         except Exception as error:

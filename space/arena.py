@@ -109,12 +109,24 @@ def handlers(arena: Arena, live: LiveLeaderboard) -> SimpleNamespace:
         return (*panes(battle), status(battle, store.where), *controls(battle, clear=clear))
 
     @gpu
-    def ask(battle_id, message, mode, model_a, model_b, system, temperature, top_p, max_new_tokens, seed):
+    def ask(
+        battle_id,
+        message,
+        mode,
+        model_a,
+        model_b,
+        system,
+        temperature,
+        top_p,
+        max_new_tokens,
+        seed,
+        repetition,
+    ):
         stop = threading.Event()  # set when Stop closes this generator: the batcher drops the turn
         battle = None
         try:
             battle = lookup(battle_id)
-            chosen = assistant.settings(temperature, top_p, max_new_tokens, seed)
+            chosen = assistant.settings(temperature, top_p, max_new_tokens, seed, repetition)
             assistant.prepare(message, [], system, chosen)  # refused before a battle is started
             if battle is None or battle.winner is not None:
                 battle = arena.start(model_a, model_b) if mode == NAMED else arena.start()

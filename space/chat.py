@@ -43,10 +43,21 @@ def build_chat(assistant: Assistant, store: Store, controls: list) -> None:
     """The tab's layout and events, inside the caller's ``gr.Tab``; its chat is the API's ``/chat``."""
 
     @gpu
-    def chat(message, history, model, system, temperature, top_p, max_new_tokens, seed, request: gr.Request):
+    def chat(
+        message,
+        history,
+        model,
+        system,
+        temperature,
+        top_p,
+        max_new_tokens,
+        seed,
+        repetition,
+        request: gr.Request,
+    ):
         stop = threading.Event()  # set when Stop closes this generator: a queued answer never starts
         try:
-            chosen = assistant.settings(temperature, top_p, max_new_tokens, seed)
+            chosen = assistant.settings(temperature, top_p, max_new_tokens, seed, repetition)
             prepared = assistant.prepare(message, plain(history), system, chosen)
             if prepared.notice:
                 gr.Warning(prepared.notice)

@@ -53,7 +53,7 @@ def refuse(error: Exception, what: str, request: gr.Request | None = None) -> No
 
 def settings_controls(assistant: Assistant) -> list[gr.components.Component]:
     """The Settings accordion; returns its inputs in the order ``Assistant.settings`` and the system
-    prompt are passed: system, temperature, top_p, max_new_tokens, seed."""
+    prompt are passed: system, temperature, top_p, max_new_tokens, seed, repetition_penalty."""
     with gr.Accordion("Settings", open=False):
         system = gr.Textbox(
             DEFAULT_SYSTEM, label="System prompt", lines=2, placeholder="none (as in training)"
@@ -71,4 +71,8 @@ def settings_controls(assistant: Assistant) -> list[gr.components.Component]:
                 label="Max new tokens",
             )
             seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0)
-    return [system, temperature, top_p, max_new_tokens, seed]
+            # the decoding knob a skeptic tries first against loops; never on the end-of-turn tokens
+            repetition = gr.Slider(
+                1, 2, value=DEFAULTS.repetition_penalty, step=0.05, label="Repetition penalty (1 = off)"
+            )
+    return [system, temperature, top_p, max_new_tokens, seed, repetition]

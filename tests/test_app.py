@@ -76,9 +76,9 @@ def core(loaded):
     return Assistant(loaded, Limits(max_new_tokens=64))
 
 
-def direct(core, message, history=(), model=None):
+def direct(core, message, history=(), model=None, **knob):
     """The same request through the core, run alone."""
-    prepared = core.prepare(message, list(history), SYSTEM, core.settings(**GREEDY))
+    prepared = core.prepare(message, list(history), SYSTEM, core.settings(**GREEDY, **knob))
     return [a.text for a in core.chat(prepared, model)][-1]
 
 
@@ -208,7 +208,14 @@ def test_an_anonymous_battle_hides_the_names_until_the_vote_which_reaches_the_da
         "anonymous",
     )
     assert [t["prompt"] for t in record["turns"]] == ["Name a fruit.", "And a vegetable?"]
-    assert record["settings"] == {"max_new_tokens": 12, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    assert record["settings"] == {
+        "max_new_tokens": 12,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "seed": 0,
+        "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
+    }
     text = json.dumps(record)
     assert str(store.folder.parent) not in text and "/tmp/" not in text and "/root/" not in text
 
@@ -235,6 +242,22 @@ def test_named_battles_compare_and_unknown_models(url, core):
         battle(client, "Hi", model_a="nope", model_b="tuned-a")
     with pytest.raises(Exception, match="nope is not in the list of choices"):  # Gradio checks the dropdown
         client.predict(*args("Hi", "nope"), api_name="/chat")
+
+
+def test_the_repetition_penalty_is_a_setting_off_by_default_that_reaches_the_engine(url, core):
+    """The knob a skeptic tries first against loops, offered beside the other settings: 1 (off) unless
+    asked; asked, each answer is the one the engine gives the same request with it."""
+    client = Client(url, verbose=False)
+    chat = client.view_api(return_format="dict")["named_endpoints"]["/chat"]["parameters"]
+    assert next(p for p in chat if p["parameter_name"] == "repetition")["parameter_default"] == 1
+    prompt = "List the numbers one, two, three, one, two, three, one, two, three."
+    plain = client.predict(*args(prompt), api_name="/chat")
+    assert plain == direct(core, prompt)
+    # (a new client: the chat keeps a client's history, and this is a first turn too)
+    penalised = Client(url, verbose=False).predict(*args(prompt), 1.8, api_name="/chat")
+    assert penalised == direct(core, prompt, repetition_penalty=1.8) != plain
+    with pytest.raises(Exception, match=r"the repetition penalty must be between 1 \(off\) and 2, not 3.0"):
+        battle(client, "Hi", repetition_penalty=3)
 
 
 def test_bad_requests_get_a_clear_message_and_the_app_keeps_serving(url, core):

@@ -100,7 +100,9 @@ def repeated(ids: list[int], n: int) -> set[int]:
     return {ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i : i + n - 1]) == head}
 
 
-def choose(logits: torch.Tensor, rows: list[Row], stop_ids: list[int]) -> tuple[torch.Tensor, dict[int, Exception]]:
+def choose(
+    logits: torch.Tensor, rows: list[Row], stop_ids: list[int]
+) -> tuple[torch.Tensor, dict[int, Exception]]:
     """The next token of every row (``logits``: ``[rows, vocab]``), and the rows whose pick failed, by
     index, with the error: such a row's token is its argmax, and its request is failed by the worker."""
     scores = logits.float()
