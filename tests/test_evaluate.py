@@ -948,3 +948,33 @@ def test_the_tuned_model_is_set_against_the_decoding_knob_as_well_as_the_base(ev
     assert against["judge"]["both_clean"]["prompts"] <= report["pairs"]["prompts"]
     assert "the base with repetition penalty 1.2 loops" in seen(report)
     assert "Against that knob, the tuned model loops" in seen(report)
+
+
+def test_an_endpoint_judge_gives_its_verdicts_in_the_same_report(
+    setup, judge_dir, tmp_path, monkeypatch, capsys
+):
+    """--judge-endpoint URL --judge-model NAME: a chat model behind an OpenAI-compatible endpoint (here a
+    loopback stand-in that speaks the protocol) judges every answer pair in both orders, beside the
+    encoder judge, in report.json and in the verdict; under HF_HUB_OFFLINE it is refused in one line."""
+    from huggingface_hub import constants
+
+    from tests._helpers_endpoint import JudgeEndpoint
+
+    argv = ["--adapter", str(setup["adapter"]), "--pairs", str(setup["pairs_file"]), "--output-dir", str(tmp_path / "eval"),
+            "--judge", str(judge_dir), "--num-generations", "1", "--batch-size", "4", "--max-new-tokens", "3",
+            "--base-repetition-penalty", "0"]  # fmt: skip
+    with JudgeEndpoint() as endpoint:
+        assert evaluate.main([*argv, "--judge-endpoint", endpoint.url, "--judge-model", "stand-in"]) == 2
+        assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err and not endpoint.requests
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the stand-in is on loopback
+        assert evaluate.main([*argv, "--judge-endpoint", endpoint.url, "--judge-model", "stand-in"]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    judged = report["endpoint_judge"]
+    prompts = report["pairs"]["prompts"]
+    assert len(endpoint.requests) == 2 * prompts  # one pair a prompt, both orders
+    assert judged["model"] == "stand-in" and judged["per_prompt"]["test"]["n"] == prompts
+    assert judged["agreement_with_encoder_judge"]["prompts"] <= prompts
+    assert (
+        "The endpoint judge `stand-in` (asked in both orders) prefers the tuned answer on"
+        in (tmp_path / "eval" / "report.md").read_text()
+    )

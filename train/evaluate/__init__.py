@@ -187,6 +187,20 @@ def measure(
         )
     if knob:
         report["penalised_base"] = answering.penalised_verdict(scores, prompts, answers, knob)
+    if args.judge_endpoint:
+        from train.data import prompt_messages
+        from train.evaluate.endpoint_judge import EndpointJudge, endpoint_verdicts
+
+        encoder = (
+            answering.per_prompt(scores["tuned"]) - answering.per_prompt(scores["base"]) if scores else None
+        )
+        report["endpoint_judge"] = endpoint_verdicts(
+            EndpointJudge(args.judge_endpoint, args.judge_model),
+            [prompt_messages(p["prompt"]) for p in prompts],
+            answers,
+            answering.trees(prompts),
+            encoder,
+        )
     if args.base_cache and not cached:
         kept = [side for side in answers if side != "tuned"]
         judged = {"judge": {s: scores[s] for s in kept}, "judge_accuracy": accuracy} if scores else {}

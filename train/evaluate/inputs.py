@@ -37,6 +37,15 @@ class EvalArguments:
             "(e.g. demo/judge-combined, a mean of judges, or demo/judge-minilm-hh) or a Hub id (OpenAssistant/reward-model-deberta-v3-large-v2)."
         },
     )
+    judge_endpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Also judge with a chat model behind an OpenAI-compatible endpoint (a vLLM or TGI server, "
+            "an Inference Endpoint, a hosted API; e.g. http://localhost:8000/v1), pairwise in both orders; "
+            "the key from JUDGE_API_KEY, else OPENAI_API_KEY, else HF_TOKEN. Needs --judge-model."
+        },
+    )
+    judge_model: str | None = field(default=None, metadata={"help": "The model the endpoint serves."})
     base_cache: str | None = field(
         default=None,
         metadata={
@@ -206,6 +215,18 @@ def check_args(args: EvalArguments) -> None:
         raise EvalError(f"--limit must be at least 1, got {args.limit}")
     if args.temperature is not None and not 0 <= args.temperature <= 2:
         raise EvalError(f"--temperature must be between 0 and 2, got {args.temperature}")
+    if bool(args.judge_endpoint) != bool(args.judge_model):
+        raise EvalError(
+            "--judge-endpoint and --judge-model go together: the endpoint's URL and the model it serves"
+        )
+    if args.judge_endpoint:
+        from huggingface_hub import constants
+
+        if constants.is_offline_mode():
+            raise EvalError(
+                "--judge-endpoint: HF_HUB_OFFLINE is set, and huggingface_hub's client then reaches no server, "
+                "not even a local one; unset it for this run"
+            )
     if args.base_repetition_penalty < 0 or args.base_no_repeat_ngram_size < 0:
         raise EvalError(
             f"--base-repetition-penalty and --base-no-repeat-ngram-size must be at least 0 (0 = off), got "

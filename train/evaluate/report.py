@@ -44,6 +44,9 @@ def render_report(report: dict) -> str:
         sampling=sampling_text(report.get("settings") or {}),
         stop=stop_guard(report.get("answers")),
         stop_flag=stop_flag(stop_guard(report.get("answers"))),
+        clean=clean_line(report.get("judge_verdicts")),
+        knob=against_knob(report.get("penalised_base")),
+        endpoint=endpoint_line(report.get("endpoint_judge")),
     )
     return text.rstrip() + "\n"
 
@@ -106,8 +109,25 @@ def verdict(report: dict) -> str:
         by_how_much(report, controlled=not said),
         judge_caveat((report.get("judge") or {}).get("accuracy")) if judge else None,
         seen(report),
+        endpoint_line(report.get("endpoint_judge")),
     ]
     return " ".join(line for line in [*lines, stop_flag(stop_guard(report.get("answers")))] if line)
+
+
+def endpoint_line(endpoint: dict | None) -> str | None:
+    """The endpoint judge's verdict (train.evaluate.endpoint_judge) in one sentence."""
+    if not endpoint:
+        return None
+    overall, clean = endpoint["per_prompt"], endpoint["both_clean"]
+    text = (
+        f"The endpoint judge `{endpoint['model']}` (asked in both orders) prefers the tuned answer on "
+        f"{fmt(overall['win'], percent=True)} of prompts ({_counted(overall['test'])}), and where both answers "
+        f"are clean on {fmt(clean['win'], percent=True)} of {clean['prompts']} ({_counted(clean['test'])})"
+    )
+    agreement = endpoint.get("agreement_with_encoder_judge")
+    if agreement and agreement["prompts"]:
+        text += f"; it agrees with the encoder judge on {fmt(agreement, percent=True)} of the {agreement['prompts']} prompts both decide"
+    return text + "."
 
 
 def seen(report: dict) -> str | None:
@@ -130,16 +150,36 @@ def seen(report: dict) -> str | None:
                 f", and the judge prefers it to the plain base on {fmt(win, percent=True)} of prompts "
                 f"({_counted(test)})"
             )
-        against = penalised.get("tuned_against_it") or {}
-        if against.get("judge"):
-            overall, clean = against["judge"]["per_prompt"], against["judge"]["both_clean"]
-            text += (
-                f". Against that knob, the tuned model {line(against, ('penalised', 'tuned'))}; the judge "
-                f"prefers the tuned answer on {fmt(overall['win'], percent=True)} of prompts "
-                f"({_counted(overall['test'])}), and where both are clean on {fmt(clean['win'], percent=True)} "
-                f"of {clean['prompts']} ({_counted(clean['test'])})"
-            )
+        if against := against_knob(penalised):
+            text += f". {against}"
     return text + "."
+
+
+def against_knob(penalised: dict | None) -> str | None:
+    """The tuned model against the decoding knob, in one sentence: what "tuning helps" must beat too."""
+    from train.evaluate.defects import line
+
+    against = (penalised or {}).get("tuned_against_it") or {}
+    if not against.get("judge"):
+        return None
+    overall, clean = against["judge"]["per_prompt"], against["judge"]["both_clean"]
+    return (
+        f"Against that knob, the tuned model {line(against, ('penalised', 'tuned'))}; the judge prefers the "
+        f"tuned answer on {fmt(overall['win'], percent=True)} of prompts ({_counted(overall['test'])}), and "
+        f"where both are clean on {fmt(clean['win'], percent=True)} of {clean['prompts']} ({_counted(clean['test'])})"
+    )
+
+
+def clean_line(verdicts: dict | None) -> str | None:
+    """The judge where both answers are clean, in one sentence: content, where ends and loops cannot decide."""
+    clean = (verdicts or {}).get("both_clean")
+    if not clean:
+        return None
+    return (
+        f"Where both answers are clean (ended by themselves, no loop), the judge prefers the tuned answer on "
+        f"{fmt(clean['win'], percent=True)} of {clean['prompts']} prompts ({_counted(clean['test'])}): content, "
+        "where endings and loops cannot decide."
+    )
 
 
 def _counted(test: dict) -> str:
