@@ -87,7 +87,8 @@ with st.sidebar:
     top_p = st.slider("Top-p", 0.05, 1.0, DEFAULTS.top_p, 0.05)
     limit = assistant.limits.max_new_tokens
     max_new_tokens = st.slider("Max new tokens", 1, limit, assistant.default_max_new_tokens)
-    seed = st.number_input("Seed", value=DEFAULTS.seed, step=1)
+    # empty by default: each battle and chat draws fresh seeds (kept with the vote, for a replay)
+    seed = st.number_input("Seed (empty: fresh each time)", value=None, step=1, placeholder="fresh")
     # the decoding knob a skeptic tries first against loops; never on the end-of-turn tokens
     repetition = st.slider("Repetition penalty (1 = off)", 1.0, 2.0, DEFAULTS.repetition_penalty, 0.05)
     if st.button("Clear conversation"):

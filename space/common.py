@@ -70,7 +70,8 @@ def settings_controls(assistant: Assistant) -> list[gr.components.Component]:
                 step=1,
                 label="Max new tokens",
             )
-            seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0)
+            # empty by default: each battle and chat draws fresh seeds (kept with the vote, for a replay)
+            seed = gr.Number(None, label="Seed (empty: fresh each time)", precision=0)
             # the decoding knob a skeptic tries first against loops; never on the end-of-turn tokens
             repetition = gr.Slider(
                 1, 2, value=DEFAULTS.repetition_penalty, step=0.05, label="Repetition penalty (1 = off)"
