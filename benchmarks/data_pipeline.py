@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from assistant.atomic import write_text
 from train.data import DataArguments, run
-from train.data.read import DETOXIFY, OASST1_HUB_SCHEMA
+from train.data.schemas import DETOXIFY, OASST1_HUB_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 

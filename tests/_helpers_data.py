@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from train.data.read import OASST1_HUB_SCHEMA
+from train.data.schemas import OASST1_HUB_SCHEMA
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MINI_TREES_FILE = FIXTURES / "data_mini.trees.jsonl"

@@ -658,8 +658,8 @@ def test_the_space_serves_what_met_the_bar_on_the_sealed_test_as_the_ledger_hold
     """study.run's promote rule on the committed record (study/adapters, the ledger): dev only chooses
     what the sealed test reads; a candidate is served when it met study.bar on a sealed read that the
     ledger holds for these very weights and an unchanged recipe, and demo/ holds exactly its weights."""
+    from study.rows import row
     from study.run import CANDIDATES, DEMOS, KEPT, ROOT, passed, pick_demos, unread
-    from study.table import row
     from train.evaluate.ledger import LEDGER, read_ledger
     from train.identity import file_sha256
 

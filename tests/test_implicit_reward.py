@@ -119,7 +119,7 @@ def test_reward_skill_measures_skips_the_missing_and_refuses_a_reward_trained_on
     assert measured["all"]["reward"]["n"] == len(PAIRS) and measured["score_std"] > 0
     assert "absent does not exist" in results["skipped"][0]
     assert "longer wins" in output.with_suffix(".md").read_text()
-    from study.table import rewards_optimised  # the study's results show it beside the judge
+    from study.reading import rewards_optimised  # the study's results show it beside the judge
 
     (line,) = rewards_optimised(output.with_suffix(".json"))
     assert (

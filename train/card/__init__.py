@@ -18,6 +18,8 @@ from pathlib import Path
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
+from train.card.evaluations import caption, read_json, report_matches, sealed_first  # noqa: F401  (train.hub, study read report_matches here)
+
 TEMPLATE = Path(__file__).resolve().parent / "template.md"
 DATASET_ID = "OpenAssistant/oasst1"
 METHOD_NAMES = {"grpo": "GRPO", "dpo": "DPO", "reward": "reward model"}
@@ -28,14 +30,6 @@ DEFAULT_LICENSE = "apache-2.0"  # the license of the Open Assistant data
 
 class CardError(ValueError):
     """The output folder cannot be turned into a card (one line: what is wrong, what to do)."""
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -130,10 +124,6 @@ def _runtime(seconds, resumed_from: str | None) -> str:
     )
 
 
-def _caption(path: Path) -> str:
-    return path.stem.replace("_", " ").replace("-", " ").capitalize()
-
-
 def _languages(stats: dict | None) -> list[str]:
     """ISO codes of the training pairs' languages, as the data step counted them; English if unknown."""
     stats = stats or {}
@@ -183,133 +173,6 @@ def _weights_line(identity: dict | None) -> str:
     return f"{identity.get('source', 'unknown')}" + (f" (`{sha[:12]}`)" if sha else "")
 
 
-def report_matches(output_dir: Path, folder: str = "eval") -> bool:
-    """Whether ``folder`` (eval/: dev; sealed/: the sealed test) holds a report of the adapter in
-    ``output_dir`` (its weights' sha256 recorded in report.json): a re-run of training into a folder with
-    an old report must not publish old numbers."""
-    from train.identity import file_sha256
-
-    report = _read_json(output_dir / folder / "report.json") or {}
-    weights = output_dir / "adapter_model.safetensors"
-    recorded = (report.get("adapter") or {}).get("sha256")
-    return bool(recorded) and weights.is_file() and recorded == file_sha256(weights)
-
-
-# The evaluations a card shows, sealed test first: (folder, heading, what the pairs are)
-EVALUATIONS = (
-    ("sealed", "Sealed test", "trees no choice was made on before it was read; every read is on its ledger"),
-    ("eval", "Held-out pairs", "the pairs the adapter was evaluated on"),
-)
-# the study's dev split picks among candidates: a win there was looked for, and the card says so
-DEV = ("dev.jsonl", "the dev split, where the study chooses among candidates (a choice, not a proof)")
-
-
-def _eval_section(output_dir: Path, folder: str = "eval") -> tuple[str | None, list[str]]:
-    """``folder``/report.md, with its headings nested under the card's and its relative links rebased;
-    none when the report belongs to other weights than the adapter's."""
-    report = output_dir / folder / "report.md"
-    if not report.is_file():
-        return None, []
-    if not report_matches(output_dir, folder):
-        print(
-            f"note: {output_dir}/{folder} is not a report of this adapter (sha256 differs); left out of the card"
-        )
-        return None, []
-    text = report.read_text(encoding="utf-8").strip()
-
-    # The report lives in its folder, the card at the root: its relative links must gain the prefix.
-    def rebase(match: re.Match) -> str:
-        target = match.group(2)
-        if re.match(r"^([a-z][a-z0-9+.-]*:|/|#)", target, re.I):
-            return match.group(0)
-        return f"{match.group(1)}{folder}/{target}{match.group(3)}"
-
-    text = re.sub(r"(\]\()([^)\s]+)(\))", rebase, text)
-    # Its top heading goes under the card's "### <evaluation>", the rest keep their nesting.
-    levels = [len(m) for m in re.findall(r"^(#{1,6}) ", text, flags=re.M)]
-    shift = max(0, 4 - min(levels)) if levels else 0
-    text = re.sub(r"^(#{1,6}) ", lambda m: "#" * min(len(m.group(1)) + shift, 6) + " ", text, flags=re.M)
-    linked = set(re.findall(rf"\]\(({folder}/[^)\s]+)\)", text))
-    extra = [
-        f"{folder}/{p.name}"
-        for p in sorted((output_dir / folder).glob("*.png"))
-        if f"{folder}/{p.name}" not in linked
-    ]
-    return text, extra
-
-
-def _verdict(output_dir: Path, method: str, folder: str = "eval") -> str:
-    """The report's verdict in words: with the length-controlled judge win, the judge's weakness
-    beside length and the stop-rate flag, each where it applies (``method`` from training_info, for a
-    report that does not record it: for DPO the preference margin is its own objective); and, where
-    the study compared the adapter with its warm start on the same pairs (versus.json), that too."""
-    from train.evaluate.report import verdict
-
-    report = _read_json(output_dir / folder / "report.json") or {}
-    adapter = {"method": method, **(report.get("adapter") or {})}
-    text = verdict({**report, "adapter": {**adapter, "method": adapter["method"] or method}})
-    versus = (_read_json(output_dir / folder / "versus.json") or {}).get("summary")
-    return text + (f" Against its warm start: {versus}." if versus else "")
-
-
-def reused_what(reused: dict) -> str:
-    return (
-        f"the study's old sealed test, a reused test now: read {reused['reads']} times for "
-        f"{reused['candidates']} candidates, and later designs were made after earlier reads "
-        f"({reused['designs_after_reads']}; `{reused['ledger']}`)"
-    )
-
-
-def reused_correction(reused: dict) -> str:
-    judge = reused.get("judge")
-    if not judge:
-        return ""
-    from train.evaluate.stats import fmt_p
-
-    clean = reused.get("both_clean")
-    content = (
-        f" Where both answers are clean (ended by themselves, no loop), on {clean['prompts']} prompts, the judge "
-        f"prefers the tuned answer on {clean['win']['rate']:.0%} (trees {clean['test']['trees']['better']} better, "
-        f"{clean['test']['trees']['worse']} worse, {fmt_p(clean['test']['p_value'])}): content, where endings "
-        "and loops cannot decide."
-        if clean and clean.get("prompts")
-        else ""
-    )
-    return (
-        f" Corrected over the judge's tests of all {reused['family']} candidates this test read, the judge's "
-        f"win is {fmt_p(judge['holm'])} (Holm; Benjamini-Hochberg {fmt_p(judge['benjamini_hochberg'])})."
-        + content
-    )
-
-
-def _evaluations(output_dir: Path, method: str) -> list[dict]:
-    """Every evaluation of these weights the folder holds, sealed test first."""
-    out = []
-    for folder, heading, what in EVALUATIONS:
-        report, images = _eval_section(output_dir, folder)
-        if report:
-            report_json = _read_json(output_dir / folder / "report.json") or {}
-            pairs, settings = report_json.get("pairs") or {}, report_json.get("settings") or {}
-            length = f", answers of at most {settings['max_new_tokens']} new tokens" if settings else ""
-            what = DEV[1] if Path(str(pairs.get("file"))).name == DEV[0] else what
-            verdict = _verdict(output_dir, method, folder)
-            reused = _read_json(output_dir / folder / "reused.json")
-            if reused:  # the study's old sealed test, read again since: a reused test (study.run)
-                heading, what, verdict = (
-                    "Reused test",
-                    reused_what(reused),
-                    verdict + reused_correction(reused),
-                )
-            out.append({
-                "heading": heading,
-                "what": f"{pairs.get('prompts', '?')} prompts of `{pairs.get('file', '?')}`, {what}{length}",
-                "verdict": verdict,
-                "report": report,
-                "images": [(_caption(Path(p)), p) for p in images],
-            })  # fmt: skip
-    return out
-
-
 def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard:
     """Our model card for the training output in ``output_dir`` (``repo_id`` names it in the usage)."""
     output_dir = Path(output_dir)
@@ -318,16 +181,16 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
             f"no training output folder at {output_dir}: give the OUTPUT_DIR that `python -m train` wrote"
         )
     info_path = output_dir / "training_info.json"
-    info = _read_json(info_path)
+    info = read_json(info_path)
     if info is None:
         what = "is not a JSON object" if info_path.exists() else "is missing"
         raise CardError(
             f"{info_path} {what}: the card needs the file `python -m train` writes at the end of a run"
         )
 
-    adapter_config = _read_json(output_dir / "adapter_config.json") or {}
+    adapter_config = read_json(output_dir / "adapter_config.json") or {}
     recipe = _read_yaml(output_dir / "recipe.yaml")
-    stats = _read_json(output_dir / "data_stats.json")
+    stats = read_json(output_dir / "data_stats.json")
     metrics = _read_metrics(output_dir / "metrics.jsonl")
 
     base_model = info.get("base_model") or adapter_config.get("base_model_name_or_path") or "unknown"
@@ -341,7 +204,7 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
     share = f" ({100 * trainable / total:.3g}% of {total:,})" if isinstance(trainable, int) and total else ""
     runtime = info.get("train_runtime_s")
     target_modules = info.get("target_modules") or adapter_config.get("target_modules")
-    evaluations = _evaluations(output_dir, method)
+    evaluations = sealed_first(output_dir, method)
 
     data = ModelCardData(
         base_model=base_model,
@@ -403,7 +266,7 @@ def render_card(output_dir: str | Path, repo_id: str | None = None) -> ModelCard
         final_metrics=[(k, _fmt(v)) for k, v in _dict(info.get("final_metrics")).items()],
         trends=_trend_rows(_dict(info.get("trends"))),
         logged_steps=len(metrics),
-        plots=[(_caption(p), f"plots/{p.name}") for p in sorted((output_dir / "plots").glob("*.png"))],
+        plots=[(caption(p), f"plots/{p.name}") for p in sorted((output_dir / "plots").glob("*.png"))],
         evaluations=evaluations,
         versions=_dict(info.get("versions")),
     )
